@@ -1,0 +1,1 @@
+"""Converter: turn trained models into validated, signed bundles per hardware profile."""

@@ -1,0 +1,198 @@
+"""Every error the edge agent package raises, under one root.
+
+The tree (a caller catches as wide or as narrow as it needs)::
+
+    EdgeAgentError
+    ├── ProfileError                  a hardware profile is missing or invalid
+    │   └── UnknownProfileError       no profile of that name (suggests close names)
+    ├── SigningKeyError               a key file is missing, unreadable or of the wrong kind
+    ├── BundleError                   a bundle cannot be written, read or trusted
+    │   ├── BundleFormatError         not a readable tar, truncated, or no manifest/signature
+    │   ├── UnsafeMemberError         a member that must never be extracted
+    │   │   ├── UnsafePathError       absolute path, `..`, backslash or empty component
+    │   │   ├── LinkMemberError       symbolic or hard link
+    │   │   └── SpecialMemberError    device, fifo, directory or other non-regular member
+    │   ├── DuplicateMemberError      the same name twice
+    │   ├── MemberTooLargeError       a member (or the whole bundle) over its size limit
+    │   ├── SignatureError            signature does not verify against the trusted key
+    │   ├── UntrustedKeyError         signed by a key that is not trusted
+    │   ├── ManifestError             manifest.json is not a valid manifest
+    │   │   └── UnknownFieldError     a field this version does not know
+    │   ├── UnexpectedMemberError     a member the manifest does not list
+    │   ├── MissingMemberError        a member the manifest lists is absent
+    │   ├── SizeMismatchError         a member's size differs from the manifest
+    │   └── HashMismatchError         a member's sha256 differs from the manifest
+    └── ProtocolError                 an MQTT topic or message breaks the contract
+        ├── TopicError                a topic outside the scheme, or a bad device id
+        └── MessageError              a payload that is not a valid message
+            ├── SchemaVersionError    a message schema version this side does not speak
+            └── SpoofedMessageError   the payload names another device than its topic
+
+Every message says what happened, where (the member, field, file or topic),
+and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BundleError",
+    "BundleFormatError",
+    "DuplicateMemberError",
+    "EdgeAgentError",
+    "HashMismatchError",
+    "LinkMemberError",
+    "ManifestError",
+    "MemberTooLargeError",
+    "MessageError",
+    "MissingMemberError",
+    "ProfileError",
+    "ProtocolError",
+    "SchemaVersionError",
+    "SignatureError",
+    "SigningKeyError",
+    "SizeMismatchError",
+    "SpecialMemberError",
+    "SpoofedMessageError",
+    "TopicError",
+    "UnexpectedMemberError",
+    "UnknownFieldError",
+    "UnknownProfileError",
+    "UnsafeMemberError",
+    "UnsafePathError",
+    "UntrustedKeyError",
+]
+
+
+class EdgeAgentError(Exception):
+    """Root of every error raised by `edge_agent`."""
+
+
+class ProfileError(EdgeAgentError):
+    """A hardware profile file is missing or does not match the schema."""
+
+
+class UnknownProfileError(ProfileError):
+    """No hardware profile has the requested name."""
+
+    def __init__(self, name: str, known: list[str], suggestions: list[str]) -> None:
+        self.name = name
+        self.known = known
+        self.suggestions = suggestions
+        hint = (
+            f"did you mean {', '.join(repr(s) for s in suggestions)}?"
+            if suggestions
+            else f"known profiles: {', '.join(known) or '(none)'}"
+        )
+        super().__init__(
+            f"unknown hardware profile {name!r}; {hint} "
+            "(`edgefleet profiles list` shows them all)"
+        )
+
+
+class SigningKeyError(EdgeAgentError):
+    """A signing or trust key cannot be used."""
+
+
+class BundleError(EdgeAgentError):
+    """A bundle cannot be written, read or trusted.
+
+    `member` names the bundle member concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class BundleFormatError(BundleError):
+    """The file is not a readable bundle (not a tar, truncated, no manifest)."""
+
+
+class UnsafeMemberError(BundleError):
+    """A member that a reader must never extract."""
+
+
+class UnsafePathError(UnsafeMemberError):
+    """A member name that is absolute, climbs out with `..`, or is malformed."""
+
+
+class LinkMemberError(UnsafeMemberError):
+    """A symbolic or hard link member."""
+
+
+class SpecialMemberError(UnsafeMemberError):
+    """A device, fifo, directory or any member that is not a regular file."""
+
+
+class DuplicateMemberError(BundleError):
+    """Two members with the same name (the second could shadow the first)."""
+
+
+class MemberTooLargeError(BundleError):
+    """A member, or the bundle as a whole, is over its size limit."""
+
+
+class SignatureError(BundleError):
+    """The manifest signature does not verify against the trusted key it names."""
+
+
+class UntrustedKeyError(BundleError):
+    """The manifest was signed by a key that is not among the trusted keys."""
+
+
+class ManifestError(BundleError):
+    """manifest.json is not a valid manifest. `field` names the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, member="manifest.json")
+        self.field = field
+
+
+class UnknownFieldError(ManifestError):
+    """The manifest holds a field this version of edgefleet does not know."""
+
+
+class UnexpectedMemberError(BundleError):
+    """A member that the manifest does not list (something was added)."""
+
+
+class MissingMemberError(BundleError):
+    """A member that the manifest lists is not in the bundle (something was removed)."""
+
+
+class SizeMismatchError(BundleError):
+    """A member's size differs from the size the manifest records."""
+
+
+class HashMismatchError(BundleError):
+    """A member's sha256 differs from the digest the manifest records."""
+
+
+class ProtocolError(EdgeAgentError):
+    """An MQTT topic or message that breaks the edgefleet contract."""
+
+    def __init__(self, message: str, *, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class TopicError(ProtocolError):
+    """A topic outside the edgefleet scheme, or a device id that cannot be a topic level."""
+
+
+class MessageError(ProtocolError):
+    """A payload that is not a valid message for its topic. `field` names the culprit."""
+
+    def __init__(
+        self, message: str, *, topic: str | None = None, field: str | None = None
+    ) -> None:
+        super().__init__(message, topic=topic)
+        self.field = field
+
+
+class SchemaVersionError(MessageError):
+    """A message schema version this side does not speak."""
+
+
+class SpoofedMessageError(MessageError):
+    """A payload that claims to come from another device than its topic says."""

@@ -1,0 +1,1 @@
+"""Fleet server: device registry, bundle registry, staged rollouts and drift."""

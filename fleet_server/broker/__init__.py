@@ -1,0 +1,1 @@
+"""MQTT brokers for the fleet: Mosquitto configuration and the embedded amqtt broker."""

@@ -1,0 +1,106 @@
+"""An in-process MQTT broker (amqtt), so one command serves a small fleet.
+
+amqtt speaks MQTT 3.1.1 only: no shared subscriptions, so a fleet with several
+server replicas uses a real broker (Mosquitto, EMQX). The edgefleet contract
+needs nothing from MQTT 5 beyond shared subscriptions, so agents work with both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+__all__ = ["EmbeddedBroker", "EmbeddedBrokerError"]
+
+
+class EmbeddedBrokerError(RuntimeError):
+    """The embedded broker could not start (port taken, amqtt missing)."""
+
+
+class EmbeddedBroker:
+    """amqtt running on its own event loop in a daemon thread.
+
+    >>> with EmbeddedBroker(port=0) as broker:
+    ...     print(broker.port)  # a free port was chosen
+    """
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 1883) -> None:
+        self.host = host
+        self.port = port or _free_port(host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> None:
+        try:
+            from amqtt.broker import Broker
+        except ImportError as exc:
+            raise EmbeddedBrokerError(
+                "the embedded broker needs the 'fleet' extra: pip install 'edgefleet[fleet]'"
+            ) from exc
+        # amqtt logs every packet at INFO; keep the server's log readable
+        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
+            },
+        }
+        started: Future[None] = Future()
+        loop = asyncio.new_event_loop()
+
+        async def boot() -> None:
+            self._broker = Broker(config, loop=loop)
+            await self._broker.start()
+
+        def run() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(boot())
+            except BaseException as exc:  # reported to the caller of start()
+                started.set_exception(exc)
+                return
+            started.set_result(None)
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=run, name="edgefleet-broker", daemon=True)
+        self._thread.start()
+        try:
+            started.result(timeout)
+        except Exception as exc:
+            raise EmbeddedBrokerError(
+                f"embedded MQTT broker could not listen on {self.host}:{self.port}: {exc}"
+            ) from exc
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, broker = self._loop, self._broker
+        if loop is None or broker is None:
+            return
+        asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        loop.close()
+        self._loop = self._broker = self._thread = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

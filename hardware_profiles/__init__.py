@@ -1,0 +1,1 @@
+"""Hardware profiles shipped with edgefleet: data files, read by `edge_agent.profiles`."""

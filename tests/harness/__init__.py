@@ -1,0 +1,1 @@
+"""Test harness: real brokers and databases started by the tests themselves."""
