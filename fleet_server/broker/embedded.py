@@ -86,6 +86,7 @@ class EmbeddedBroker:
         if loop is None or broker is None:
             return
         asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout)
+        asyncio.run_coroutine_threadsafe(_close_leftovers(loop), loop).result(timeout)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -98,6 +99,22 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def _close_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Close what amqtt's shutdown leaves open (connections of clients that vanished
+    without DISCONNECT), so stopping the broker leaks no sockets or tasks."""
+    transports = getattr(loop, "_transports", {})  # selector loops keep fd -> transport
+    for transport in list(transports.values()):
+        if transport is not None:
+            transport.abort()  # not close(): a dead peer would keep a write buffer pending
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks(loop) if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for _ in range(3):
+        await asyncio.sleep(0)  # let the transports' connection_lost callbacks run
 
 
 def _free_port(host: str) -> int:

@@ -75,14 +75,27 @@ class Client:
             return True
         return False
 
+    def drain(self, quiet_for: float) -> list[Received]:
+        """Everything that arrives until nothing has for `quiet_for` seconds."""
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get(timeout=quiet_for))
+            except queue.Empty:
+                return out
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self._release()
+
+    def _release(self) -> None:
+        # paho keeps a wake-up socket pair that a late loop iteration can re-create
+        # after loop_stop(); close it now rather than leave it to garbage collection
+        self.client._reset_sockets()
 
     def drop(self) -> None:
         """Lose the connection without DISCONNECT, as a power cut does (the will fires)."""
         self.client.loop_stop()
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
+        self._release()
         time.sleep(0.05)
