@@ -130,10 +130,16 @@ def load_profile_file(path: Path) -> HardwareProfile:
     try:
         profile = HardwareProfile.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        # a misspelt key shows up twice: unknown, and its right spelling missing
+        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+        missing = [_where(e["loc"]) for e in errors if e["type"] == "missing"]
+        first = (unknown or errors)[0]
         key = _where(first["loc"])
         if first["type"] == "extra_forbidden":
-            raise ProfileError(f"{path}: unknown key {key!r} (check its spelling)") from None
+            close = difflib.get_close_matches(key, missing, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "check its spelling"
+            raise ProfileError(f"{path}: unknown key {key!r} ({hint})") from None
         if first["type"] == "missing":
             raise ProfileError(f"{path}: required key {key!r} is missing") from None
         raise ProfileError(f"{path}: key {key!r} is invalid: {first['msg']}") from None
