@@ -84,8 +84,7 @@ class UnknownProfileError(ProfileError):
             else f"known profiles: {', '.join(known) or '(none)'}"
         )
         super().__init__(
-            f"unknown hardware profile {name!r}; {hint} "
-            "(`edgefleet profiles list` shows them all)"
+            f"unknown hardware profile {name!r}; {hint} (`edgefleet profiles list` shows them all)"
         )
 
 
@@ -183,9 +182,7 @@ class TopicError(ProtocolError):
 class MessageError(ProtocolError):
     """A payload that is not a valid message for its topic. `field` names the culprit."""
 
-    def __init__(
-        self, message: str, *, topic: str | None = None, field: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, topic: str | None = None, field: str | None = None) -> None:
         super().__init__(message, topic=topic)
         self.field = field
 

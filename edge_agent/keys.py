@@ -133,9 +133,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as exc:
-        hint = (
-            " (this is a private key: pass the .pub file)" if b"PRIVATE KEY" in data else ""
-        )
+        hint = " (this is a private key: pass the .pub file)" if b"PRIVATE KEY" in data else ""
         raise SigningKeyError(f"{path} is not a PEM public key{hint}") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(

@@ -172,6 +172,4 @@ def load_profile(name: str, dirs: list[Path] | None = None) -> HardwareProfile:
         if "/" not in name and path.is_file():
             return load_profile_file(path)
     known = sorted({p.stem for d in _search(dirs) if d.is_dir() for p in d.glob("*.toml")})
-    raise UnknownProfileError(
-        name, known, difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    )
+    raise UnknownProfileError(name, known, difflib.get_close_matches(name, known, n=3, cutoff=0.5))

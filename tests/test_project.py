@@ -32,12 +32,18 @@ def imported_modules(package: str) -> dict[Path, set[str]]:
 
 @pytest.mark.parametrize(
     ("package", "forbidden"),
-    [("edge_agent", {"converter", "fleet_server"}), ("converter", {"fleet_server"}),
-     ("fleet_server", {"converter"})],
+    [
+        ("edge_agent", {"converter", "fleet_server"}),
+        ("converter", {"fleet_server"}),
+        ("fleet_server", {"converter"}),
+    ],
 )
 def test_dependencies_point_one_way(package: str, forbidden: set[str]) -> None:
-    offenders = {str(p.relative_to(ROOT)): sorted(n & forbidden)
-                 for p, n in imported_modules(package).items() if n & forbidden}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(n & forbidden)
+        for p, n in imported_modules(package).items()
+        if n & forbidden
+    }
     assert offenders == {}
 
 
@@ -53,8 +59,14 @@ def test_code_never_branches_on_a_profile_name() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["edge_agent", "edge_agent.bundle", "edge_agent.protocol", "edge_agent.errors",
-               "edge_agent.cli"],
+    "module",
+    [
+        "edge_agent",
+        "edge_agent.bundle",
+        "edge_agent.protocol",
+        "edge_agent.errors",
+        "edge_agent.cli",
+    ],
 )
 def test_public_api_is_exactly_a_sorted_all(module: str) -> None:
     mod = importlib.import_module(module)
@@ -66,7 +78,9 @@ def test_public_api_is_exactly_a_sorted_all(module: str) -> None:
     tree = ast.parse(Path(mod.__file__).read_text())  # type: ignore[arg-type]
     defined = {
         alias.asname or alias.name
-        for node in tree.body if isinstance(node, ast.ImportFrom) and node.module != "__future__"
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom)
+        and node.module != "__future__"
         and not (node.module or "").startswith("typing")
         for alias in node.names
     } | {n.name for n in tree.body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
@@ -77,8 +91,19 @@ def test_public_api_is_exactly_a_sorted_all(module: str) -> None:
 @pytest.mark.slow
 def test_the_wheel_ships_the_profiles_and_works_outside_the_source_tree(tmp_path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp_path / "dist",
-         ROOT], check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "build",
+            "--wheel",
+            "--no-isolation",
+            "--outdir",
+            tmp_path / "dist",
+            ROOT,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("edgefleet-*.whl")
     with zipfile.ZipFile(wheel) as zf:
@@ -89,18 +114,30 @@ def test_the_wheel_ships_the_profiles_and_works_outside_the_source_tree(tmp_path
     for package in PACKAGES:
         assert f"{package}/__init__.py" in names
     assert not any(n.startswith("tests/") for n in names)
-    assert "[edgefleet.commands]" in entry_points and "edgefleet = edge_agent.cli.main:main" in entry_points
+    assert "[edgefleet.commands]" in entry_points
+    assert "edgefleet = edge_agent.cli.main:main" in entry_points
 
     # a bare environment with the core dependencies only, run away from the source tree
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", wheel], check=True, capture_output=True,
-                   timeout=600)
-    listing = subprocess.run([env_dir / "bin" / "edgefleet", "profiles", "list"], cwd=tmp_path,
-                             capture_output=True, text=True, check=True)
+    subprocess.run(
+        [py, "-m", "pip", "install", "-q", wheel], check=True, capture_output=True, timeout=600
+    )
+    listing = subprocess.run(
+        [env_dir / "bin" / "edgefleet", "profiles", "list"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for profile in PROFILES:
         assert profile in listing.stdout
-    where = subprocess.run([py, "-c", "import hardware_profiles; print(hardware_profiles.__file__)"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [py, "-c", "import hardware_profiles; print(hardware_profiles.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert str(env_dir) in where

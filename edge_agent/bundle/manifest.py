@@ -243,7 +243,8 @@ class Manifest(_Strict):
         for field, name in referenced.items():
             if name is not None and name not in self.members:
                 raise ManifestError(
-                    f"manifest field {field!r} names member {name!r}, which 'members' does not list",
+                    f"manifest field {field!r} names member {name!r}, "
+                    "which 'members' does not list",
                     field=field,
                 )
         for name in ("manifest.json", "signature.json"):

@@ -7,12 +7,11 @@ import binascii
 import json
 from typing import Literal
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_agent.errors import SignatureError, UntrustedKeyError
 from edge_agent.keys import TrustedKey, key_id, sign, verify
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["SignatureDoc", "check_signature", "make_signature", "parse_signature"]
 

@@ -47,7 +47,9 @@ class BundleFile:
     role: MemberRole
 
     def open(self) -> IO[bytes]:
-        return io.BytesIO(self.content) if isinstance(self.content, bytes) else self.content.open("rb")
+        return (
+            io.BytesIO(self.content) if isinstance(self.content, bytes) else self.content.open("rb")
+        )
 
     def size(self) -> int:
         if isinstance(self.content, bytes):
@@ -104,9 +106,10 @@ def write_bundle(
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
     try:
-        with tmp.open("wb") as raw, tarfile.open(
-            fileobj=raw, mode="w:", format=tarfile.PAX_FORMAT
-        ) as tf:
+        with (
+            tmp.open("wb") as raw,
+            tarfile.open(fileobj=raw, mode="w:", format=tarfile.PAX_FORMAT) as tf,
+        ):
             _add(tf, MANIFEST_NAME, io.BytesIO(manifest_bytes), len(manifest_bytes), mtime)
             _add(tf, SIGNATURE_NAME, io.BytesIO(signature_bytes), len(signature_bytes), mtime)
             for name in sorted(manifest.members):
@@ -130,7 +133,9 @@ def write_bundle(
     return dest
 
 
-def _add(tf: tarfile.TarFile, name: str, fh: IO[bytes], size: int, mtime: int) -> None:
+def _add(
+    tf: tarfile.TarFile, name: str, fh: IO[bytes] | _HashingReader, size: int, mtime: int
+) -> None:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = mtime

@@ -77,7 +77,10 @@ def inspect(bundle_path: Path, max_member_mb: int, as_json: bool) -> None:
 @bundle.command()
 @_bundle_arg
 @click.option(
-    "--trust", "trust", multiple=True, required=True,
+    "--trust",
+    "trust",
+    multiple=True,
+    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="A trusted public key (PEM); repeat for several.",
 )

@@ -14,11 +14,17 @@ def keys() -> None:
 
 @keys.command()
 @click.option(
-    "--private", "private_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "--private",
+    "private_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the private key (PEM, mode 0600). Keep it off devices.",
 )
 @click.option(
-    "--public", "public_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "--public",
+    "public_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="Where to write the public key (PEM); devices trust this one.",
 )
 @click.option("--force", is_flag=True, help="Overwrite existing key files.")

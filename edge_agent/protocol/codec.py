@@ -38,7 +38,9 @@ _BY_CHANNEL: dict[topics.Channel, type[BaseModel]] = {
     topics.Channel.DESIRED: DesiredState,
     topics.Channel.COMMANDS: Command,
 }
-_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {t: TypeAdapter(t) for t in _BY_CHANNEL.values()}
+_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {
+    t: TypeAdapter(t) for t in _BY_CHANNEL.values()
+}
 
 
 def encode(message: BaseModel) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Sequence
+from typing import Final
 
 __all__ = [
     "LATENCY_BOUNDS_MS",
@@ -22,7 +23,7 @@ __all__ = [
     "quantile",
 ]
 
-LATENCY_SCHEME = "log10x10-10us-100s"
+LATENCY_SCHEME: Final = "log10x10-10us-100s"
 LATENCY_BOUNDS_MS: tuple[float, ...] = tuple(0.01 * 10 ** (i / 10) for i in range(71))
 _N_BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 

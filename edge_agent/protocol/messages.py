@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -21,8 +21,8 @@ __all__ = [
     "PROTOCOL_SCHEMA_VERSION",
     "Ack",
     "AckStatus",
-    "BundleRef",
     "BinnedCounts",
+    "BundleRef",
     "Command",
     "CommandName",
     "DesiredBundle",
@@ -38,7 +38,7 @@ __all__ = [
     "utcnow",
 ]
 
-PROTOCOL_SCHEMA_VERSION = 1
+PROTOCOL_SCHEMA_VERSION: Final = 1
 _DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _SHA256 = r"^[0-9a-f]{64}$"
 Scalar = str | int | float | bool | None

@@ -130,7 +130,7 @@ def device_subscriptions(device_id: str) -> list[str]:
     return [desired(device_id), commands(device_id)]
 
 
-def device_acl(username_token: str = "%u") -> list[tuple[str, str]]:
+def device_acl(username_token: str = "%u") -> list[tuple[str, str]]:  # noqa: S107 (a token, not a password)
     """(access, topic) pairs confining a device to its own topics, for a broker ACL.
 
     With the default token this is Mosquitto's pattern form, where ``%u`` is

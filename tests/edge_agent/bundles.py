@@ -69,8 +69,10 @@ def npz(**arrays: np.ndarray) -> bytes:
 def bundle_files() -> dict[str, BundleFile]:
     model = tiny_onnx_model()
     x = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
-    stats = {"schema_version": 1, "tensors": {"x": {"edges": [-3, -1, 0, 1, 3],
-                                                     "counts": [4, 12, 12, 4]}}}
+    stats = {
+        "schema_version": 1,
+        "tensors": {"x": {"edges": [-3, -1, 0, 1, 3], "counts": [4, 12, 12, 4]}},
+    }
     return {
         "model/model.onnx": BundleFile(model, MemberRole.MODEL),
         "selftest/inputs.npz": BundleFile(npz(x=x), MemberRole.SELFTEST),
@@ -93,11 +95,13 @@ def make_manifest(files: dict[str, BundleFile], **overrides: object) -> Manifest
         "inputs": [TensorSpec(name="x", dtype="float32", shape=["batch", 4], layout="NC")],
         "outputs": [TensorSpec(name="y", dtype="float32", shape=["batch", 3])],
         "quantization": QuantizationRecipe(precision="fp32"),
-        "selftest": SelfTest(inputs="selftest/inputs.npz", outputs="selftest/outputs.npz",
-                             rtol=1e-4, atol=1e-5),
+        "selftest": SelfTest(
+            inputs="selftest/inputs.npz", outputs="selftest/outputs.npz", rtol=1e-4, atol=1e-5
+        ),
         "reference": "reference/stats.json",
-        "source": Source(sha256=hashlib.sha256(model).hexdigest(), filename="tiny.onnx",
-                         framework="onnx"),
+        "source": Source(
+            sha256=hashlib.sha256(model).hexdigest(), filename="tiny.onnx", framework="onnx"
+        ),
         "converter": Tool(name="edgefleet-tests", version="0"),
         "created_at": datetime(2026, 11, 23, 13, 0, tzinfo=UTC),
     }
@@ -107,17 +111,22 @@ def make_manifest(files: dict[str, BundleFile], **overrides: object) -> Manifest
 
 def make_bundle(path: Path, private_key: Path) -> Path:
     files = bundle_files()
-    return write_bundle(path, make_manifest(files), files,
-                        signing_key=load_private_key(private_key))
+    return write_bundle(
+        path, make_manifest(files), files, signing_key=load_private_key(private_key)
+    )
 
 
-def rewrite_tar(src: Path, dst: Path,
-                edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]],
-                               list[tuple[tarfile.TarInfo, bytes]]]) -> Path:
+def rewrite_tar(
+    src: Path,
+    dst: Path,
+    edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]], list[tuple[tarfile.TarInfo, bytes]]],
+) -> Path:
     """Copy a bundle member by member through `edit`, as an attacker with tar would."""
     with tarfile.open(src, "r:") as tf:
-        members = [(m, tf.extractfile(m).read() if m.isreg() else b"")  # type: ignore[union-attr]
-                   for m in tf.getmembers()]
+        members = [
+            (m, tf.extractfile(m).read() if m.isreg() else b"")  # type: ignore[union-attr]
+            for m in tf.getmembers()
+        ]
     members = edit(members)
     with tarfile.open(dst, "w:", format=tarfile.PAX_FORMAT) as out:
         for info, data in members:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edge_agent.bundle import BundleFile, BundleLimits, MemberRole, canonical_json, inspect_bundle, read_bundle, write_bundle
+from edge_agent.bundle import (
+    BundleFile,
+    BundleLimits,
+    MemberRole,
+    canonical_json,
+    inspect_bundle,
+    read_bundle,
+    write_bundle,
+)
 from edge_agent.bundle.signature import make_signature
 from edge_agent.errors import (
     BundleFormatError,
@@ -51,7 +60,9 @@ def trust(keypair: tuple[Path, Path]) -> list:
     return load_trusted_keys([keypair[1]])
 
 
-def test_round_trip_runs_the_model_and_matches_the_selftest(bundle: Path, trust: list, tmp_path: Path) -> None:
+def test_round_trip_runs_the_model_and_matches_the_selftest(
+    bundle: Path, trust: list, tmp_path: Path
+) -> None:
     verified = read_bundle(bundle, trust=trust)
     assert verified.manifest == make_manifest(bundle_files())
     assert verified.signer_key_id == trust[0].key_id
@@ -65,7 +76,9 @@ def test_round_trip_runs_the_model_and_matches_the_selftest(bundle: Path, trust:
     assert verified.read_member(MODEL) == model
 
 
-def test_bundle_is_a_deterministic_tar_with_manifest_first(tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+def test_bundle_is_a_deterministic_tar_with_manifest_first(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
     a = make_bundle(tmp_path / "a.efb", keypair[0])
     b = make_bundle(tmp_path / "b.efb", keypair[0])
     assert a.read_bytes() == b.read_bytes()  # Ed25519 signatures are deterministic too
@@ -93,7 +106,7 @@ def flip_byte(path: Path, member: str) -> None:
 
 def test_one_flipped_byte_in_the_model_is_caught(bundle: Path, trust: list) -> None:
     flip_byte(bundle, MODEL)
-    with pytest.raises(HashMismatchError, match="model/model.onnx") as err:
+    with pytest.raises(HashMismatchError, match=re.escape("model/model.onnx")) as err:
         read_bundle(bundle, trust=trust)
     assert err.value.member == MODEL
 
@@ -112,28 +125,39 @@ def test_a_bundle_signed_by_another_key_is_untrusted(bundle: Path, tmp_path: Pat
     assert err.value.member == "signature.json"
 
 
-def test_any_of_several_trusted_keys_is_enough(bundle: Path, keypair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_any_of_several_trusted_keys_is_enough(
+    bundle: Path, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
     write_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
     read_bundle(bundle, trust=load_trusted_keys([tmp_path / "other.pub", keypair[1]]))
 
 
 def test_a_member_added_is_named(bundle: Path, trust: list, tmp_path: Path) -> None:
-    bad = rewrite_tar(bundle, tmp_path / "bad.efb", lambda m: [*m, regular("model/extra.bin", b"x")])
-    with pytest.raises(UnexpectedMemberError, match="model/extra.bin") as err:
+    bad = rewrite_tar(
+        bundle, tmp_path / "bad.efb", lambda m: [*m, regular("model/extra.bin", b"x")]
+    )
+    with pytest.raises(UnexpectedMemberError, match=re.escape("model/extra.bin")) as err:
         read_bundle(bad, trust=trust)
     assert err.value.member == "model/extra.bin"
 
 
 def test_a_member_removed_is_named(bundle: Path, trust: list, tmp_path: Path) -> None:
-    bad = rewrite_tar(bundle, tmp_path / "bad.efb",
-                      lambda m: [x for x in m if x[0].name != "reference/stats.json"])
-    with pytest.raises(MissingMemberError, match="reference/stats.json") as err:
+    bad = rewrite_tar(
+        bundle,
+        tmp_path / "bad.efb",
+        lambda m: [x for x in m if x[0].name != "reference/stats.json"],
+    )
+    with pytest.raises(MissingMemberError, match=re.escape("reference/stats.json")) as err:
         read_bundle(bad, trust=trust)
     assert err.value.member == "reference/stats.json"
 
 
-@pytest.mark.parametrize("name", ["../evil.sh", "model/../../evil.sh", "/etc/cron.d/evil", "a//b", "a\\b"])
-def test_unsafe_member_paths_are_refused(bundle: Path, trust: list, tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    "name", ["../evil.sh", "model/../../evil.sh", "/etc/cron.d/evil", "a//b", "a\\b"]
+)
+def test_unsafe_member_paths_are_refused(
+    bundle: Path, trust: list, tmp_path: Path, name: str
+) -> None:
     bad = rewrite_tar(bundle, tmp_path / "bad.efb", lambda m: [*m, regular(name, b"#!/bin/sh\n")])
     with pytest.raises(UnsafePathError) as err:
         read_bundle(bad, trust=trust)
@@ -151,13 +175,17 @@ def test_link_members_are_refused(bundle: Path, trust: list, tmp_path: Path, kin
         return [*members, (info, b"")]
 
     bad = rewrite_tar(bundle, tmp_path / "bad.efb", add_link)
-    with pytest.raises(LinkMemberError, match="model/weights.bin") as err:
+    with pytest.raises(LinkMemberError, match=re.escape("model/weights.bin")) as err:
         read_bundle(bad, trust=trust)
     assert err.value.member == "model/weights.bin"
 
 
-@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, tarfile.DIRTYPE])
-def test_device_fifo_and_directory_members_are_refused(bundle: Path, trust: list, tmp_path: Path, kind: bytes) -> None:
+@pytest.mark.parametrize(
+    "kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE, tarfile.DIRTYPE]
+)
+def test_device_fifo_and_directory_members_are_refused(
+    bundle: Path, trust: list, tmp_path: Path, kind: bytes
+) -> None:
     def add_special(members: list) -> list:
         info = tarfile.TarInfo("model/dev")
         info.type = kind
@@ -171,12 +199,14 @@ def test_device_fifo_and_directory_members_are_refused(bundle: Path, trust: list
 
 def test_an_oversized_member_is_refused_before_it_is_read(bundle: Path, trust: list) -> None:
     size = read_bundle(bundle, trust=trust).manifest.members[MODEL].size
-    with pytest.raises(MemberTooLargeError, match="model/model.onnx") as err:
+    with pytest.raises(MemberTooLargeError, match=re.escape("model/model.onnx")) as err:
         read_bundle(bundle, trust=trust, limits=BundleLimits(max_member_bytes=size - 1))
     assert err.value.member == MODEL
 
 
-def test_a_tar_bomb_of_huge_declared_size_is_refused_by_its_header(bundle: Path, trust: list, tmp_path: Path) -> None:
+def test_a_tar_bomb_of_huge_declared_size_is_refused_by_its_header(
+    bundle: Path, trust: list, tmp_path: Path
+) -> None:
     with tarfile.open(bundle) as tf:
         last = tf.getmembers()[-1]
     end = last.offset_data + -(-last.size // 512) * 512
@@ -190,8 +220,9 @@ def test_a_tar_bomb_of_huge_declared_size_is_refused_by_its_header(bundle: Path,
 
 
 def test_too_many_members_are_refused(bundle: Path, trust: list, tmp_path: Path) -> None:
-    bad = rewrite_tar(bundle, tmp_path / "bad.efb",
-                      lambda m: m + [regular(f"x/{i}", b"") for i in range(100)])
+    bad = rewrite_tar(
+        bundle, tmp_path / "bad.efb", lambda m: m + [regular(f"x/{i}", b"") for i in range(100)]
+    )
     with pytest.raises(MemberTooLargeError, match="more than 64 members"):
         read_bundle(bad, trust=trust)
 
@@ -224,45 +255,63 @@ def resign(bundle: Path, dst: Path, private: Path, mutate) -> Path:
     return rewrite_tar(bundle, dst, edit)
 
 
-def test_an_unknown_manifest_field_is_named(bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_unknown_manifest_field_is_named(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
     bad = resign(bundle, tmp_path / "bad.efb", keypair[0], lambda m: m.update(accelerator="npu"))
     with pytest.raises(UnknownFieldError, match="'accelerator'") as err:
         read_bundle(bad, trust=trust)
     assert err.value.field == "accelerator"
 
 
-def test_an_unknown_nested_manifest_field_is_named_with_its_path(bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path) -> None:
-    bad = resign(bundle, tmp_path / "bad.efb", keypair[0],
-                 lambda m: m["inputs"][0].update(mean=0.5))
+def test_an_unknown_nested_manifest_field_is_named_with_its_path(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    bad = resign(
+        bundle, tmp_path / "bad.efb", keypair[0], lambda m: m["inputs"][0].update(mean=0.5)
+    )
     with pytest.raises(UnknownFieldError) as err:
         read_bundle(bad, trust=trust)
     assert err.value.field == "inputs[0].mean"
 
 
-def test_a_newer_manifest_schema_says_to_upgrade(bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_newer_manifest_schema_says_to_upgrade(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
     bad = resign(bundle, tmp_path / "bad.efb", keypair[0], lambda m: m.update(schema_version=2))
     with pytest.raises(ManifestError, match="upgrade edgefleet") as err:
         read_bundle(bad, trust=trust)
     assert err.value.field == "schema_version"
 
 
-def test_a_wrong_size_in_a_signed_manifest_is_named(bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path) -> None:
-    bad = resign(bundle, tmp_path / "bad.efb", keypair[0],
-                 lambda m: m["members"][MODEL].update(size=m["members"][MODEL]["size"] + 1))
+def test_a_wrong_size_in_a_signed_manifest_is_named(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    bad = resign(
+        bundle,
+        tmp_path / "bad.efb",
+        keypair[0],
+        lambda m: m["members"][MODEL].update(size=m["members"][MODEL]["size"] + 1),
+    )
     with pytest.raises(SizeMismatchError) as err:
         read_bundle(bad, trust=trust)
     assert err.value.member == MODEL
 
 
-def test_a_manifest_naming_an_unlisted_member_is_invalid(bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path) -> None:
-    bad = resign(bundle, tmp_path / "bad.efb", keypair[0],
-                 lambda m: m.update(entrypoint="model/other.onnx"))
+def test_a_manifest_naming_an_unlisted_member_is_invalid(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    bad = resign(
+        bundle, tmp_path / "bad.efb", keypair[0], lambda m: m.update(entrypoint="model/other.onnx")
+    )
     with pytest.raises(ManifestError, match="entrypoint") as err:
         read_bundle(bad, trust=trust)
     assert err.value.field == "entrypoint"
 
 
-def test_truncated_and_foreign_files_are_format_errors(bundle: Path, trust: list, tmp_path: Path) -> None:
+def test_truncated_and_foreign_files_are_format_errors(
+    bundle: Path, trust: list, tmp_path: Path
+) -> None:
     truncated = tmp_path / "truncated.efb"
     truncated.write_bytes(bundle.read_bytes()[:2000])
     with pytest.raises(BundleFormatError):
@@ -275,7 +324,7 @@ def test_truncated_and_foreign_files_are_format_errors(bundle: Path, trust: list
     with pytest.raises(BundleFormatError, match="does not exist"):
         read_bundle(tmp_path / "nope.efb", trust=trust)
     not_ours = rewrite_tar(bundle, tmp_path / "plain.tar", lambda m: [regular("readme", b"hi")])
-    with pytest.raises(BundleFormatError, match="no manifest.json"):
+    with pytest.raises(BundleFormatError, match=re.escape("no manifest.json")):
         read_bundle(not_ours, trust=trust)
 
 
@@ -295,12 +344,14 @@ def test_a_member_changed_after_verification_is_caught_on_read(bundle: Path, tru
         verified.read_member(MODEL)
 
 
-def test_the_writer_refuses_files_that_do_not_match_the_manifest(tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+def test_the_writer_refuses_files_that_do_not_match_the_manifest(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
     files = bundle_files()
     manifest = make_manifest(files)
     key = load_private_key(keypair[0])
     partial = {k: v for k, v in files.items() if k != "reference/stats.json"}
-    with pytest.raises(MissingMemberError, match="reference/stats.json"):
+    with pytest.raises(MissingMemberError, match=re.escape("reference/stats.json")):
         write_bundle(tmp_path / "x.efb", manifest, partial, signing_key=key)
     model = files[MODEL].content
     assert isinstance(model, bytes)
@@ -310,4 +361,5 @@ def test_the_writer_refuses_files_that_do_not_match_the_manifest(tmp_path: Path,
     same_size = {**files, MODEL: BundleFile(bytes(len(model)), MemberRole.MODEL)}
     with pytest.raises(HashMismatchError, match="changed while"):
         write_bundle(tmp_path / "x.efb", manifest, same_size, signing_key=key)
-    assert not list(tmp_path.glob("*.efb")) and not list(tmp_path.glob(".*partial"))
+    assert not list(tmp_path.glob("*.efb"))
+    assert not list(tmp_path.glob(".*partial"))

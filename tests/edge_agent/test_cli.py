@@ -16,7 +16,9 @@ EDGEFLEET = [str(Path(sys.executable).with_name("edgefleet"))]
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*EDGEFLEET, *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*EDGEFLEET, *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -33,8 +35,17 @@ def test_help_lists_every_command_and_loads_no_heavy_module() -> None:
         " 'sqlalchemy', 'paho', 'cryptography') if m in sys.modules); print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    for command in ("agent", "bundle", "convert", "demo", "fleet", "keys", "predict",
-                    "profiles", "provision"):
+    for command in (
+        "agent",
+        "bundle",
+        "convert",
+        "demo",
+        "fleet",
+        "keys",
+        "predict",
+        "profiles",
+        "provision",
+    ):
         assert f"  {command} " in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -52,12 +63,21 @@ def test_the_agent_side_never_imports_converter_or_server_code() -> None:
 def test_profiles_list_and_show() -> None:
     listing = run("profiles", "list")
     assert listing.returncode == 0
-    for name in ("raspberry-pi-4", "raspberry-pi-zero-2w", "jetson-orin-nano", "x86-64-vnni",
-                 "x86-64", "coral-edgetpu", "nxp-imx8mp", "esp32-s3"):
+    for name in (
+        "raspberry-pi-4",
+        "raspberry-pi-zero-2w",
+        "jetson-orin-nano",
+        "x86-64-vnni",
+        "x86-64",
+        "coral-edgetpu",
+        "nxp-imx8mp",
+        "esp32-s3",
+    ):
         assert name in listing.stdout
     shown = run("profiles", "show", "coral-edgetpu")
     assert shown.returncode == 0
-    assert "int8-full" in shown.stdout and "per-tensor" in shown.stdout
+    assert "int8-full" in shown.stdout
+    assert "per-tensor" in shown.stdout
     as_json = json.loads(run("profiles", "show", "x86-64-vnni", "--json").stdout)
     assert as_json["quantization"]["reduce_range"] is False
 
@@ -73,9 +93,11 @@ def test_keys_generate_writes_a_private_key_only_its_owner_can_read(tmp_path: Pa
     result = run("keys", "generate", "--private", priv, "--public", pub)
     assert result.returncode == 0, result.stderr
     assert priv.stat().st_mode & 0o777 == 0o600
-    assert b"BEGIN PRIVATE KEY" in priv.read_bytes() and b"BEGIN PUBLIC KEY" in pub.read_bytes()
+    assert b"BEGIN PRIVATE KEY" in priv.read_bytes()
+    assert b"BEGIN PUBLIC KEY" in pub.read_bytes()
     key_id = run("keys", "show", pub).stdout.strip()
-    assert key_id.startswith("sha256:") and key_id in result.stdout
+    assert key_id.startswith("sha256:")
+    assert key_id in result.stdout
 
     again = run("keys", "generate", "--private", priv, "--public", pub)
     assert again.returncode != 0
@@ -89,11 +111,15 @@ def test_bundle_verify_and_inspect(tmp_path: Path, keypair: tuple[Path, Path]) -
     bundle = make_bundle(tmp_path / "tiny.efb", keypair[0])
     ok = run("bundle", "verify", bundle, "--trust", keypair[1])
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.startswith("OK ") and "tiny 1.0.0" in ok.stdout
+    assert ok.stdout.startswith("OK ")
+    assert "tiny 1.0.0" in ok.stdout
 
     doc = json.loads(run("bundle", "inspect", bundle, "--json").stdout)
-    assert doc["manifest"]["model"] == {"name": "tiny", "version": "1.0.0",
-                                        "description": "a test model"}
+    assert doc["manifest"]["model"] == {
+        "name": "tiny",
+        "version": "1.0.0",
+        "description": "a test model",
+    }
     assert doc["signature_checked"] is False
     assert "model/model.onnx" in run("bundle", "inspect", bundle).stdout
 
@@ -113,6 +139,7 @@ def test_bundle_verify_fails_with_one_line_naming_the_problem(
     bundle = make_bundle(tmp_path / "tiny.efb", keypair[0])
     trust = keypair[1]
     if tamper == "added":
+
         def add(members: list) -> list:
             info = tarfile.TarInfo("model/extra.bin")
             info.size = 1
@@ -128,12 +155,17 @@ def test_bundle_verify_fails_with_one_line_naming_the_problem(
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    result = run("--debug", "bundle", "verify", tmp_path / "missing.efb", "--trust", tmp_path / "k.pub")
+    result = run(
+        "--debug", "bundle", "verify", tmp_path / "missing.efb", "--trust", tmp_path / "k.pub"
+    )
     assert result.returncode == 1
-    assert "Traceback" in result.stderr and "does not exist" in result.stderr
+    assert "Traceback" in result.stderr
+    assert "does not exist" in result.stderr
 
 
-def test_missing_trust_key_file_is_a_clear_error(tmp_path: Path, keypair: tuple[Path, Path]) -> None:
+def test_missing_trust_key_file_is_a_clear_error(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
     bundle = make_bundle(tmp_path / "tiny.efb", keypair[0])
     result = run("bundle", "verify", bundle, "--trust", tmp_path / "nope.pub")
     assert "nope.pub does not exist" in one_error_line(result)
@@ -143,4 +175,5 @@ def test_missing_trust_key_file_is_a_clear_error(tmp_path: Path, keypair: tuple[
 
 def test_commands_of_later_issues_say_so_and_fail() -> None:
     result = run("convert", "model.onnx")
-    assert result.returncode == 2 and "issue #3" in result.stderr
+    assert result.returncode == 2
+    assert "issue #3" in result.stderr

@@ -30,8 +30,15 @@ REF = BundleRef(model="digits", version="1.0.0", profile="x86-64", sha256="a" * 
 def telemetry(device_id: str = "dev-1", seq: int = 0) -> Telemetry:
     counts = [0] * (len(LATENCY_BOUNDS_MS) + 1)
     counts[bucket_index(1.3)] = 10
-    return Telemetry(device_id=device_id, seq=seq, window_start=NOW, window_end=NOW,
-                     bundle=REF, requests=10, latency=LatencyHistogram(counts=counts))
+    return Telemetry(
+        device_id=device_id,
+        seq=seq,
+        window_start=NOW,
+        window_end=NOW,
+        bundle=REF,
+        requests=10,
+        latency=LatencyHistogram(counts=counts),
+    )
 
 
 def test_every_topic_sits_under_the_device_prefix_and_parses_back() -> None:
@@ -50,8 +57,15 @@ def test_device_ids_that_would_break_topics_or_acls_are_refused(bad: str) -> Non
         topics.telemetry(bad)
 
 
-@pytest.mark.parametrize("bad", ["edgefleet/v1/devices/dev-1", "other/v1/devices/dev-1/state",
-                                 "edgefleet/v1/devices/dev-1/firmware", "edgefleet/v1/devices/+/state"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "edgefleet/v1/devices/dev-1",
+        "other/v1/devices/dev-1/state",
+        "edgefleet/v1/devices/dev-1/firmware",
+        "edgefleet/v1/devices/+/state",
+    ],
+)
 def test_foreign_topics_are_refused(bad: str) -> None:
     with pytest.raises(TopicError):
         topics.parse(bad)
@@ -59,15 +73,25 @@ def test_foreign_topics_are_refused(bad: str) -> None:
 
 def test_acl_rules_let_a_device_write_its_reports_and_read_its_orders() -> None:
     rules = dict((t.rsplit("/", 1)[1], a) for a, t in topics.device_acl())
-    assert rules == {"telemetry": "write", "state": "write", "events": "write", "acks": "write",
-                     "desired": "read", "commands": "read"}
+    assert rules == {
+        "telemetry": "write",
+        "state": "write",
+        "events": "write",
+        "acks": "write",
+        "desired": "read",
+        "commands": "read",
+    }
 
 
 def test_messages_round_trip_through_json() -> None:
     msg = telemetry()
     assert decode(topics.telemetry("dev-1"), encode(msg)) == msg
-    desired = DesiredState(device_id="dev-1", revision=3, issued_at=NOW,
-                           bundle=DesiredBundle(ref=REF, url="http://fleet/b/1", size=10))
+    desired = DesiredState(
+        device_id="dev-1",
+        revision=3,
+        issued_at=NOW,
+        bundle=DesiredBundle(ref=REF, url="http://fleet/b/1", size=10),
+    )
     assert decode(topics.desired("dev-1"), encode(desired)) == desired
 
 
@@ -105,8 +129,9 @@ def test_unknown_and_invalid_fields_are_named() -> None:
     with pytest.raises(MessageError, match="'seq'"):
         decode(topics.telemetry("dev-1"), json.dumps({**doc, "seq": -1}).encode())
     with pytest.raises(MessageError, match=r"latency\.counts"):
-        decode(topics.telemetry("dev-1"),
-               json.dumps({**doc, "latency": {"counts": [1, 2]}}).encode())
+        decode(
+            topics.telemetry("dev-1"), json.dumps({**doc, "latency": {"counts": [1, 2]}}).encode()
+        )
 
 
 def test_oversized_payloads_are_refused_before_parsing() -> None:
@@ -124,7 +149,8 @@ def test_histograms_merge_exactly_and_give_percentiles_within_a_bucket() -> None
     merged = merge_counts([a, b])
     assert sum(merged) == 100
     p50, p99 = quantile(merged, 0.5), quantile(merged, 0.99)
-    assert p50 is not None and p99 is not None
+    assert p50 is not None
+    assert p99 is not None
     assert 0.5 / 1.26 <= p50 <= 0.5 * 1.26
     assert 20.0 / 1.26 <= p99 <= 20.0 * 1.26
     assert quantile([0] * len(a), 0.5) is None

@@ -34,7 +34,9 @@ def test_postgres_fixture_gives_a_fresh_writable_database(postgres_url: str) -> 
     import psycopg
 
     with psycopg.connect(postgres_url) as conn:
-        assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone() == (0,)
         conn.execute("CREATE TABLE t (id int)")
         conn.execute("INSERT INTO t VALUES (1)")
         assert conn.execute("SELECT id FROM t").fetchall() == [(1,)]

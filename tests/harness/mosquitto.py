@@ -18,7 +18,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path | None, timeout: float = 10.0) -> None:
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes] | None, log: Path | None, timeout: float = 10.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -35,8 +37,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None, log: Path | N
 class Mosquitto:
     """Start, stop and restart one Mosquitto; `port` stays the same across restarts."""
 
-    def __init__(self, workdir: Path, *, users: dict[str, str] | None = None,
-                 fleet_users: list[str] | None = None, persistence: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        users: dict[str, str] | None = None,
+        fleet_users: list[str] | None = None,
+        persistence: bool = False,
+    ) -> None:
         binary = shutil.which("mosquitto") or (
             "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
         )
@@ -72,15 +80,20 @@ class Mosquitto:
 
     def start(self) -> None:
         for _attempt in range(3):
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf_path)],
-                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(self.conf_path)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 wait_for_port(self.port, self.proc, self.log)
                 return
             except RuntimeError:
                 if self.proc.poll() is None:
                     raise
-                if "Address already in use" not in (self.log.read_text() if self.log.exists() else ""):
+                if "Address already in use" not in (
+                    self.log.read_text() if self.log.exists() else ""
+                ):
                     raise
                 time.sleep(0.5)  # the port was taken between picking and binding; wait it out
         raise RuntimeError(f"port {self.port} stayed busy")

@@ -20,17 +20,25 @@ class Received:
 
 
 class Client:
-    def __init__(self, port: int, client_id: str, *, username: str | None = None,
-                 password: str | None = None, will: tuple[str, bytes] | None = None,
-                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTProtocolVersion.MQTTv5,
-                 keepalive: int = 60) -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        will: tuple[str, bytes] | None = None,
+        protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTProtocolVersion.MQTTv5,
+        keepalive: int = 60,
+    ) -> None:
         self.messages: queue.Queue[Received] = queue.Queue()
         self.port = port
         self._connected = threading.Event()
         self.connect_reason: Any = None
         self.subscribe_granted: queue.Queue[list[Any]] = queue.Queue()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=protocol)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol
+        )
         if username is not None:
             self.client.username_pw_set(username, password)
         if will is not None:

@@ -9,11 +9,11 @@ import pytest
 
 from edge_agent.protocol import (
     BundleRef,
-    Message,
     DesiredBundle,
     DesiredState,
     DeviceState,
     Health,
+    Message,
     decode,
     encode,
     topics,
@@ -40,8 +40,12 @@ def offline_will(device_id: str) -> tuple[str, bytes]:
 
 
 def desired(device_id: str, revision: int) -> DesiredState:
-    return DesiredState(device_id=device_id, revision=revision, issued_at=NOW,
-                        bundle=DesiredBundle(ref=REF, url="http://fleet/bundles/2", size=1234))
+    return DesiredState(
+        device_id=device_id,
+        revision=revision,
+        issued_at=NOW,
+        bundle=DesiredBundle(ref=REF, url="http://fleet/bundles/2", size=1234),
+    )
 
 
 def test_telemetry_reaches_the_fleet_subscription(mosquitto: Mosquitto) -> None:
@@ -71,7 +75,8 @@ def test_retained_desired_state_reaches_a_device_that_was_offline(mosquitto: Mos
     msg = device.get()
     assert msg.retain
     state = decode(msg.topic, msg.payload)
-    assert isinstance(state, DesiredState) and state.revision == 2
+    assert isinstance(state, DesiredState)
+    assert state.revision == 2
     assert device.nothing_within(0.5)
     device.close()
     fleet.close()
@@ -80,24 +85,30 @@ def test_retained_desired_state_reaches_a_device_that_was_offline(mosquitto: Mos
 def test_last_will_marks_a_device_offline_when_its_connection_drops(mosquitto: Mosquitto) -> None:
     device = Client(mosquitto.port, "dev-1", will=offline_will("dev-1"), keepalive=1)
     device.connect()
-    online = DeviceState(device_id="dev-1", online=True, ts=NOW, health=Health.OK, active_bundle=REF)
+    online = DeviceState(
+        device_id="dev-1", online=True, ts=NOW, health=Health.OK, active_bundle=REF
+    )
     device.publish(topics.state("dev-1"), encode(online), retain=True)
     fleet = Client(mosquitto.port, "fleet")
     fleet.connect()
     fleet.subscribe(topics.fleet_subscription(topics.Channel.STATE))
     msg = fleet.get()
     first = decode(msg.topic, msg.payload)
-    assert isinstance(first, DeviceState) and first.online and msg.retain
+    assert isinstance(first, DeviceState)
+    assert first.online
+    assert msg.retain
     device.drop()  # power cut: no DISCONNECT, so the broker publishes the will
     msg = fleet.get(timeout=10)
     will = decode(msg.topic, msg.payload)
-    assert isinstance(will, DeviceState) and not will.online
+    assert isinstance(will, DeviceState)
+    assert not will.online
     # and it is retained: a fleet server started later still sees the device offline
     late = Client(mosquitto.port, "fleet-late")
     late.connect()
     late.subscribe(topics.state("dev-1"))
     retained = late.get()
-    assert retained.retain and not decode(retained.topic, retained.payload).online  # type: ignore[union-attr]
+    assert retained.retain
+    assert not decode(retained.topic, retained.payload).online
     late.close()
     fleet.close()
 
@@ -150,7 +161,9 @@ def test_acl_confines_each_device_to_its_own_topics(mosquitto_auth: Mosquitto) -
     fleet.publish(topics.desired("dev-001"), encode(desired("dev-001", 1)), retain=True)
     fleet.publish(topics.desired("dev-002"), encode(desired("dev-002", 7)), retain=True)
 
-    dev1 = Client(mosquitto_auth.port, "dev-001", username="dev-001", password=DEVICE_USERS["dev-001"])
+    dev1 = Client(
+        mosquitto_auth.port, "dev-001", username="dev-001", password=DEVICE_USERS["dev-001"]
+    )
     assert not dev1.connect().is_failure
     # its own telemetry goes through
     dev1.publish(topics.telemetry("dev-001"), encode(telemetry("dev-001", 0)))
@@ -181,8 +194,11 @@ def test_the_contract_works_over_the_embedded_broker(amqtt_broker) -> None:  # t
     device.subscribe(topics.desired("dev-1"))
     got = device.get()
     assert decode(got.topic, got.payload).revision == 5  # type: ignore[union-attr]
-    device.publish(topics.state("dev-1"),
-                   encode(DeviceState(device_id="dev-1", online=True, ts=NOW)), retain=True)
+    device.publish(
+        topics.state("dev-1"),
+        encode(DeviceState(device_id="dev-1", online=True, ts=NOW)),
+        retain=True,
+    )
     assert recv(fleet).online  # type: ignore[union-attr]
     device.drop()
     will = fleet.get(timeout=15)
