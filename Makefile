@@ -1,0 +1,45 @@
+# The few commands everyone uses. Each installs what it needs first.
+#   make demo    the end-to-end slice on this machine
+#   make test    lint, types and the whole test suite
+#   make bench   benchmarks into BENCHMARKS.md (arrives with the benchmark issue)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck system-deps clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	@touch $(STAMP)
+
+# Mosquitto is what the tests (and --mqtt-url users) run against.
+system-deps:
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+	else \
+		echo "Error: mosquitto is not installed; install it (Debian/Ubuntu: sudo apt-get install mosquitto) and run make again" >&2; \
+		exit 1; \
+	fi
+
+demo: $(STAMP)
+	$(PY) examples/foundation_demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) system-deps lint typecheck
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache
