@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent.bundle import (  # noqa: E402
+from edge_agent.bundle import (
     Benchmark,
     BundleFile,
     Manifest,
@@ -54,9 +54,9 @@ from edge_agent.bundle import (  # noqa: E402
     read_bundle,
     write_bundle,
 )
-from edge_agent.keys import load_private_key, load_trusted_keys, write_keypair  # noqa: E402
-from edge_agent.profiles import load_profile  # noqa: E402
-from edge_agent.protocol import (  # noqa: E402
+from edge_agent.keys import load_private_key, load_trusted_keys, write_keypair
+from edge_agent.profiles import load_profile
+from edge_agent.protocol import (
     LATENCY_BOUNDS_MS,
     BinnedCounts,
     BundleRef,
@@ -70,8 +70,8 @@ from edge_agent.protocol import (  # noqa: E402
     encode,
     topics,
 )
-from edge_agent.protocol.histogram import bucket_index, merge_counts, quantile  # noqa: E402
-from examples.digits.train import Digits, train  # noqa: E402
+from edge_agent.protocol.histogram import bucket_index, merge_counts, quantile
+from examples.digits.train import Digits, train
 
 PROFILE = "x86-64"
 EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
@@ -102,8 +102,10 @@ def build_bundle(digits: Digits, work: Path, private_key: Path) -> Path:
 
     edges = np.unique(np.quantile(digits.x_train, np.linspace(0, 1, 9))).tolist()
     counts, _ = np.histogram(digits.x_train, bins=edges)
-    reference = {"schema_version": 1,
-                 "tensors": {"pixels": {"edges": edges, "counts": counts.tolist()}}}
+    reference = {
+        "schema_version": 1,
+        "tensors": {"pixels": {"edges": edges, "counts": counts.tolist()}},
+    }
     selftest_x = digits.x_test[:16]
     files = {
         "model/digits.onnx": BundleFile(digits.onnx, MemberRole.MODEL),
@@ -122,17 +124,30 @@ def build_bundle(digits: Digits, work: Path, private_key: Path) -> Path:
         inputs=[TensorSpec(name="pixels", dtype="float32", shape=["batch", 64], layout="NC")],
         outputs=[TensorSpec(name="probabilities", dtype="float32", shape=["batch", 10])],
         quantization=QuantizationRecipe(precision="fp32", method="none"),
-        selftest=SelfTest(inputs="selftest/inputs.npz", outputs="selftest/outputs.npz",
-                          rtol=1e-4, atol=1e-6),
+        selftest=SelfTest(
+            inputs="selftest/inputs.npz", outputs="selftest/outputs.npz", rtol=1e-4, atol=1e-6
+        ),
         reference="reference/stats.json",
-        validation=Validation(samples=len(digits.y_test), metrics={"accuracy": accuracy},
-                              budget={"accuracy": 0.9}, passed=accuracy >= 0.9,
-                              dataset="sklearn digits, 30% held out"),
-        benchmark=Benchmark(latency_ms_p50=p50, latency_ms_p90=p90, latency_ms_p99=p99,
-                            runs=len(latencies), threads=profile.runtime.threads,
-                            machine="this machine (demo)"),
-        source=Source(sha256=hashlib.sha256(digits.onnx).hexdigest(), filename="digits.onnx",
-                      framework="scikit-learn"),
+        validation=Validation(
+            samples=len(digits.y_test),
+            metrics={"accuracy": accuracy},
+            budget={"accuracy": 0.9},
+            passed=accuracy >= 0.9,
+            dataset="sklearn digits, 30% held out",
+        ),
+        benchmark=Benchmark(
+            latency_ms_p50=p50,
+            latency_ms_p90=p90,
+            latency_ms_p99=p99,
+            runs=len(latencies),
+            threads=profile.runtime.threads,
+            machine="this machine (demo)",
+        ),
+        source=Source(
+            sha256=hashlib.sha256(digits.onnx).hexdigest(),
+            filename="digits.onnx",
+            framework="scikit-learn",
+        ),
         converter=Tool(name="edgefleet-foundation-demo", version="0.1.0"),
         created_at=datetime.now(UTC),
     )
@@ -148,16 +163,21 @@ class Device:
     """A device speaking the contract: verify, self-test, serve, report. (The real
     agent daemon, with its offline spool and hot-swap, is the edge agent issue.)"""
 
-    def __init__(self, device_id: str, bundle: VerifiedBundle, ref: BundleRef, port: int,
-                 host: str) -> None:
+    def __init__(
+        self, device_id: str, bundle: VerifiedBundle, ref: BundleRef, port: int, host: str
+    ) -> None:
         self.device_id = device_id
         self.bundle = bundle
         self.ref = ref
         self.desired = threading.Event()
-        self.session = ort.InferenceSession(bundle.read_member(bundle.manifest.entrypoint),
-                                            providers=["CPUExecutionProvider"])
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id,
-                                  protocol=mqtt.MQTTProtocolVersion.MQTTv311)
+        self.session = ort.InferenceSession(
+            bundle.read_member(bundle.manifest.entrypoint), providers=["CPUExecutionProvider"]
+        )
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=device_id,
+            protocol=mqtt.MQTTProtocolVersion.MQTTv311,
+        )
         will = DeviceState(device_id=device_id, online=False, ts=datetime.now(UTC))
         self.client.will_set(topics.state(device_id), encode(will), qos=1, retain=True)
         self.client.on_message = self._on_message
@@ -190,8 +210,13 @@ class Device:
         stats = json.loads(self.bundle.read_member("reference/stats.json"))["tensors"]["pixels"]
         counts, _ = np.histogram(x, bins=stats["edges"])
         return Telemetry(
-            device_id=self.device_id, seq=seq, window_start=start, window_end=datetime.now(UTC),
-            bundle=self.ref, requests=len(x), latency=LatencyHistogram(counts=latency),
+            device_id=self.device_id,
+            seq=seq,
+            window_start=start,
+            window_end=datetime.now(UTC),
+            bundle=self.ref,
+            requests=len(x),
+            latency=LatencyHistogram(counts=latency),
             inputs={"pixels": BinnedCounts(counts=counts.tolist())},
         )
 
@@ -218,7 +243,8 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     write_keypair(private, public, force=True)
     bundle_path = build_bundle(digits, work, private)
     verify = cli("bundle", "verify", bundle_path, "--trust", public)
-    say(f"   $ edgefleet bundle verify {bundle_path.name} --trust signing.pub\n   {verify.stdout.strip()}")
+    say(f"   $ edgefleet bundle verify {bundle_path.name} --trust signing.pub")
+    say(f"   {verify.stdout.strip()}")
     if verify.returncode != 0:
         raise SystemExit(f"bundle verification failed: {verify.stderr}")
 
@@ -231,8 +257,12 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     say(f"   exit {refused.returncode}: {refused.stderr.strip()}")
 
     bundle = read_bundle(bundle_path, trust=load_trusted_keys([public]))
-    ref = BundleRef(model="digits", version="1.0.0", profile=PROFILE,
-                    sha256=hashlib.sha256(bundle_path.read_bytes()).hexdigest())
+    ref = BundleRef(
+        model="digits",
+        version="1.0.0",
+        profile=PROFILE,
+        sha256=hashlib.sha256(bundle_path.read_bytes()).hexdigest(),
+    )
 
     broker = None
     if mqtt_url is None:
@@ -248,8 +278,11 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
         say(f"4. MQTT broker {host}:{port}; {devices} devices")
 
     received: dict[str, list[object]] = {"telemetry": [], "offline": []}
-    fleet = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-fleet",
-                        protocol=mqtt.MQTTProtocolVersion.MQTTv311)
+    fleet = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id="demo-fleet",
+        protocol=mqtt.MQTTProtocolVersion.MQTTv311,
+    )
 
     def on_fleet_message(client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
         message = decode(msg.topic, msg.payload)
@@ -266,9 +299,14 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
 
     fleet_devices = [Device(f"demo-{i:03d}", bundle, ref, port, host) for i in range(devices)]
     for device in fleet_devices:
-        desired = DesiredState(device_id=device.device_id, revision=1, issued_at=datetime.now(UTC),
-                               bundle=DesiredBundle(ref=ref, url=bundle_path.as_uri(),
-                                                    size=bundle_path.stat().st_size))
+        desired = DesiredState(
+            device_id=device.device_id,
+            revision=1,
+            issued_at=datetime.now(UTC),
+            bundle=DesiredBundle(
+                ref=ref, url=bundle_path.as_uri(), size=bundle_path.stat().st_size
+            ),
+        )
         fleet.publish(topics.desired(device.device_id), encode(desired), qos=1, retain=True)
 
     sent = 0
@@ -276,30 +314,42 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     chunks = np.array_split(digits.x_test, devices)
     for device, chunk in zip(fleet_devices, chunks, strict=True):
         selftest_err = max(selftest_err, device.selftest())
-        state = DeviceState(device_id=device.device_id, online=True, ts=datetime.now(UTC),
-                            agent_version="demo", profile=PROFILE, active_bundle=ref,
-                            health=Health.OK, uptime_s=0.0, desired_revision=1)
+        state = DeviceState(
+            device_id=device.device_id,
+            online=True,
+            ts=datetime.now(UTC),
+            agent_version="demo",
+            profile=PROFILE,
+            active_bundle=ref,
+            health=Health.OK,
+            uptime_s=0.0,
+            desired_revision=1,
+        )
         device.publish(topics.state(device.device_id), encode(state), retain=True)
         for seq, window in enumerate(np.array_split(chunk, 3)):
             telemetry = device.serve_window(window, seq)
             device.publish(topics.telemetry(device.device_id), encode(telemetry))
             sent += 1
     converged = sum(d.desired.wait(10) for d in fleet_devices)
-    say(f"   self-tests passed on {devices} devices (max abs error {selftest_err:.2e});"
-        f" {converged}/{devices} received their retained desired state")
+    say(
+        f"   self-tests passed on {devices} devices (max abs error {selftest_err:.2e});"
+        f" {converged}/{devices} received their retained desired state"
+    )
 
     fleet_devices[0].power_cut()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and (len(received["telemetry"]) < sent
-                                           or not received["offline"]):
+    while time.monotonic() < deadline and (
+        len(received["telemetry"]) < sent or not received["offline"]
+    ):
         time.sleep(0.1)
     merged = merge_counts(t.latency.counts for t in received["telemetry"])  # type: ignore[attr-defined]
     p50, p99 = quantile(merged, 0.5), quantile(merged, 0.99)
     requests = sum(t.requests for t in received["telemetry"])  # type: ignore[attr-defined]
-    say(f"   fleet received {len(received['telemetry'])}/{sent} telemetry windows, "
-        f"{requests} requests; merged latency p50 {p50:.3f} ms, p99 {p99:.3f} ms")
-    say(f"   power cut on {fleet_devices[0].device_id}: fleet sees offline = "
-        f"{received['offline']}")
+    say(
+        f"   fleet received {len(received['telemetry'])}/{sent} telemetry windows, "
+        f"{requests} requests; merged latency p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+    )
+    say(f"   power cut on {fleet_devices[0].device_id}: fleet sees offline = {received['offline']}")
 
     for device in fleet_devices[1:]:
         device.close()
@@ -308,12 +358,21 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     if broker is not None:
         broker.stop()
     return {
-        "bundle": {"path": str(bundle_path), "verified": verify.returncode == 0,
-                   "tampered_refused": refused.returncode != 0},
-        "devices": {"started": devices, "selftest_passed": devices,
-                    "desired_converged": int(converged)},
-        "telemetry": {"sent": sent, "received": len(received["telemetry"]),
-                      "lost": sent - len(received["telemetry"])},
+        "bundle": {
+            "path": str(bundle_path),
+            "verified": verify.returncode == 0,
+            "tampered_refused": refused.returncode != 0,
+        },
+        "devices": {
+            "started": devices,
+            "selftest_passed": devices,
+            "desired_converged": int(converged),
+        },
+        "telemetry": {
+            "sent": sent,
+            "received": len(received["telemetry"]),
+            "lost": sent - len(received["telemetry"]),
+        },
         "latency_ms": {"p50": p50, "p99": p99},
         "offline_after_power_cut": received["offline"],
         "elapsed_s": round(time.monotonic() - started, 2),

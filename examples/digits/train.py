@@ -52,11 +52,14 @@ def train(*, hidden: int = 32, seed: int = 0) -> Digits:
         "digits_mlp",
         [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 64])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
-        initializer=[numpy_helper.from_array(a, n) for a, n in
-                     ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))],
+        initializer=[
+            numpy_helper.from_array(a, n)
+            for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))
+        ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="edgefleet-examples")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgefleet-examples"
+    )
     model.ir_version = 8
     onnx.checker.check_model(model)
     return Digits(
@@ -75,8 +78,9 @@ def main() -> None:
     args = parser.parse_args()
     digits = train(seed=args.seed)
     args.out.write_bytes(digits.onnx)
-    print(f"wrote {args.out} ({len(digits.onnx)} bytes), "
-          f"test accuracy {digits.sklearn_accuracy:.3f}")
+    print(
+        f"wrote {args.out} ({len(digits.onnx)} bytes), test accuracy {digits.sklearn_accuracy:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,14 +27,26 @@ def test_the_digits_example_trains_a_model_onnxruntime_runs_accurately() -> None
 
 def test_the_foundation_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, ROOT / "examples" / "foundation_demo.py", "--devices", "3",
-         "--workdir", tmp_path, "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            ROOT / "examples" / "foundation_demo.py",
+            "--devices",
+            "3",
+            "--workdir",
+            tmp_path,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["bundle"] == {"path": str(tmp_path / "digits-1.0.0-x86-64.efb"),
-                                 "verified": True, "tampered_refused": True}
+    assert summary["bundle"] == {
+        "path": str(tmp_path / "digits-1.0.0-x86-64.efb"),
+        "verified": True,
+        "tampered_refused": True,
+    }
     assert summary["devices"] == {"started": 3, "selftest_passed": 3, "desired_converged": 3}
     assert summary["telemetry"] == {"sent": 9, "received": 9, "lost": 0}
     assert summary["offline_after_power_cut"] == ["demo-000"]
@@ -43,9 +55,20 @@ def test_the_foundation_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 def test_the_foundation_demo_runs_against_mosquitto(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = subprocess.run(
-        [sys.executable, ROOT / "examples" / "foundation_demo.py", "--devices", "2",
-         "--mqtt-url", f"mqtt://127.0.0.1:{mosquitto.port}", "--workdir", tmp_path, "--json"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            ROOT / "examples" / "foundation_demo.py",
+            "--devices",
+            "2",
+            "--mqtt-url",
+            f"mqtt://127.0.0.1:{mosquitto.port}",
+            "--workdir",
+            tmp_path,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
