@@ -24,10 +24,12 @@ if TYPE_CHECKING:
     )
     from edge_agent.errors import EdgeAgentError
     from edge_agent.keys import load_trusted_keys
+    from edge_agent.model import BundleModel, open_bundle
     from edge_agent.profiles import HardwareProfile, list_profiles, load_profile
 
 __all__ = [
     "BundleLimits",
+    "BundleModel",
     "EdgeAgentError",
     "HardwareProfile",
     "Manifest",
@@ -36,12 +38,14 @@ __all__ = [
     "list_profiles",
     "load_profile",
     "load_trusted_keys",
+    "open_bundle",
     "read_bundle",
     "write_bundle",
 ]
 
 _WHERE = {
     "BundleLimits": "edge_agent.bundle",
+    "BundleModel": "edge_agent.model",
     "EdgeAgentError": "edge_agent.errors",
     "HardwareProfile": "edge_agent.profiles",
     "Manifest": "edge_agent.bundle",
@@ -50,6 +54,7 @@ _WHERE = {
     "list_profiles": "edge_agent.profiles",
     "load_profile": "edge_agent.profiles",
     "load_trusted_keys": "edge_agent.keys",
+    "open_bundle": "edge_agent.model",
     "read_bundle": "edge_agent.bundle",
     "write_bundle": "edge_agent.bundle",
 }

@@ -22,6 +22,11 @@ The tree (a caller catches as wide or as narrow as it needs)::
     │   ├── MissingMemberError        a member the manifest lists is absent
     │   ├── SizeMismatchError         a member's size differs from the manifest
     │   └── HashMismatchError         a member's sha256 differs from the manifest
+    ├── ModelError                    a verified bundle cannot be run
+    │   ├── RuntimeUnavailableError   its runtime is not installed here (names the extra)
+    │   ├── ModelLoadError            the runtime refuses to load the model
+    │   ├── InputError                inputs do not match the signature (names input, expected, got)
+    │   └── SelfTestError             outputs differ from the bundle's self-test vectors
     └── ProtocolError                 an MQTT topic or message breaks the contract
         ├── TopicError                a topic outside the scheme, or a bad device id
         └── MessageError              a payload that is not a valid message
@@ -40,14 +45,19 @@ __all__ = [
     "DuplicateMemberError",
     "EdgeAgentError",
     "HashMismatchError",
+    "InputError",
     "LinkMemberError",
     "ManifestError",
     "MemberTooLargeError",
     "MessageError",
     "MissingMemberError",
+    "ModelError",
+    "ModelLoadError",
     "ProfileError",
     "ProtocolError",
+    "RuntimeUnavailableError",
     "SchemaVersionError",
+    "SelfTestError",
     "SignatureError",
     "SigningKeyError",
     "SizeMismatchError",
@@ -165,6 +175,30 @@ class SizeMismatchError(BundleError):
 
 class HashMismatchError(BundleError):
     """A member's sha256 differs from the digest the manifest records."""
+
+
+class ModelError(EdgeAgentError):
+    """A verified bundle cannot be run on this machine."""
+
+
+class RuntimeUnavailableError(ModelError):
+    """The bundle's runtime (onnxruntime, LiteRT) is not installed here."""
+
+
+class ModelLoadError(ModelError):
+    """The runtime refuses to load the bundle's model."""
+
+
+class InputError(ModelError):
+    """Inputs that do not match the model's signature. `input` names the tensor."""
+
+    def __init__(self, message: str, *, input: str | None = None) -> None:
+        super().__init__(message)
+        self.input = input
+
+
+class SelfTestError(ModelError):
+    """The model's outputs on its self-test vectors are outside the bundle's tolerance."""
 
 
 class ProtocolError(EdgeAgentError):

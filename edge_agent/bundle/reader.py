@@ -93,6 +93,7 @@ class VerifiedBundle:
     manifest_sha256: str
     signer_key_id: str
     _entries: dict[str, _Entry] = field(repr=False)
+    signature_checked: bool = True
 
     def read_member(self, name: str) -> bytes:
         """A member's bytes, hashed again as read (the file could change underneath)."""
@@ -266,16 +267,23 @@ def inspect_bundle(path: Path, *, limits: BundleLimits | None = None) -> BundleI
 
 
 def read_bundle(
-    path: Path, *, trust: list[TrustedKey], limits: BundleLimits | None = None
+    path: Path, *, trust: list[TrustedKey] | None, limits: BundleLimits | None = None
 ) -> VerifiedBundle:
     """Verify a bundle completely and return it. Raises a `BundleError` subclass otherwise.
+
+    `trust=None` checks everything but the signature (a developer's own bundle
+    on their machine); the result says so in `signature_checked`. Devices
+    always pass their trusted keys.
 
     >>> bundle = read_bundle(Path("digits.efb"), trust=load_trusted_keys([Path("pub.pem")]))
     >>> bundle.manifest.model.version
     '1.0.0'
     """
     entries, manifest_bytes, signature_bytes = _head(path, limits or BundleLimits())
-    signer = check_signature(parse_signature(signature_bytes), manifest_bytes, trust)
+    signature = parse_signature(signature_bytes)
+    signer = (
+        check_signature(signature, manifest_bytes, trust) if trust is not None else signature.key_id
+    )
     manifest = parse_manifest(manifest_bytes)
 
     present = set(entries) - {MANIFEST_NAME, SIGNATURE_NAME}
@@ -314,4 +322,5 @@ def read_bundle(
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         signer_key_id=signer,
         _entries=entries,
+        signature_checked=trust is not None,
     )

@@ -1,0 +1,218 @@
+"""A verified bundle, loaded and ready to predict: what applications on the device use.
+
+>>> model = open_bundle("digits.efb", trust=["fleet.pub"])
+>>> model.predict({"pixels": x})["probabilities"].argmax(axis=1)
+
+Callers pass the original model's tensors (names, dtypes, layout); the model
+applies the manifest's runtime layout and quantization on the way in and
+undoes them on the way out.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.bundle import BundleLimits, Manifest, TensorSpec, VerifiedBundle, read_bundle
+from edge_agent.errors import InputError, SelfTestError
+from edge_agent.keys import TrustedKey, load_trusted_keys
+from edge_agent.runtime import Backend, BackendOptions, load_backend
+
+__all__ = ["BundleModel", "SelfTestResult", "check_inputs", "load_model", "open_bundle"]
+
+
+def _fmt_shape(shape: Sequence[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Check `inputs` against the signature; return them as arrays. Raises `InputError`."""
+    expected = {s.name: s for s in specs}
+    for name in inputs:
+        if name not in expected:
+            raise InputError(
+                f"unexpected input {name!r}; the model takes {', '.join(expected)}", input=name
+            )
+    arrays: dict[str, np.ndarray] = {}
+    dims: dict[str, tuple[int, str]] = {}
+    for spec in specs:
+        want = f"{spec.dtype}{_fmt_shape(spec.shape)}"
+        if spec.name not in inputs:
+            raise InputError(f"missing input {spec.name!r} (expected {want})", input=spec.name)
+        array = np.asarray(inputs[spec.name])
+        got = f"{array.dtype}{list(array.shape)}"
+        if array.dtype != np.dtype(spec.dtype):
+            raise InputError(
+                f"input {spec.name!r}: expected dtype {spec.dtype}, got {array.dtype} "
+                f"(expected {want}, got {got}; convert with .astype('{spec.dtype}'))",
+                input=spec.name,
+            )
+        if array.ndim != len(spec.shape):
+            raise InputError(
+                f"input {spec.name!r}: expected rank {len(spec.shape)} {want}, got {got}",
+                input=spec.name,
+            )
+        for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+            if isinstance(dim, int) and dim != size:
+                raise InputError(
+                    f"input {spec.name!r}: axis {axis} must be {dim}, got {size} "
+                    f"(expected {want}, got {got})",
+                    input=spec.name,
+                )
+            if isinstance(dim, str):
+                seen = dims.setdefault(dim, (size, spec.name))
+                if seen[0] != size:
+                    raise InputError(
+                        f"input {spec.name!r}: dimension {dim!r} is {size}, but {seen[0]} in "
+                        f"input {seen[1]!r}; inputs must agree on it",
+                        input=spec.name,
+                    )
+        arrays[spec.name] = array
+    return arrays
+
+
+def _to_runtime(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    if spec.runtime_permutation is not None:
+        array = array.transpose(spec.runtime_permutation)
+    target = np.dtype(spec.runtime_dtype or spec.dtype)
+    if spec.quantization is not None:
+        q = spec.quantization
+        scale = np.asarray(q.scale, dtype=np.float32)
+        zero = np.asarray(q.zero_point, dtype=np.float32)
+        info = np.iinfo(target)
+        array = np.clip(np.rint(array / scale + zero), info.min, info.max)
+    return np.ascontiguousarray(array, dtype=target)
+
+
+def _from_runtime(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    if spec.quantization is not None:
+        q = spec.quantization
+        scale = np.asarray(q.scale, dtype=np.float32)
+        zero = np.asarray(q.zero_point, dtype=np.float32)
+        array = ((array.astype(np.float32) - zero) * scale).astype(np.dtype(spec.dtype))
+    if spec.runtime_permutation is not None:
+        array = array.transpose(np.argsort(spec.runtime_permutation))
+    return array
+
+
+@dataclass(frozen=True, slots=True)
+class SelfTestResult:
+    max_abs_error: float
+    worst_output: str
+
+
+class BundleModel:
+    """A loaded, verified bundle. Thread-safe: the backends allow concurrent `run` calls."""
+
+    def __init__(self, bundle: VerifiedBundle, backend: Backend) -> None:
+        self.bundle = bundle
+        self._backend = backend
+        m = bundle.manifest
+        self._runtime_in = {s.name: s.runtime_name or s.name for s in m.inputs}
+        self._runtime_out = {s.name: s.runtime_name or s.name for s in m.outputs}
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.bundle.manifest
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return list(self.manifest.inputs)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return list(self.manifest.outputs)
+
+    @property
+    def signature(self) -> dict[str, list[dict[str, Any]]]:
+        """Inputs and outputs as the caller sees them: name, dtype, shape (None/str = dynamic)."""
+        return {
+            "inputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in self.inputs],
+            "outputs": [{"name": s.name, "dtype": s.dtype, "shape": s.shape} for s in self.outputs],
+        }
+
+    @property
+    def providers(self) -> list[str]:
+        return self._backend.providers
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model. Inputs are checked against the signature first (`InputError`)."""
+        arrays = check_inputs(self.manifest.inputs, inputs)
+        feeds = {
+            self._runtime_in[s.name]: _to_runtime(s, arrays[s.name]) for s in self.manifest.inputs
+        }
+        raw = self._backend.run(feeds)
+        return {s.name: _from_runtime(s, raw[self._runtime_out[s.name]]) for s in self.outputs}
+
+    def selftest(self) -> SelfTestResult:
+        """Run the bundle's self-test vectors; raise `SelfTestError` outside tolerance."""
+        spec = self.manifest.selftest
+        if spec is None:
+            return SelfTestResult(max_abs_error=0.0, worst_output="")
+        with np.load(io.BytesIO(self.bundle.read_member(spec.inputs))) as f:
+            inputs = {k: f[k] for k in f.files}
+        with np.load(io.BytesIO(self.bundle.read_member(spec.outputs))) as f:
+            expected = {k: f[k] for k in f.files}
+        got = self.predict(inputs)
+        worst, worst_name = 0.0, ""
+        for name, want in expected.items():
+            have = got[name]
+            if have.shape != want.shape:
+                raise SelfTestError(
+                    f"self-test output {name!r} has shape {have.shape}, expected {want.shape}"
+                )
+            if not np.issubdtype(want.dtype, np.number):
+                continue
+            err = float(
+                np.max(np.abs(have.astype(np.float64) - want.astype(np.float64)), initial=0)
+            )
+            if not np.isfinite(have).all() and np.isfinite(want).all():
+                raise SelfTestError(f"self-test output {name!r} contains NaN or inf")
+            if not np.allclose(have, want, rtol=spec.rtol, atol=spec.atol, equal_nan=True):
+                raise SelfTestError(
+                    f"self-test output {name!r} differs by up to {err:.3g} "
+                    f"(tolerance rtol={spec.rtol:g}, atol={spec.atol:g})"
+                )
+            if err >= worst:
+                worst, worst_name = err, name
+        return SelfTestResult(max_abs_error=worst, worst_output=worst_name)
+
+
+def open_bundle(
+    path: str | Path,
+    trust: Sequence[str | Path | TrustedKey],
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    limits: BundleLimits | None = None,
+) -> BundleModel:
+    """Verify a bundle against trusted public keys and load it for inference.
+
+    `threads` defaults to the bundle's benchmark thread count (the profile's),
+    else 1. Raises a `BundleError` if the bundle is not trustworthy and a
+    `ModelError` if it cannot run here.
+    """
+    paths = [Path(k) for k in trust if not isinstance(k, TrustedKey)]
+    keys = [k for k in trust if isinstance(k, TrustedKey)]
+    if paths or not keys:  # no key at all gets load_trusted_keys' clear error
+        keys += load_trusted_keys(paths)
+    return load_model(
+        read_bundle(Path(path), trust=keys, limits=limits), threads=threads, providers=providers
+    )
+
+
+def load_model(
+    bundle: VerifiedBundle, *, threads: int | None = None, providers: Sequence[str] | None = None
+) -> BundleModel:
+    """Load an already verified bundle for inference."""
+    m = bundle.manifest
+    if threads is None:
+        threads = m.benchmark.threads if m.benchmark else 1
+    options = BackendOptions(threads=threads, providers=tuple(providers or ()))
+    backend = load_backend(m.runtime, m.format, bundle.read_member(m.entrypoint), options)
+    return BundleModel(bundle, backend)
