@@ -164,6 +164,9 @@ class QuantizationRecipe(_Strict):
     reduce_range: bool | None = None
     calibration_method: str | None = None
     calibration_samples: int | None = Field(default=None, ge=0)
+    calibration_synthetic: bool = Field(
+        default=False, description="calibrated on random data: accuracy unproven"
+    )
     excluded_nodes: list[str] = Field(default_factory=list)
 
 
@@ -178,9 +181,10 @@ class Validation(_Strict):
 
 
 class Benchmark(_Strict):
+    """Measured on the converting host (`machine`), not necessarily the target."""
+
     latency_ms_p50: float = Field(ge=0)
-    latency_ms_p90: float = Field(ge=0)
-    latency_ms_p99: float = Field(ge=0)
+    latency_ms_p95: float = Field(ge=0)
     runs: int = Field(ge=1)
     threads: int = Field(ge=1)
     peak_memory_bytes: int | None = Field(default=None, ge=0)

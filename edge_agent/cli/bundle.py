@@ -68,7 +68,7 @@ def inspect(bundle_path: Path, max_member_mb: int, as_json: bool) -> None:
     if m.benchmark:
         b = m.benchmark
         lines.append(
-            f"  latency      p50 {b.latency_ms_p50:.3f} ms, p99 {b.latency_ms_p99:.3f} ms"
+            f"  latency      p50 {b.latency_ms_p50:.3f} ms, p95 {b.latency_ms_p95:.3f} ms"
             f" ({b.threads} threads, {b.machine or 'unknown machine'})"
         )
     click.echo("\n".join(lines))

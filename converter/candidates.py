@@ -1,0 +1,205 @@
+"""Candidates for one profile: build, validate, search for accuracy, benchmark, choose."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converter.benchmark import BenchmarkResult, benchmark
+from converter.data import Dataset
+from converter.errors import QuantizationError
+from converter.quantize import build_candidate, compute_nodes
+from converter.validate import ValidationResult, compare, run_model
+from edge_agent.bundle import Precision, QuantizationRecipe
+from edge_agent.profiles import HardwareProfile
+
+__all__ = ["Candidate", "choose", "evaluate_precisions"]
+
+Progress = Callable[[str], None]
+_CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass
+class Candidate:
+    precision: Precision
+    label: str
+    path: Path | None = None
+    recipe: QuantizationRecipe | None = None
+    validation: ValidationResult | None = None
+    bench: BenchmarkResult | None = None
+    error: str | None = None
+    rejected: str | None = None
+    chosen: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int | None:
+        return self.path.stat().st_size if self.path and self.path.exists() else None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "precision": self.precision.value,
+            "variant": self.label,
+            "size_bytes": self.size_bytes,
+            "latency_ms": (
+                {"p50": self.bench.p50_ms, "p95": self.bench.p95_ms} if self.bench else None
+            ),
+            "memory_bytes": self.bench.model_memory_bytes if self.bench else None,
+            "metrics": self.validation.metrics() if self.validation else None,
+            "passed_accuracy": self.validation.passed if self.validation else None,
+            "chosen": self.chosen,
+            "rejected": self.rejected,
+            "error": self.error,
+            "notes": self.notes,
+        }
+
+
+def _validated(
+    cand: Candidate, reference: dict[str, np.ndarray], validation: Dataset,
+    profile: HardwareProfile, labels: np.ndarray | None,
+) -> Candidate:
+    assert cand.path is not None
+    got = run_model(cand.path, validation.feeds)
+    cand.validation = compare(reference, got, budget=profile.accuracy, labels=labels)
+    if not cand.validation.passed:
+        cand.rejected = "accuracy: " + "; ".join(cand.validation.failures)
+    return cand
+
+
+def _int8_static_variants(prepared: Path) -> list[tuple[str, tuple[str, ...]]]:
+    """Calibration methods first, then keeping the most output-near compute nodes in float."""
+    variants: list[tuple[str, tuple[str, ...]]] = [(m, ()) for m in _CALIBRATION_METHODS]
+    nodes = compute_nodes(prepared)
+    if len(nodes) >= 2:
+        tail = max(2, len(nodes) // 4)
+        for exclude in ((nodes[-1],), (nodes[0], nodes[-1]), (nodes[0], *nodes[-tail:])):
+            variants.append(("minmax", tuple(dict.fromkeys(exclude))))
+    return variants
+
+
+def evaluate_precisions(
+    precisions: list[Precision], *, fp32_path: Path, prepared: Path | None,
+    profile: HardwareProfile, calibration: Dataset, validation: Dataset,
+    reference: dict[str, np.ndarray], labels: np.ndarray | None, work: Path, progress: Progress,
+) -> list[Candidate]:
+    """Build and validate each precision; an INT8 static candidate that misses the
+    accuracy budget is retried with other calibration methods, then with its most
+    sensitive nodes kept in float, before it is given up."""
+    out: list[Candidate] = []
+    for precision in precisions:
+        if precision is Precision.INT8_FULL:
+            out.append(Candidate(precision, precision.value,
+                                 error="full-integer models are a TFLite target's precision"))
+            continue
+        variants = (
+            _int8_static_variants(prepared) if precision is Precision.INT8_STATIC and prepared
+            else [("minmax", ())]
+        )
+        for attempt, (method, exclude) in enumerate(variants):
+            label = precision.value
+            if precision is Precision.INT8_STATIC:
+                label += f" ({method}" + (f", {len(exclude)} node(s) in float" if exclude else "") + ")"
+            progress(f"{label}: building")
+            cand = Candidate(precision, label)
+            try:
+                build = build_candidate(
+                    precision, fp32_path=fp32_path, prepared_path=prepared or fp32_path,
+                    profile=profile, calibration=calibration, out_dir=work / "candidates",
+                    method=method, exclude=exclude,
+                )
+            except QuantizationError as exc:
+                cand.error = str(exc)
+                out.append(cand)
+                break
+            cand.path, cand.recipe, cand.notes = build.path, build.recipe, build.notes
+            progress(f"{label}: validating on {validation.samples} samples")
+            try:
+                _validated(cand, reference, validation, profile, labels)
+            except Exception as exc:  # the runtime refusing the quantized graph
+                cand.error = f"the quantized model does not run: {str(exc).strip().splitlines()[0]}"
+            out.append(cand)
+            if cand.error is None and cand.rejected is None:
+                break
+            if attempt + 1 < len(variants):
+                cand.rejected = (cand.rejected or cand.error or "") + "; trying another variant"
+    return out
+
+
+def benchmark_all(candidates: list[Candidate], feed: dict[str, np.ndarray], threads: int,
+                  progress: Progress) -> None:
+    for cand in candidates:
+        if cand.path is None or cand.error or (cand.validation and not cand.validation.passed):
+            continue
+        progress(f"{cand.label}: benchmarking ({threads} thread(s))")
+        try:
+            cand.bench = benchmark(cand.path, feed, threads=threads)
+        except RuntimeError as exc:
+            cand.error = str(exc)
+
+
+def host_threads(profile: HardwareProfile) -> int:
+    return max(1, min(profile.runtime.threads, os.cpu_count() or 1))
+
+
+def choose(candidates: list[Candidate], *, profile: HardwareProfile, by_speed: bool,
+           allow_over_budget: bool) -> Candidate | None:
+    """The fastest (or, off-target, the most preferred) candidate within every budget.
+
+    Marks the winner `chosen` and gives every other candidate its reason.
+    """
+    budgets = profile.budgets
+    viable: list[Candidate] = []
+    for cand in candidates:
+        if cand.error or cand.rejected or cand.bench is None or cand.path is None:
+            continue
+        size = cand.size_bytes or 0
+        over = []
+        if size > budgets.max_model_bytes:
+            over.append(f"size {size} B is {size - budgets.max_model_bytes} B over the "
+                        f"{budgets.max_model_bytes} B budget")
+        if cand.bench.model_memory_bytes > budgets.max_memory_bytes:
+            over.append(f"memory {cand.bench.model_memory_bytes} B is over the "
+                        f"{budgets.max_memory_bytes} B budget")
+        if over and not allow_over_budget:
+            cand.rejected = "; ".join(over)
+            continue
+        if over:
+            cand.notes.append("over budget, allowed by --allow-over-budget: " + "; ".join(over))
+        viable.append(cand)
+    if not viable:
+        return None
+    order = {p: i for i, p in enumerate(profile.quantization.precisions)}
+    if by_speed:
+        # within 5% of the fastest is a tie (timing noise): the profile's preference decides
+        fastest = min(c.bench.p50_ms for c in viable)  # type: ignore[union-attr]
+        close = [c for c in viable if c.bench.p50_ms <= fastest * 1.05]  # type: ignore[union-attr]
+        winner = min(close, key=lambda c: order.get(c.precision, 99))
+    else:
+        winner = min(viable, key=lambda c: order.get(c.precision, 99))
+    winner.chosen = True
+    fp32 = next((c for c in candidates if c.precision is Precision.FP32 and c.bench), None)
+    for cand in viable:
+        if cand is winner:
+            continue
+        assert cand.bench is not None and winner.bench is not None
+        if by_speed:
+            base = fp32 if fp32 is not None and cand is not fp32 else winner
+            assert base.bench is not None
+            ratio = cand.bench.p50_ms / base.bench.p50_ms
+            against = "fp32" if base is fp32 else winner.label
+            versus_winner = cand.bench.p50_ms / winner.bench.p50_ms
+            if versus_winner < 1.05:
+                cand.rejected = (f"as fast as {winner.label} within timing noise "
+                                 f"({versus_winner:.2f}x); the profile prefers {winner.precision.value}")
+            elif ratio >= 1:
+                cand.rejected = f"{ratio:.2f}x slower than {against} on this host"
+            else:
+                cand.rejected = (f"{1 / ratio:.2f}x faster than {against} but {versus_winner:.2f}x "
+                                 f"slower than {winner.label}")
+        else:
+            cand.rejected = f"the profile prefers {winner.precision.value} (chosen by preference order)"
+    return winner

@@ -1,0 +1,206 @@
+"""The conversion pipeline: one source model, one signed bundle per hardware profile.
+
+    load and check -> opset -> prepare -> candidates -> validate -> benchmark
+    -> choose -> compile -> pack
+
+Everything is written under a work directory next to the output directory and
+moved into place only when every profile succeeded, so a failure leaves no
+partial bundle behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from converter.candidates import Candidate, benchmark_all, choose, evaluate_precisions, host_threads
+from converter.compile import compile_model
+from converter.data import Dataset, load_dataset, load_labels, synthetic_dataset
+from converter.errors import BudgetError, DataError
+from converter.host import host_gaps
+from converter.load import MIN_QUANTIZATION_OPSET, SourceModel, load_onnx, onnx_module, to_opset
+from converter.pack import pack_bundle
+from converter.prepare import prepare_for_quantization
+from converter.reference import compute_reference, stack
+from converter.report import render_html
+from converter.validate import run_model
+from edge_agent.bundle import Precision
+from edge_agent.keys import load_private_key
+from edge_agent.profiles import HardwareProfile
+
+__all__ = ["ConvertRequest", "ProfileResult", "convert"]
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+_INT8 = {Precision.INT8_STATIC, Precision.INT8_DYNAMIC, Precision.INT8_FULL}
+
+
+@dataclass(frozen=True)
+class ConvertRequest:
+    model: Path
+    profiles: list[HardwareProfile]
+    name: str
+    version: str
+    sign_key: Path
+    out_dir: Path
+    calibration: Path | None = None
+    validation: Path | None = None
+    labels: Path | None = None
+    precision: Precision | None = None  # None: choose automatically
+    allow_over_budget: bool = False
+
+
+@dataclass
+class ProfileResult:
+    profile: HardwareProfile
+    path: Path
+    chosen: Candidate
+    candidates: list[Candidate]
+    gaps: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self, source: SourceModel) -> dict[str, object]:
+        assert self.chosen.bench is not None and self.chosen.validation is not None
+        return {
+            "profile": self.profile.name,
+            "path": str(self.path),
+            "precision": self.chosen.precision.value,
+            "variant": self.chosen.label,
+            "size_bytes": self.path.stat().st_size,
+            "source_size_bytes": source.size_bytes,
+            "latency_ms": {"p50": self.chosen.bench.p50_ms, "p95": self.chosen.bench.p95_ms},
+            "memory_bytes": self.chosen.bench.model_memory_bytes,
+            "metrics": self.chosen.validation.metrics(),
+            "chosen_by": "preference order" if self.gaps else "speed on this host",
+            "host_differences": self.gaps,
+            "notes": self.notes,
+            "candidates": [c.to_json() for c in self.candidates],
+        }
+
+
+def _datasets(req: ConvertRequest, source: SourceModel, progress: Progress) -> tuple[Dataset, Dataset, np.ndarray | None, list[str]]:
+    notes = []
+    if req.calibration is not None:
+        calibration = load_dataset(req.calibration, source.inputs, what="calibration")
+    else:
+        calibration = synthetic_dataset(source.inputs, samples=64)
+        notes.append("WARNING: no --calibration data: calibrated on random inputs; "
+                     "accuracy of int8 variants is unproven")
+        progress(notes[-1])
+    validation = (load_dataset(req.validation, source.inputs, what="validation")
+                  if req.validation is not None else calibration)
+    if req.validation is None:
+        notes.append("no --validation data: validated on the calibration data")
+    labels = load_labels(req.labels, validation.samples) if req.labels is not None else None
+    if labels is not None and req.validation is None:
+        raise DataError("--labels needs --validation: labels describe the validation samples")
+    return calibration, validation, labels, notes
+
+
+def _convert_profile(
+    req: ConvertRequest, source: SourceModel, profile: HardwareProfile, *, calibration: Dataset,
+    validation: Dataset, labels: np.ndarray | None, reference_outputs: dict[str, np.ndarray],
+    work: Path, progress: Progress,
+) -> tuple[Path, Candidate, list[Candidate], list[str], list[str]]:
+    onnx = onnx_module()
+    say = lambda text: progress(f"[{profile.name}] {text}")  # noqa: E731
+    precisions = [req.precision] if req.precision else list(profile.quantization.precisions)
+    needs_int8 = any(p in _INT8 for p in precisions)
+    fp32 = to_opset(
+        source.model, lowest=profile.runtime.opset_min, highest=profile.runtime.opset_max,
+        needed=MIN_QUANTIZATION_OPSET if needs_int8 else 0,
+    )
+    fp32_path = work / "fp32.onnx"
+    onnx.save_model(fp32, str(fp32_path))
+    notes: list[str] = []
+    prepared = None
+    if needs_int8:
+        say("preparing for quantization")
+        prepared, prep_notes = prepare_for_quantization(fp32, work)
+        notes += prep_notes
+    if Precision.FP32 not in precisions:
+        precisions.append(Precision.FP32)  # the baseline every speed-up is measured against
+    candidates = evaluate_precisions(
+        precisions, fp32_path=fp32_path, prepared=prepared, profile=profile,
+        calibration=calibration, validation=validation, reference=reference_outputs,
+        labels=labels, work=work, progress=say,
+    )
+    gaps = host_gaps(profile)
+    for gap in gaps:
+        say(f"note: {gap}; choosing by the profile's preference order")
+    threads = host_threads(profile)
+    if threads < profile.runtime.threads:
+        notes.append(f"benchmarked with {threads} threads: this host has fewer cores "
+                     f"than the profile's {profile.runtime.threads}")
+    benchmark_all(candidates, validation.first_sample(), threads, say)
+    allowed = [c for c in candidates if c.precision in (
+        [req.precision] if req.precision else profile.quantization.precisions)]
+    for c in candidates:
+        if c not in allowed and c.rejected is None and c.error is None:
+            c.rejected = "baseline only: the profile does not list fp32"
+    chosen = choose(allowed, profile=profile, by_speed=not gaps,
+                    allow_over_budget=req.allow_over_budget)
+    if chosen is None:
+        reasons = "; ".join(f"{c.label}: {c.error or c.rejected}" for c in candidates)
+        raise BudgetError(
+            f"[{profile.name}] no variant meets the profile's budgets ({reasons}); "
+            "pass --allow-over-budget to accept the closest one anyway"
+        )
+    say(f"chose {chosen.label}")
+    assert chosen.path is not None
+    compiled_dir = work / "compiled"
+    compiled_dir.mkdir()
+    compiled = compile_model(chosen.path, profile.runtime.format, compiled_dir)
+    return compiled, chosen, candidates, gaps, notes
+
+
+def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, list[ProfileResult]]:
+    """Convert `req.model` for every profile; write bundles and reports into `req.out_dir`."""
+    progress(f"loading {req.model}")
+    source = load_onnx(req.model)
+    key = load_private_key(req.sign_key)
+    calibration, validation, labels, notes = _datasets(req, source, progress)
+    progress(f"running the float model on {validation.samples} validation samples")
+    reference_outputs = run_model(source.path, validation.feeds)
+    ref_inputs = stack(calibration.feeds + (validation.feeds if validation is not calibration else []))
+    reference = compute_reference(ref_inputs, reference_outputs)
+
+    req.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edgefleet-convert-", dir=req.out_dir.parent))
+    try:
+        results: list[ProfileResult] = []
+        for profile in req.profiles:
+            work = staging / "work" / profile.name
+            work.mkdir(parents=True)
+            compiled, chosen, candidates, gaps, profile_notes = _convert_profile(
+                req, source, profile, calibration=calibration, validation=validation,
+                labels=labels, reference_outputs=reference_outputs, work=work, progress=progress,
+            )
+            filename = f"{req.name}-{req.version}-{profile.name}.efb"
+            pack_bundle(
+                staging / filename, compiled=compiled, chosen=chosen, source=source,
+                profile=profile, name=req.name, version=req.version, validation=validation,
+                reference=reference, signing_key=key,
+            )
+            results.append(ProfileResult(profile, req.out_dir / filename, chosen, candidates,
+                                         gaps, notes + profile_notes))
+        req.out_dir.mkdir(parents=True, exist_ok=True)
+        for result in results:
+            (staging / result.path.name).replace(result.path)
+        report = {"source": {"path": str(source.path), "sha256": source.sha256,
+                             "size_bytes": source.size_bytes, "opset": source.opset},
+                  "bundles": [r.to_json(source) for r in results]}
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "report.html").write_text(render_html(report))
+        for name in ("report.json", "report.html"):
+            (staging / name).replace(req.out_dir / name)
+        return source, results
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

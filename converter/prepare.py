@@ -1,0 +1,83 @@
+"""Prepare a model for quantization: weights as initializers, shapes inferred, graph optimized."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from converter.errors import QuantizationError
+from converter.load import onnx_module
+
+__all__ = ["constants_to_initializers", "prepare_for_quantization"]
+
+log = logging.getLogger(__name__)
+
+
+def constants_to_initializers(model: Any) -> int:
+    """Move the main graph's tensor Constant nodes into initializers; return how many.
+
+    Exporters that store weights as Constant nodes hide them from the quantizer,
+    which only quantizes initializer weights. Constants inside If/Loop bodies
+    stay where they are: they belong to their subgraph's scope.
+    """
+    onnx = onnx_module()
+    graph = model.graph
+    keep, moved = [], 0
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            attr = next((a for a in node.attribute if a.name == "value"), None)
+            if attr is not None and attr.type == onnx.AttributeProto.TENSOR:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(attr.t)
+                tensor.name = node.output[0]
+                graph.initializer.append(tensor)
+                moved += 1
+                continue
+        keep.append(node)
+    if moved:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return moved
+
+
+def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
+    """Write the quantization-ready model into `work`; return its path and notes.
+
+    Runs ONNX Runtime's pre-processing (symbolic shape inference, graph
+    optimization, ONNX shape inference). Symbolic inference cannot follow some
+    graphs (control flow, custom ops): then it is skipped, and so is the
+    optimization if that fails too, each with a note in the report.
+    """
+    onnx = onnx_module()
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    notes: list[str] = []
+    for i, node in enumerate(model.graph.node):
+        if not node.name:  # the quantizer can only exclude nodes it can name
+            node.name = f"{node.op_type}_{i}"
+    moved = constants_to_initializers(model)
+    if moved:
+        notes.append(f"moved {moved} Constant-node weights into initializers")
+    source = work / "source.onnx"
+    onnx.save_model(model, str(source))
+    target = work / "prepared.onnx"
+    attempts = [
+        ({}, None),
+        ({"skip_symbolic_shape": True}, "symbolic shape inference skipped (it failed on this graph)"),
+        ({"skip_symbolic_shape": True, "skip_optimization": True},
+         "pre-optimization skipped (it failed on this graph)"),
+    ]
+    last: Exception | None = None
+    for kwargs, note in attempts:
+        try:
+            quant_pre_process(str(source), str(target), **kwargs)
+        except Exception as exc:  # ORT raises plain Exceptions from these steps
+            last = exc
+            log.debug("quant_pre_process %s failed: %s", kwargs, exc)
+            continue
+        if note:
+            notes.append(note)
+        return target, notes
+    first = str(last).strip().splitlines()[0] if last and str(last).strip() else repr(last)
+    raise QuantizationError(f"pre-processing for quantization failed: {first}")

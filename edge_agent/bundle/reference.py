@@ -1,0 +1,100 @@
+"""Reference statistics (``reference/stats.json``): what the model saw before deployment.
+
+The converter computes them over calibration and validation data; the agent
+bins live tensors against the same edges (`bin_counts`), and the fleet compares
+the two distributions to measure drift.
+
+* ``features``: one histogram per feature, for inputs of up to
+  `MAX_FEATURES` features per sample (tabular data, small vectors);
+* ``channels``: per-channel mean, std, min and max, for images and sequences
+  (channel axis 1, as in NCHW and NCL);
+* every tensor: one histogram over all its values (``values``);
+* classifier outputs: the predicted-class histogram and a confidence histogram.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "MAX_FEATURES",
+    "Histogram",
+    "ReferenceStats",
+    "TensorReference",
+    "bin_counts",
+    "histogram",
+    "parse_reference",
+]
+
+MAX_FEATURES = 256
+BINS = 10
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Histogram(_Strict):
+    edges: list[float] = Field(min_length=2)
+    counts: list[int]
+
+    @model_validator(mode="after")
+    def _shape(self) -> Histogram:
+        if len(self.counts) != len(self.edges) - 1:
+            raise ValueError("a histogram has one count fewer than edges")
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
+            raise ValueError("histogram edges must increase strictly")
+        return self
+
+
+class TensorReference(_Strict):
+    kind: Literal["features", "channels", "values", "classes"]
+    dtype: str
+    mean: float
+    std: float
+    min: float
+    max: float
+    values: Histogram
+    features: list[Histogram] | None = None
+    channel_mean: list[float] | None = None
+    channel_std: list[float] | None = None
+    classes: list[int] | None = None
+    confidence: Histogram | None = None
+
+
+class ReferenceStats(_Strict):
+    schema_version: Literal[1] = 1
+    samples: int = Field(ge=0)
+    inputs: dict[str, TensorReference]
+    outputs: dict[str, TensorReference]
+
+
+def histogram(values: np.ndarray, bins: int = BINS) -> Histogram:
+    """Quantile-spaced edges (equal-mass bins) over finite values, and their counts."""
+    flat = values.astype(np.float64).ravel()
+    flat = flat[np.isfinite(flat)]
+    if flat.size == 0:
+        return Histogram(edges=[0.0, 1.0], counts=[0])
+    edges = np.unique(np.quantile(flat, np.linspace(0.0, 1.0, bins + 1)))
+    if edges.size < 2:
+        edges = np.array([edges[0] - 0.5, edges[0] + 0.5])
+    counts, _ = np.histogram(flat, bins=edges)
+    return Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts])
+
+
+def bin_counts(values: np.ndarray, edges: list[float]) -> tuple[list[int], int, int, int]:
+    """Counts per bin of `edges`, and the values below, above and NaN (what telemetry sends)."""
+    flat = values.astype(np.float64).ravel()
+    nan = int(np.isnan(flat).sum())
+    flat = flat[~np.isnan(flat)]
+    below = int((flat < edges[0]).sum())
+    above = int((flat > edges[-1]).sum())
+    counts, _ = np.histogram(flat, bins=np.asarray(edges))
+    return [int(c) for c in counts], below, above, nan
+
+
+def parse_reference(data: bytes) -> ReferenceStats:
+    return ReferenceStats.model_validate_json(data)
