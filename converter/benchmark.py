@@ -35,14 +35,31 @@ class BenchmarkResult:
     model_memory_bytes: int
 
 
-def benchmark(model: Path, feed: dict[str, np.ndarray], *, threads: int, ort_format: bool = False,
-              min_runs: int = 50, min_seconds: float = 1.0) -> BenchmarkResult:
+def benchmark(
+    model: Path,
+    feed: dict[str, np.ndarray],
+    *,
+    threads: int,
+    ort_format: bool = False,
+    min_runs: int = 50,
+    min_seconds: float = 1.0,
+) -> BenchmarkResult:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         feeds = Path(tmp) / "feed.npz"
         np.savez(feeds, **feed)  # type: ignore[arg-type]
-        cmd = [sys.executable, "-m", "converter.benchmark", str(model), str(feeds),
-               "--threads", str(threads), "--min-runs", str(min_runs),
-               "--min-seconds", str(min_seconds)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "converter.benchmark",
+            str(model),
+            str(feeds),
+            "--threads",
+            str(threads),
+            "--min-runs",
+            str(min_runs),
+            "--min-seconds",
+            str(min_seconds),
+        ]
         if ort_format:
             cmd.append("--ort-format")
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -77,21 +94,33 @@ def _main() -> None:
     so.log_severity_level = 3
     if args.ort_format:
         so.add_session_config_entry("session.load_model_format", "ORT")
-    session = ort.InferenceSession(str(args.model), sess_options=so,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(args.model), sess_options=so, providers=["CPUExecutionProvider"]
+    )
     for _ in range(10):
         session.run(None, feed)
     times: list[float] = []
     started = time.perf_counter()
-    while (len(times) < args.min_runs or time.perf_counter() - started < args.min_seconds) and len(times) < 20000:
+    while (len(times) < args.min_runs or time.perf_counter() - started < args.min_seconds) and len(
+        times
+    ) < 20000:
         t0 = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - t0) * 1000)
     peak = _rss_bytes()
     p50, p95 = np.percentile(times, [50, 95])
-    print(json.dumps({"p50_ms": float(p50), "p95_ms": float(p95), "runs": len(times),
-                      "threads": args.threads, "peak_rss_bytes": peak,
-                      "model_memory_bytes": max(0, peak - baseline)}))
+    print(
+        json.dumps(
+            {
+                "p50_ms": float(p50),
+                "p95_ms": float(p95),
+                "runs": len(times),
+                "threads": args.threads,
+                "peak_rss_bytes": peak,
+                "model_memory_bytes": max(0, peak - baseline),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,11 +59,37 @@ class Candidate:
         }
 
 
+SCREEN_SAMPLES = 64
+
+
 def _validated(
-    cand: Candidate, reference: dict[str, np.ndarray], validation: Dataset,
-    profile: HardwareProfile, labels: np.ndarray | None,
+    cand: Candidate,
+    reference: dict[str, np.ndarray],
+    validation: Dataset,
+    profile: HardwareProfile,
+    labels: np.ndarray | None,
 ) -> Candidate:
+    """Validate on a first slice (a broken variant is dropped after it), then on all."""
     assert cand.path is not None
+    screen = validation.subset(SCREEN_SAMPLES)
+    if len(screen) < len(validation.feeds):
+        got = run_model(cand.path, screen)
+        # the candidate ran the same feeds as the reference: its row counts give the prefix
+        ref = {name: reference[name][: len(value)] for name, value in got.items()}
+        first = next(iter(got.values()))
+        result = compare(
+            ref,
+            got,
+            budget=profile.accuracy,
+            labels=labels[: len(first)] if labels is not None else None,
+        )
+        if not result.passed:
+            cand.validation = result
+            cand.rejected = (
+                f"accuracy (screened on the first {result.samples} samples): "
+                + "; ".join(result.failures)
+            )
+            return cand
     got = run_model(cand.path, validation.feeds)
     cand.validation = compare(reference, got, budget=profile.accuracy, labels=labels)
     if not cand.validation.passed:
@@ -70,21 +97,79 @@ def _validated(
     return cand
 
 
-def _int8_static_variants(prepared: Path) -> list[tuple[str, tuple[str, ...]]]:
-    """Calibration methods first, then keeping the most output-near compute nodes in float."""
-    variants: list[tuple[str, tuple[str, ...]]] = [(m, ()) for m in _CALIBRATION_METHODS]
+def _cache_key(
+    precision: Precision,
+    method: str,
+    exclude: tuple[str, ...],
+    profile: HardwareProfile,
+    opset: int,
+) -> tuple[object, ...]:
+    """What determines a candidate: two profiles that agree on it share one build."""
+    q = profile.quantization
+    if precision in (Precision.FP32, Precision.FP16):
+        return (precision, opset)
+    if precision is Precision.INT8_DYNAMIC:
+        return (
+            precision,
+            opset,
+            q.per_channel,
+            q.reduce_range,
+            q.weight_type,
+            q.symmetric_weights,
+            profile.accuracy,
+        )
+    return (
+        precision,
+        opset,
+        method,
+        exclude,
+        q.per_channel,
+        q.reduce_range,
+        q.weight_type,
+        q.activation_type,
+        q.symmetric_weights,
+        q.symmetric_activations,
+        q.calibration_samples,
+        profile.accuracy,
+    )
+
+
+def _int8_static_variants(
+    prepared: Path, per_channel: bool
+) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(calibration method, nodes kept in float, per-channel), cheapest first: min-max,
+    then the most sensitive nodes (nearest the input and the output) kept in float,
+    then the slower percentile and entropy calibrations, and per-tensor last."""
+    variants: list[tuple[str, tuple[str, ...], bool]] = [("minmax", (), per_channel)]
     nodes = compute_nodes(prepared)
     if len(nodes) >= 2:
         tail = max(2, len(nodes) // 4)
         for exclude in ((nodes[-1],), (nodes[0], nodes[-1]), (nodes[0], *nodes[-tail:])):
-            variants.append(("minmax", tuple(dict.fromkeys(exclude))))
+            kept = tuple(dict.fromkeys(exclude))
+            if len(kept) < len(nodes) and all(kept != v[1] for v in variants):
+                variants.append(("minmax", kept, per_channel))  # at least one node stays int8
+    variants += [("percentile", (), per_channel), ("entropy", (), per_channel)]
+    if per_channel:
+        variants.append(("minmax", (), False))
     return variants
 
 
 def evaluate_precisions(
-    precisions: list[Precision], *, fp32_path: Path, prepared: Path | None,
-    profile: HardwareProfile, calibration: Dataset, validation: Dataset,
-    reference: dict[str, np.ndarray], labels: np.ndarray | None, work: Path, progress: Progress,
+    precisions: list[Precision],
+    *,
+    fp32_path: Path,
+    prepared: Path | None,
+    profile: HardwareProfile,
+    calibration: Dataset,
+    validation: Dataset,
+    reference: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    work: Path,
+    progress: Progress,
+    cache: dict[tuple[object, ...], Candidate],
+    opset: int,
+    calibration_cache: Path,
+    fp32_is_source: bool,
 ) -> list[Candidate]:
     """Build and validate each precision; an INT8 static candidate that misses the
     accuracy budget is retried with other calibration methods, then with its most
@@ -92,35 +177,71 @@ def evaluate_precisions(
     out: list[Candidate] = []
     for precision in precisions:
         if precision is Precision.INT8_FULL:
-            out.append(Candidate(precision, precision.value,
-                                 error="full-integer models are a TFLite target's precision"))
+            out.append(
+                Candidate(
+                    precision,
+                    precision.value,
+                    error="full-integer models are a TFLite target's precision",
+                )
+            )
             continue
+        per_channel = profile.quantization.per_channel
         variants = (
-            _int8_static_variants(prepared) if precision is Precision.INT8_STATIC and prepared
-            else [("minmax", ())]
+            _int8_static_variants(prepared, per_channel)
+            if precision is Precision.INT8_STATIC and prepared
+            else [("minmax", (), per_channel)]
         )
-        for attempt, (method, exclude) in enumerate(variants):
+        for attempt, (method, exclude, channelwise) in enumerate(variants):
             label = precision.value
             if precision is Precision.INT8_STATIC:
-                label += f" ({method}" + (f", {len(exclude)} node(s) in float" if exclude else "") + ")"
+                label += f" ({method}" + (f", {len(exclude)} node(s) in float" if exclude else "")
+                label += ", per-tensor" if channelwise != per_channel else ""
+                label += ")"
+            key = (*_cache_key(precision, method, exclude, profile, opset), channelwise)
+            if key in cache:
+                cand = copy.copy(cache[key])
+                cand.notes = list(cand.notes)
+                cand.chosen = False
+                if cand.rejected and not cand.rejected.startswith("accuracy"):
+                    cand.rejected = None  # a speed or budget verdict belongs to the other profile
+                progress(f"{label}: same as for an earlier profile, reused")
+                out.append(cand)
+                if cand.error is None and cand.rejected is None:
+                    break
+                continue
             progress(f"{label}: building")
             cand = Candidate(precision, label)
             try:
                 build = build_candidate(
-                    precision, fp32_path=fp32_path, prepared_path=prepared or fp32_path,
-                    profile=profile, calibration=calibration, out_dir=work / "candidates",
-                    method=method, exclude=exclude,
+                    precision,
+                    fp32_path=fp32_path,
+                    prepared_path=prepared or fp32_path,
+                    profile=profile,
+                    calibration=calibration,
+                    out_dir=work / "candidates",
+                    method=method,
+                    exclude=exclude,
+                    per_channel=channelwise,
+                    calibration_cache=calibration_cache,
                 )
             except QuantizationError as exc:
                 cand.error = str(exc)
+                cache[key] = cand
                 out.append(cand)
                 break
             cand.path, cand.recipe, cand.notes = build.path, build.recipe, build.notes
             progress(f"{label}: validating on {validation.samples} samples")
             try:
-                _validated(cand, reference, validation, profile, labels)
+                if precision is Precision.FP32 and fp32_is_source:
+                    # the very model the reference outputs came from: nothing to measure
+                    cand.validation = compare(
+                        reference, reference, budget=profile.accuracy, labels=labels
+                    )
+                else:
+                    _validated(cand, reference, validation, profile, labels)
             except Exception as exc:  # the runtime refusing the quantized graph
                 cand.error = f"the quantized model does not run: {str(exc).strip().splitlines()[0]}"
+            cache[key] = cand
             out.append(cand)
             if cand.error is None and cand.rejected is None:
                 break
@@ -129,11 +250,14 @@ def evaluate_precisions(
     return out
 
 
-def benchmark_all(candidates: list[Candidate], feed: dict[str, np.ndarray], threads: int,
-                  progress: Progress) -> None:
+def benchmark_all(
+    candidates: list[Candidate], feed: dict[str, np.ndarray], threads: int, progress: Progress
+) -> None:
     for cand in candidates:
         if cand.path is None or cand.error or (cand.validation and not cand.validation.passed):
             continue
+        if cand.bench is not None and cand.bench.threads == threads:
+            continue  # measured already for an earlier profile
         progress(f"{cand.label}: benchmarking ({threads} thread(s))")
         try:
             cand.bench = benchmark(cand.path, feed, threads=threads)
@@ -145,8 +269,13 @@ def host_threads(profile: HardwareProfile) -> int:
     return max(1, min(profile.runtime.threads, os.cpu_count() or 1))
 
 
-def choose(candidates: list[Candidate], *, profile: HardwareProfile, by_speed: bool,
-           allow_over_budget: bool) -> Candidate | None:
+def choose(
+    candidates: list[Candidate],
+    *,
+    profile: HardwareProfile,
+    by_speed: bool,
+    allow_over_budget: bool,
+) -> Candidate | None:
     """The fastest (or, off-target, the most preferred) candidate within every budget.
 
     Marks the winner `chosen` and gives every other candidate its reason.
@@ -159,11 +288,15 @@ def choose(candidates: list[Candidate], *, profile: HardwareProfile, by_speed: b
         size = cand.size_bytes or 0
         over = []
         if size > budgets.max_model_bytes:
-            over.append(f"size {size} B is {size - budgets.max_model_bytes} B over the "
-                        f"{budgets.max_model_bytes} B budget")
+            over.append(
+                f"size {size} B is {size - budgets.max_model_bytes} B over the "
+                f"{budgets.max_model_bytes} B budget"
+            )
         if cand.bench.model_memory_bytes > budgets.max_memory_bytes:
-            over.append(f"memory {cand.bench.model_memory_bytes} B is over the "
-                        f"{budgets.max_memory_bytes} B budget")
+            over.append(
+                f"memory {cand.bench.model_memory_bytes} B is over the "
+                f"{budgets.max_memory_bytes} B budget"
+            )
         if over and not allow_over_budget:
             cand.rejected = "; ".join(over)
             continue
@@ -185,7 +318,8 @@ def choose(candidates: list[Candidate], *, profile: HardwareProfile, by_speed: b
     for cand in viable:
         if cand is winner:
             continue
-        assert cand.bench is not None and winner.bench is not None
+        assert cand.bench is not None
+        assert winner.bench is not None
         if by_speed:
             base = fp32 if fp32 is not None and cand is not fp32 else winner
             assert base.bench is not None
@@ -193,13 +327,19 @@ def choose(candidates: list[Candidate], *, profile: HardwareProfile, by_speed: b
             against = "fp32" if base is fp32 else winner.label
             versus_winner = cand.bench.p50_ms / winner.bench.p50_ms
             if versus_winner < 1.05:
-                cand.rejected = (f"as fast as {winner.label} within timing noise "
-                                 f"({versus_winner:.2f}x); the profile prefers {winner.precision.value}")
+                cand.rejected = (
+                    f"as fast as {winner.label} within timing noise "
+                    f"({versus_winner:.2f}x); the profile prefers {winner.precision.value}"
+                )
             elif ratio >= 1:
                 cand.rejected = f"{ratio:.2f}x slower than {against} on this host"
             else:
-                cand.rejected = (f"{1 / ratio:.2f}x faster than {against} but {versus_winner:.2f}x "
-                                 f"slower than {winner.label}")
+                cand.rejected = (
+                    f"{1 / ratio:.2f}x faster than {against} but {versus_winner:.2f}x "
+                    f"slower than {winner.label}"
+                )
         else:
-            cand.rejected = f"the profile prefers {winner.precision.value} (chosen by preference order)"
+            cand.rejected = (
+                f"the profile prefers {winner.precision.value} (chosen by preference order)"
+            )
     return winner

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import click
@@ -13,49 +14,96 @@ _file = click.Path(dir_okay=False, path_type=Path)
 
 @click.command()
 @click.argument("model", type=_file)
-@click.option("--profile", "profiles", multiple=True, required=True,
-              help="Hardware profile to convert for (repeatable; see `edgefleet profiles list`).")
+@click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    required=True,
+    help="Hardware profile to convert for (repeatable; see `edgefleet profiles list`).",
+)
 @click.option("--name", required=True, help="Model name, e.g. digits.")
 @click.option("--version", "version", required=True, help="Semantic version, e.g. 1.2.0.")
-@click.option("--calibration", type=_file,
-              help=".npy (single input) or .npz keyed by input name; real inputs for INT8.")
+@click.option(
+    "--calibration",
+    type=_file,
+    help=".npy (single input) or .npz keyed by input name; real inputs for INT8.",
+)
 @click.option("--validation", type=_file, help="Inputs to compare every variant on (same format).")
 @click.option("--labels", type=_file, help=".npy of class indices for --validation: adds accuracy.")
 @click.option("--sign-key", required=True, type=_file, help="Ed25519 private key (PEM).")
-@click.option("--out", "out_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-@click.option("--precision", type=click.Choice(_PRECISIONS), default="auto", show_default=True,
-              help="auto: the fastest variant within the profile's budgets.")
-@click.option("--allow-over-budget", is_flag=True,
-              help="Accept a variant over the profile's size or memory budget.")
-@click.option("--profiles-dir", "profiles_dirs", multiple=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Extra directory of profile TOML files.")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Output directory.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(_PRECISIONS),
+    default="auto",
+    show_default=True,
+    help="auto: the fastest variant within the profile's budgets.",
+)
+@click.option(
+    "--allow-over-budget",
+    is_flag=True,
+    help="Accept a variant over the profile's size or memory budget.",
+)
+@click.option(
+    "--profiles-dir",
+    "profiles_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Extra directory of profile TOML files.",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def convert(
-    model: Path, profiles: tuple[str, ...], name: str, version: str, calibration: Path | None,
-    validation: Path | None, labels: Path | None, sign_key: Path, out_dir: Path, precision: str,
-    allow_over_budget: bool, profiles_dirs: tuple[Path, ...], quiet: bool,
+    model: Path,
+    profiles: tuple[str, ...],
+    name: str,
+    version: str,
+    calibration: Path | None,
+    validation: Path | None,
+    labels: Path | None,
+    sign_key: Path,
+    out_dir: Path,
+    precision: str,
+    allow_over_budget: bool,
+    profiles_dirs: tuple[Path, ...],
+    quiet: bool,
 ) -> None:
     """Convert MODEL (ONNX) into one signed bundle per hardware profile.
 
     Writes the bundles, report.json and report.html into --out; nothing partial
     is left there on failure.
     """
-    from converter.pipeline import ConvertRequest, convert as run_convert
+    from converter.pipeline import ConvertRequest
+    from converter.pipeline import convert as run_convert
     from converter.report import render_table
     from edge_agent.bundle import ModelId, Precision
     from edge_agent.profiles import load_profile
 
     ModelId(name=name, version=version)  # a bad name or version fails now, not after the work
     req = ConvertRequest(
-        model=model, profiles=[load_profile(p, list(profiles_dirs)) for p in profiles],
-        name=name, version=version, sign_key=sign_key, out_dir=out_dir,
-        calibration=calibration, validation=validation, labels=labels,
+        model=model,
+        profiles=[load_profile(p, list(profiles_dirs)) for p in profiles],
+        name=name,
+        version=version,
+        sign_key=sign_key,
+        out_dir=out_dir,
+        calibration=calibration,
+        validation=validation,
+        labels=labels,
         precision=None if precision == "auto" else Precision(precision),
         allow_over_budget=allow_over_budget,
     )
-    progress = (lambda _text: None) if quiet else (lambda text: click.echo(text, err=True))
+    started = time.monotonic()
+
+    def progress(text: str) -> None:
+        if not quiet:
+            click.echo(f"{time.monotonic() - started:6.1f}s  {text}", err=True)
+
     run_convert(req, progress=progress)
     report = json.loads((out_dir / "report.json").read_text())
     click.echo(render_table(report))

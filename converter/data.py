@@ -82,7 +82,9 @@ def _read(path: Path, inputs: list[TensorInfo], what: str) -> dict[str, np.ndarr
     return arrays
 
 
-def _split(info: TensorInfo, array: np.ndarray, what: str, batch_size: int) -> tuple[list[np.ndarray], int, bool]:
+def _split(
+    info: TensorInfo, array: np.ndarray, what: str, batch_size: int
+) -> tuple[list[np.ndarray], int, bool]:
     rank = len(info.shape)
     where = f"{what} input {info.name!r}"
     if array.dtype != np.dtype(info.dtype):
@@ -124,7 +126,9 @@ def _check_dims(info: TensorInfo, shape: tuple[int, ...], where: str, *, skip_ba
             )
 
 
-def load_dataset(path: Path, inputs: list[TensorInfo], *, what: str, batch_size: int = 32) -> Dataset:
+def load_dataset(
+    path: Path, inputs: list[TensorInfo], *, what: str, batch_size: int = 32
+) -> Dataset:
     arrays = _read(path, inputs, what)
     split = {i.name: _split(i, arrays[i.name], what, batch_size) for i in inputs}
     counts = {name: len(parts) for name, (parts, _, _) in split.items()}
@@ -140,7 +144,9 @@ def load_dataset(path: Path, inputs: list[TensorInfo], *, what: str, batch_size:
     feeds = [{name: split[name][0][i] for name in split} for i in range(n_feeds)]
     samples = next(iter(split.values()))[1]
     return Dataset(
-        feeds=feeds, samples=samples, source=str(path),
+        feeds=feeds,
+        samples=samples,
+        source=str(path),
         batched=any(dynamic for _, _, dynamic in split.values()),
     )
 
@@ -171,7 +177,11 @@ def load_labels(path: Path, samples: int) -> np.ndarray:
         raise DataError(f"labels file {path} does not exist") from None
     except (ValueError, OSError) as exc:
         raise DataError(f"labels file {path} is not a .npy file: {exc}") from None
-    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    if (
+        not isinstance(labels, np.ndarray)
+        or labels.ndim != 1
+        or not np.issubdtype(labels.dtype, np.integer)
+    ):
         raise DataError(f"labels file {path} must hold a 1-D integer array of class indices")
     if len(labels) != samples:
         raise DataError(

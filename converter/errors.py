@@ -4,7 +4,7 @@
     ├── MissingDependencyError   an optional dependency is missing (names the extra to install)
     ├── SourceModelError         the input model cannot be read, checked or converted to the opset
     ├── DataError                calibration, validation or label data do not fit the model
-    ├── QuantizationError        a quantization step failed (names the step and, when known, the node)
+    ├── QuantizationError        a quantization step failed (names the step, and the node if known)
     ├── ExportError              compiling to the profile's format failed
     └── BudgetError              no variant meets the profile's budgets (says by how much)
 

@@ -43,7 +43,9 @@ def host_gaps(profile: HardwareProfile) -> list[str]:
         gaps.append(f"this host is {machine}, the target {profile.hardware.arch}")
     else:
         flags = _cpu_flags()
-        missing = [f for f in profile.hardware.isa_features if _CPUINFO_NAMES.get(f, f) not in flags]
+        missing = [
+            f for f in profile.hardware.isa_features if _CPUINFO_NAMES.get(f, f) not in flags
+        ]
         if missing:
             gaps.append(f"this CPU lacks {', '.join(missing)}")
         wanted = {_CPUINFO_NAMES.get(f, f) for f in profile.hardware.isa_features}

@@ -81,9 +81,7 @@ def load_onnx(path: Path) -> SourceModel:
     raw = path.read_bytes()
     try:
         model = onnx.load_model_from_string(raw)
-        if any(
-            t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-        ):
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except FileNotFoundError as exc:
         raise SourceModelError(
@@ -106,8 +104,10 @@ def load_onnx(path: Path) -> SourceModel:
         path=path,
         model=model,
         sha256=hashlib.sha256(raw).hexdigest(),
-        size_bytes=len(raw) + sum(
-            t.ByteSize() for t in model.graph.initializer
+        size_bytes=len(raw)
+        + sum(
+            t.ByteSize()
+            for t in model.graph.initializer
             if t.data_location == onnx.TensorProto.EXTERNAL
         ),
         inputs=_tensor_infos(onnx, model.graph.input, initializers),

@@ -61,27 +61,46 @@ def _version() -> str:
 
 
 def pack_bundle(
-    dest: Path, *, compiled: Path, chosen: Candidate, source: SourceModel,
-    profile: HardwareProfile, name: str, version: str, validation: Dataset,
-    reference: ReferenceStats, signing_key: Ed25519PrivateKey,
+    dest: Path,
+    *,
+    compiled: Path,
+    chosen: Candidate,
+    source: SourceModel,
+    profile: HardwareProfile,
+    name: str,
+    version: str,
+    validation: Dataset,
+    reference: ReferenceStats,
+    signing_key: Ed25519PrivateKey,
 ) -> Path:
-    assert chosen.recipe is not None and chosen.validation is not None and chosen.bench is not None
+    assert chosen.recipe is not None
+    assert chosen.validation is not None
+    assert chosen.bench is not None
     ort_format = compiled.suffix == ".ort"
     selftest_in = validation.first_sample()
     selftest_out = run_model(compiled, [selftest_in], threads=1, ort_format=ort_format)
     rtol, atol_rel = _TOLERANCE[chosen.precision]
-    scale = max((float(np.abs(v).max(initial=0.0)) for v in selftest_out.values()
-                 if np.issubdtype(v.dtype, np.number)), default=1.0)
+    scale = max(
+        (
+            float(np.abs(v).max(initial=0.0))
+            for v in selftest_out.values()
+            if np.issubdtype(v.dtype, np.number)
+        ),
+        default=1.0,
+    )
     entry = f"model/{compiled.name}"
     files = {
         entry: BundleFile(compiled, MemberRole.MODEL),
         "selftest/inputs.npz": BundleFile(_npz(selftest_in), MemberRole.SELFTEST),
         "selftest/outputs.npz": BundleFile(_npz(selftest_out), MemberRole.SELFTEST),
-        "reference/stats.json": BundleFile(reference.model_dump_json().encode(),
-                                           MemberRole.REFERENCE),
+        "reference/stats.json": BundleFile(
+            reference.model_dump_json().encode(), MemberRole.REFERENCE
+        ),
     }
-    budget = {"max_top1_disagreement": profile.accuracy.max_top1_disagreement,
-              "max_relative_error": profile.accuracy.max_relative_error}
+    budget = {
+        "max_top1_disagreement": profile.accuracy.max_top1_disagreement,
+        "max_relative_error": profile.accuracy.max_relative_error,
+    }
     manifest = Manifest(
         schema_version=1,
         model=ModelId(name=name, version=version),
@@ -90,22 +109,34 @@ def pack_bundle(
         format=profile.runtime.format,
         entrypoint=entry,
         members=describe_members(files),
-        inputs=[TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
-                for t in source.inputs],
-        outputs=[TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
-                 for t in source.outputs],
+        inputs=[
+            TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
+            for t in source.inputs
+        ],
+        outputs=[
+            TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
+            for t in source.outputs
+        ],
         quantization=chosen.recipe,
-        selftest=SelfTest(inputs="selftest/inputs.npz", outputs="selftest/outputs.npz",
-                          rtol=rtol, atol=max(1e-6, atol_rel * scale)),
+        selftest=SelfTest(
+            inputs="selftest/inputs.npz",
+            outputs="selftest/outputs.npz",
+            rtol=rtol,
+            atol=max(1e-6, atol_rel * scale),
+        ),
         reference="reference/stats.json",
         validation=Validation(
-            samples=chosen.validation.samples, metrics=chosen.validation.metrics(),
-            budget=budget, passed=chosen.validation.passed,
+            samples=chosen.validation.samples,
+            metrics=chosen.validation.metrics(),
+            budget=budget,
+            passed=chosen.validation.passed,
             dataset=validation.source + (" (synthetic)" if validation.synthetic else ""),
         ),
         benchmark=Benchmark(
-            latency_ms_p50=chosen.bench.p50_ms, latency_ms_p95=chosen.bench.p95_ms,
-            runs=chosen.bench.runs, threads=chosen.bench.threads,
+            latency_ms_p50=chosen.bench.p50_ms,
+            latency_ms_p95=chosen.bench.p95_ms,
+            runs=chosen.bench.runs,
+            threads=chosen.bench.threads,
             peak_memory_bytes=chosen.bench.model_memory_bytes,
             machine=describe_host(),
         ),

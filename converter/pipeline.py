@@ -25,7 +25,14 @@ from converter.compile import compile_model
 from converter.data import Dataset, load_dataset, load_labels, synthetic_dataset
 from converter.errors import BudgetError, DataError
 from converter.host import host_gaps
-from converter.load import MIN_QUANTIZATION_OPSET, SourceModel, load_onnx, onnx_module, to_opset
+from converter.load import (
+    MIN_QUANTIZATION_OPSET,
+    SourceModel,
+    default_opset,
+    load_onnx,
+    onnx_module,
+    to_opset,
+)
 from converter.pack import pack_bundle
 from converter.prepare import prepare_for_quantization
 from converter.reference import compute_reference, stack
@@ -67,7 +74,8 @@ class ProfileResult:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self, source: SourceModel) -> dict[str, object]:
-        assert self.chosen.bench is not None and self.chosen.validation is not None
+        assert self.chosen.bench is not None
+        assert self.chosen.validation is not None
         return {
             "profile": self.profile.name,
             "path": str(self.path),
@@ -85,17 +93,24 @@ class ProfileResult:
         }
 
 
-def _datasets(req: ConvertRequest, source: SourceModel, progress: Progress) -> tuple[Dataset, Dataset, np.ndarray | None, list[str]]:
+def _datasets(
+    req: ConvertRequest, source: SourceModel, progress: Progress
+) -> tuple[Dataset, Dataset, np.ndarray | None, list[str]]:
     notes = []
     if req.calibration is not None:
         calibration = load_dataset(req.calibration, source.inputs, what="calibration")
     else:
         calibration = synthetic_dataset(source.inputs, samples=64)
-        notes.append("WARNING: no --calibration data: calibrated on random inputs; "
-                     "accuracy of int8 variants is unproven")
+        notes.append(
+            "WARNING: no --calibration data: calibrated on random inputs; "
+            "accuracy of int8 variants is unproven"
+        )
         progress(notes[-1])
-    validation = (load_dataset(req.validation, source.inputs, what="validation")
-                  if req.validation is not None else calibration)
+    validation = (
+        load_dataset(req.validation, source.inputs, what="validation")
+        if req.validation is not None
+        else calibration
+    )
     if req.validation is None:
         notes.append("no --validation data: validated on the calibration data")
     labels = load_labels(req.labels, validation.samples) if req.labels is not None else None
@@ -105,48 +120,82 @@ def _datasets(req: ConvertRequest, source: SourceModel, progress: Progress) -> t
 
 
 def _convert_profile(
-    req: ConvertRequest, source: SourceModel, profile: HardwareProfile, *, calibration: Dataset,
-    validation: Dataset, labels: np.ndarray | None, reference_outputs: dict[str, np.ndarray],
-    work: Path, progress: Progress,
+    req: ConvertRequest,
+    source: SourceModel,
+    profile: HardwareProfile,
+    *,
+    calibration: Dataset,
+    validation: Dataset,
+    labels: np.ndarray | None,
+    reference_outputs: dict[str, np.ndarray],
+    work: Path,
+    progress: Progress,
+    cache: dict[tuple[object, ...], Candidate],
+    prepared_cache: dict[int, tuple[Path, list[str]]],
 ) -> tuple[Path, Candidate, list[Candidate], list[str], list[str]]:
     onnx = onnx_module()
-    say = lambda text: progress(f"[{profile.name}] {text}")  # noqa: E731
+
+    def say(text: str) -> None:
+        progress(f"[{profile.name}] {text}")
+
     precisions = [req.precision] if req.precision else list(profile.quantization.precisions)
     needs_int8 = any(p in _INT8 for p in precisions)
     fp32 = to_opset(
-        source.model, lowest=profile.runtime.opset_min, highest=profile.runtime.opset_max,
+        source.model,
+        lowest=profile.runtime.opset_min,
+        highest=profile.runtime.opset_max,
         needed=MIN_QUANTIZATION_OPSET if needs_int8 else 0,
     )
+    opset = default_opset(fp32)
     fp32_path = work / "fp32.onnx"
     onnx.save_model(fp32, str(fp32_path))
     notes: list[str] = []
     prepared = None
     if needs_int8:
-        say("preparing for quantization")
-        prepared, prep_notes = prepare_for_quantization(fp32, work)
+        if opset not in prepared_cache:
+            say("preparing for quantization")
+            prepared_cache[opset] = prepare_for_quantization(fp32, work)
+        prepared, prep_notes = prepared_cache[opset]
         notes += prep_notes
     if Precision.FP32 not in precisions:
         precisions.append(Precision.FP32)  # the baseline every speed-up is measured against
     candidates = evaluate_precisions(
-        precisions, fp32_path=fp32_path, prepared=prepared, profile=profile,
-        calibration=calibration, validation=validation, reference=reference_outputs,
-        labels=labels, work=work, progress=say,
+        precisions,
+        fp32_path=fp32_path,
+        prepared=prepared,
+        profile=profile,
+        calibration=calibration,
+        validation=validation,
+        reference=reference_outputs,
+        labels=labels,
+        work=work,
+        progress=say,
+        cache=cache,
+        opset=opset,
+        calibration_cache=work.parent / "calibration-cache",
+        fp32_is_source=fp32 is source.model,
     )
     gaps = host_gaps(profile)
     for gap in gaps:
         say(f"note: {gap}; choosing by the profile's preference order")
     threads = host_threads(profile)
     if threads < profile.runtime.threads:
-        notes.append(f"benchmarked with {threads} threads: this host has fewer cores "
-                     f"than the profile's {profile.runtime.threads}")
+        notes.append(
+            f"benchmarked with {threads} threads: this host has fewer cores "
+            f"than the profile's {profile.runtime.threads}"
+        )
     benchmark_all(candidates, validation.first_sample(), threads, say)
-    allowed = [c for c in candidates if c.precision in (
-        [req.precision] if req.precision else profile.quantization.precisions)]
+    allowed = [
+        c
+        for c in candidates
+        if c.precision in ([req.precision] if req.precision else profile.quantization.precisions)
+    ]
     for c in candidates:
         if c not in allowed and c.rejected is None and c.error is None:
             c.rejected = "baseline only: the profile does not list fp32"
-    chosen = choose(allowed, profile=profile, by_speed=not gaps,
-                    allow_over_budget=req.allow_over_budget)
+    chosen = choose(
+        allowed, profile=profile, by_speed=not gaps, allow_over_budget=req.allow_over_budget
+    )
     if chosen is None:
         reasons = "; ".join(f"{c.label}: {c.error or c.rejected}" for c in candidates)
         raise BudgetError(
@@ -169,34 +218,63 @@ def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, li
     calibration, validation, labels, notes = _datasets(req, source, progress)
     progress(f"running the float model on {validation.samples} validation samples")
     reference_outputs = run_model(source.path, validation.feeds)
-    ref_inputs = stack(calibration.feeds + (validation.feeds if validation is not calibration else []))
+    ref_inputs = stack(
+        calibration.feeds + (validation.feeds if validation is not calibration else [])
+    )
     reference = compute_reference(ref_inputs, reference_outputs)
 
     req.out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edgefleet-convert-", dir=req.out_dir.parent))
     try:
         results: list[ProfileResult] = []
+        cache: dict[tuple[object, ...], Candidate] = {}
+        prepared_cache: dict[int, tuple[Path, list[str]]] = {}
         for profile in req.profiles:
             work = staging / "work" / profile.name
             work.mkdir(parents=True)
             compiled, chosen, candidates, gaps, profile_notes = _convert_profile(
-                req, source, profile, calibration=calibration, validation=validation,
-                labels=labels, reference_outputs=reference_outputs, work=work, progress=progress,
+                req,
+                source,
+                profile,
+                calibration=calibration,
+                validation=validation,
+                labels=labels,
+                reference_outputs=reference_outputs,
+                work=work,
+                progress=progress,
+                cache=cache,
+                prepared_cache=prepared_cache,
             )
             filename = f"{req.name}-{req.version}-{profile.name}.efb"
             pack_bundle(
-                staging / filename, compiled=compiled, chosen=chosen, source=source,
-                profile=profile, name=req.name, version=req.version, validation=validation,
-                reference=reference, signing_key=key,
+                staging / filename,
+                compiled=compiled,
+                chosen=chosen,
+                source=source,
+                profile=profile,
+                name=req.name,
+                version=req.version,
+                validation=validation,
+                reference=reference,
+                signing_key=key,
             )
-            results.append(ProfileResult(profile, req.out_dir / filename, chosen, candidates,
-                                         gaps, notes + profile_notes))
+            results.append(
+                ProfileResult(
+                    profile, req.out_dir / filename, chosen, candidates, gaps, notes + profile_notes
+                )
+            )
         req.out_dir.mkdir(parents=True, exist_ok=True)
         for result in results:
             (staging / result.path.name).replace(result.path)
-        report = {"source": {"path": str(source.path), "sha256": source.sha256,
-                             "size_bytes": source.size_bytes, "opset": source.opset},
-                  "bundles": [r.to_json(source) for r in results]}
+        report = {
+            "source": {
+                "path": str(source.path),
+                "sha256": source.sha256,
+                "size_bytes": source.size_bytes,
+                "opset": source.opset,
+            },
+            "bundles": [r.to_json(source) for r in results],
+        }
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (staging / "report.html").write_text(render_html(report))
         for name in ("report.json", "report.html"):

@@ -64,9 +64,15 @@ def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
     target = work / "prepared.onnx"
     attempts = [
         ({}, None),
-        ({"skip_symbolic_shape": True}, "symbolic shape inference skipped (it failed on this graph)"),
-        ({"skip_symbolic_shape": True, "skip_optimization": True},
-         "pre-optimization skipped (it failed on this graph)"),
+        ({"auto_merge": True}, "symbolic shape inference needed auto_merge of conflicting dims"),
+        (
+            {"skip_symbolic_shape": True},
+            "symbolic shape inference skipped (it failed on this graph)",
+        ),
+        (
+            {"skip_symbolic_shape": True, "skip_optimization": True},
+            "pre-optimization skipped (it failed on this graph)",
+        ),
     ]
     last: Exception | None = None
     for kwargs, note in attempts:

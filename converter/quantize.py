@@ -7,6 +7,8 @@ quantization API.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 from collections.abc import Iterator
@@ -77,12 +79,15 @@ def build_candidate(
     out_dir: Path,
     method: CalibrationMethod = "minmax",
     exclude: tuple[str, ...] = (),
+    per_channel: bool | None = None,
+    calibration_cache: Path | None = None,
 ) -> _Build:
     """Write the candidate model for `precision` into `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     q = profile.quantization
     suffix = f"-{method}" if precision is Precision.INT8_STATIC else ""
     suffix += f"-x{len(exclude)}" if exclude else ""
+    suffix += "-pt" if per_channel is False and q.per_channel else ""
     target = out_dir / f"{precision.value}{suffix}.onnx"
     try:
         if precision is Precision.FP32:
@@ -94,21 +99,42 @@ def build_candidate(
             from onnxruntime.quantization import quantize_dynamic
 
             quantize_dynamic(
-                str(prepared_path), str(target), per_channel=q.per_channel,
-                reduce_range=q.reduce_range, weight_type=_qtype(q.weight_type),
+                str(prepared_path),
+                str(target),
+                per_channel=q.per_channel,
+                reduce_range=q.reduce_range,
+                weight_type=_qtype(q.weight_type),
                 extra_options={"WeightSymmetric": q.symmetric_weights},
             )
-            return _Build(target, QuantizationRecipe(
-                precision=precision, method="dynamic", per_channel=q.per_channel,
-                weight_type=q.weight_type, symmetric_weights=q.symmetric_weights,
-                reduce_range=q.reduce_range,
-            ))
+            return _Build(
+                target,
+                QuantizationRecipe(
+                    precision=precision,
+                    method="dynamic",
+                    per_channel=q.per_channel,
+                    weight_type=q.weight_type,
+                    symmetric_weights=q.symmetric_weights,
+                    reduce_range=q.reduce_range,
+                ),
+            )
         if precision is Precision.INT8_STATIC:
-            return _static(prepared_path, target, profile, calibration, method, exclude)
+            channelwise = q.per_channel if per_channel is None else per_channel
+            return _static(
+                prepared_path,
+                target,
+                profile,
+                calibration,
+                method,
+                exclude,
+                channelwise,
+                calibration_cache,
+            )
     except QuantizationError:
         raise
     except Exception as exc:  # ORT's quantizer raises bare Exceptions naming the node
-        raise QuantizationError(f"{precision.value}: quantization failed: {_first_line(exc)}") from exc
+        raise QuantizationError(
+            f"{precision.value}: quantization failed: {_first_line(exc)}"
+        ) from exc
     raise QuantizationError(
         f"{precision.value} is not a precision of ONNX Runtime targets "
         "(full-integer models are a TFLite target's)"
@@ -123,40 +149,101 @@ def _fp16(fp32_path: Path, target: Path) -> _Build:
     # keep_io_types: callers keep passing float32; casts sit at the edges
     half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False)
     onnx.save_model(half, str(target))
-    return _Build(target, QuantizationRecipe(precision=Precision.FP16, method="float16",
-                                             weight_type="float16"))
+    return _Build(
+        target,
+        QuantizationRecipe(precision=Precision.FP16, method="float16", weight_type="float16"),
+    )
 
 
 def _static(
-    prepared: Path, target: Path, profile: HardwareProfile, calibration: Dataset,
-    method: CalibrationMethod, exclude: tuple[str, ...],
+    prepared: Path,
+    target: Path,
+    profile: HardwareProfile,
+    calibration: Dataset,
+    method: CalibrationMethod,
+    exclude: tuple[str, ...],
+    per_channel: bool,
+    cache_dir: Path | None,
 ) -> _Build:
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     q = profile.quantization
-    feeds = calibration.subset(q.calibration_samples)
-    ort_method = {"minmax": OrtMethod.MinMax, "percentile": OrtMethod.Percentile,
-                  "entropy": OrtMethod.Entropy}[method]
+    # histogram calibrators cost far more per sample than min-max and settle with fewer
+    limit = q.calibration_samples if method == "minmax" else min(q.calibration_samples, 128)
+    feeds = calibration.subset(limit)
+    ort_method = {
+        "minmax": OrtMethod.MinMax,
+        "percentile": OrtMethod.Percentile,
+        "entropy": OrtMethod.Entropy,
+    }[method]
     extra: dict[str, Any] = {
         "ActivationSymmetric": q.symmetric_activations,
         "WeightSymmetric": q.symmetric_weights,
     }
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
-    quantize_static(
-        str(prepared), str(target), _Reader(feeds), quant_format=QuantFormat.QDQ,
-        per_channel=q.per_channel, reduce_range=q.reduce_range,
-        activation_type=_qtype(q.activation_type), weight_type=_qtype(q.weight_type),
-        calibrate_method=ort_method, nodes_to_exclude=list(exclude) or None,
-        extra_options=extra,
-    )
+    notes: list[str] = []
+    cache_path = None
+    if cache_dir is not None:
+        # activation ranges depend on the model, the data and these, not on the weights'
+        # settings: every variant and profile that agrees on them calibrates once
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_path = cache_dir / (
+            f"{prepared.parent.name}-{method}-{q.activation_type}-"
+            f"{'sym' if q.symmetric_activations else 'asym'}-{len(feeds)}.json"
+        )
+
+    def run() -> None:
+        quantize_static(
+            str(prepared),
+            str(target),
+            _Reader(feeds),
+            quant_format=QuantFormat.QDQ,
+            per_channel=per_channel,
+            reduce_range=q.reduce_range,
+            activation_type=_qtype(q.activation_type),
+            weight_type=_qtype(q.weight_type),
+            calibrate_method=ort_method,
+            nodes_to_exclude=list(exclude) or None,
+            # only weight-bearing ops: that is where int8 pays; quantizing normalizations
+            # and elementwise ops costs accuracy (a LayerNorm in QDQ broke magika) for no speed
+            op_types_to_quantize=sorted(COMPUTE_OPS),
+            extra_options=extra,
+            calibration_cache_path=cache_path,
+        )
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print() progress
+            run()
+    except ValueError as exc:
+        # onnxruntime's int32-bias weight-scale adjustment fails on biases that
+        # are not 1-D per channel (e.g. MatMul + broadcast Add); quantize without it
+        if "truth value of an array" not in str(exc):
+            raise
+        extra["QDQDisableWeightAdjustForInt32Bias"] = True
+        with contextlib.redirect_stdout(io.StringIO()):
+            run()
+        notes.append(
+            "onnxruntime's int32-bias scale adjustment was disabled (it fails on this graph)"
+        )
     samples = sum(len(next(iter(f.values()))) if calibration.batched else 1 for f in feeds)
-    notes = [f"kept {len(exclude)} sensitive node(s) in float: {', '.join(exclude)}"] if exclude else []
-    return _Build(target, QuantizationRecipe(
-        precision=Precision.INT8_STATIC, method="qdq", per_channel=q.per_channel,
-        activation_type=q.activation_type, weight_type=q.weight_type,
-        symmetric_activations=q.symmetric_activations, symmetric_weights=q.symmetric_weights,
-        reduce_range=q.reduce_range, calibration_method=method, calibration_samples=samples,
-        excluded_nodes=list(exclude),
-    ), notes)
+    if exclude:
+        notes.append(f"kept {len(exclude)} sensitive node(s) in float: {', '.join(exclude)}")
+    return _Build(
+        target,
+        QuantizationRecipe(
+            precision=Precision.INT8_STATIC,
+            method="qdq",
+            per_channel=per_channel,
+            activation_type=q.activation_type,
+            weight_type=q.weight_type,
+            symmetric_activations=q.symmetric_activations,
+            symmetric_weights=q.symmetric_weights,
+            reduce_range=q.reduce_range,
+            calibration_method=method,
+            calibration_samples=samples,
+            excluded_nodes=list(exclude),
+        ),
+        notes,
+    )

@@ -25,51 +25,59 @@ def stack(feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _tensor(values: np.ndarray) -> TensorReference:
-    finite = values.astype(np.float64)
-    finite = finite[np.isfinite(finite)] if finite.size else finite
-    common = {
-        "dtype": values.dtype.name,
-        "mean": float(finite.mean()) if finite.size else 0.0,
-        "std": float(finite.std()) if finite.size else 0.0,
-        "min": float(finite.min()) if finite.size else 0.0,
-        "max": float(finite.max()) if finite.size else 0.0,
-        "values": histogram(values),
-    }
+    floats = values.astype(np.float64)
+    finite = floats[np.isfinite(floats)] if floats.size else floats
+    base = TensorReference(
+        kind="values",
+        dtype=values.dtype.name,
+        mean=float(finite.mean()) if finite.size else 0.0,
+        std=float(finite.std()) if finite.size else 0.0,
+        min=float(finite.min()) if finite.size else 0.0,
+        max=float(finite.max()) if finite.size else 0.0,
+        values=histogram(values),
+    )
     if values.ndim == 2 and values.shape[1] <= MAX_FEATURES:
-        return TensorReference(
-            kind="features", features=[histogram(values[:, i]) for i in range(values.shape[1])],
-            **common,
-        )
+        features = [histogram(values[:, i]) for i in range(values.shape[1])]
+        return base.model_copy(update={"kind": "features", "features": features})
     if values.ndim >= 3:
-        moved = np.moveaxis(values, 1, -1).reshape(-1, values.shape[1]).astype(np.float64)
-        return TensorReference(
-            kind="channels", channel_mean=[float(x) for x in moved.mean(axis=0)],
-            channel_std=[float(x) for x in moved.std(axis=0)], **common,
+        channels = np.moveaxis(floats, 1, -1).reshape(-1, values.shape[1])
+        return base.model_copy(
+            update={
+                "kind": "channels",
+                "channel_mean": [float(x) for x in channels.mean(axis=0)],
+                "channel_std": [float(x) for x in channels.std(axis=0)],
+            }
         )
-    return TensorReference(kind="values", **common)
+    return base
 
 
 def _output(values: np.ndarray) -> TensorReference:
     if not is_classifier(values):
         return _tensor(values)
-    base = _tensor(values).model_dump(
-        exclude={"kind", "features", "channel_mean", "channel_std", "classes", "confidence"}
-    )
     classes = np.bincount(values.argmax(axis=1), minlength=values.shape[1])
     confidence = values.max(axis=1)
     edges = np.linspace(float(confidence.min()), float(confidence.max()) + 1e-6, 11)
     counts, _ = np.histogram(confidence, bins=edges)
-    return TensorReference(
-        kind="classes", classes=[int(c) for c in classes],
-        confidence=Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts]),
-        **base,
+    return _tensor(values).model_copy(
+        update={
+            "kind": "classes",
+            "features": None,
+            "classes": [int(c) for c in classes],
+            "confidence": Histogram(
+                edges=[float(e) for e in edges], counts=[int(c) for c in counts]
+            ),
+        }
     )
 
 
-def compute_reference(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> ReferenceStats:
+def compute_reference(
+    inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]
+) -> ReferenceStats:
     samples = len(next(iter(inputs.values()))) if inputs else 0
     return ReferenceStats(
         samples=samples,
         inputs={name: _tensor(v) for name, v in inputs.items()},
-        outputs={name: _output(v) for name, v in outputs.items() if np.issubdtype(v.dtype, np.number)},
+        outputs={
+            name: _output(v) for name, v in outputs.items() if np.issubdtype(v.dtype, np.number)
+        },
     )

@@ -33,15 +33,17 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
     for bundle in report["bundles"]:
         for cand in bundle["candidates"]:
             latency = cand["latency_ms"]
-            rows.append((
-                bundle["profile"],
-                ("* " if cand["chosen"] else "  ") + cand["variant"],
-                _size(cand["size_bytes"]),
-                f"{latency['p50']:.3f}" if latency else "-",
-                f"{latency['p95']:.3f}" if latency else "-",
-                _metric(cand["metrics"]),
-                "chosen" if cand["chosen"] else (cand["error"] or cand["rejected"] or ""),
-            ))
+            rows.append(
+                (
+                    bundle["profile"],
+                    ("* " if cand["chosen"] else "  ") + cand["variant"],
+                    _size(cand["size_bytes"]),
+                    f"{latency['p50']:.3f}" if latency else "-",
+                    f"{latency['p95']:.3f}" if latency else "-",
+                    _metric(cand["metrics"]),
+                    "chosen" if cand["chosen"] else (cand["error"] or cand["rejected"] or ""),
+                )
+            )
     return rows
 
 
@@ -49,10 +51,12 @@ HEADER = ("PROFILE", "VARIANT", "SIZE", "P50 MS", "P95 MS", "QUALITY", "VERDICT"
 
 
 def render_table(report: dict[str, Any]) -> str:
-    rows = [HEADER, *_rows(report)]
+    rows: list[tuple[str, ...]] = [HEADER, *_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER) - 1)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
-             for r in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    ]
     for bundle in report["bundles"]:
         lines.append(
             f"{bundle['profile']}: {bundle['path']} ({bundle['precision']}, "
@@ -68,13 +72,18 @@ def render_html(report: dict[str, Any]) -> str:
     body = ["<table><thead><tr>", *(f"<th>{e(h)}</th>" for h in HEADER), "</tr></thead><tbody>"]
     for row in _rows(report):
         chosen = row[1].startswith("*")
-        body.append(f"<tr class='{'chosen' if chosen else ''}'>"
-                    + "".join(f"<td>{e(c.strip())}</td>" for c in row) + "</tr>")
+        body.append(
+            f"<tr class='{'chosen' if chosen else ''}'>"
+            + "".join(f"<td>{e(c.strip())}</td>" for c in row)
+            + "</tr>"
+        )
     body.append("</tbody></table>")
     for bundle in report["bundles"]:
-        body.append(f"<h2>{e(bundle['profile'])}</h2><p>{e(bundle['path'])}: "
-                    f"{e(bundle['precision'])}, {e(_size(bundle['size_bytes']))}, "
-                    f"chosen by {e(bundle['chosen_by'])}</p>")
+        body.append(
+            f"<h2>{e(bundle['profile'])}</h2><p>{e(bundle['path'])}: "
+            f"{e(bundle['precision'])}, {e(_size(bundle['size_bytes']))}, "
+            f"chosen by {e(bundle['chosen_by'])}</p>"
+        )
         notes = bundle["host_differences"] + bundle["notes"]
         if notes:
             body.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")

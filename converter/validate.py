@@ -13,8 +13,13 @@ from edge_agent.profiles import AccuracyBudget
 __all__ = ["OutputMetrics", "ValidationResult", "compare", "is_classifier", "run_model"]
 
 
-def run_model(path: Path, feeds: Sequence[dict[str, np.ndarray]], *, threads: int = 1,
-              ort_format: bool = False) -> dict[str, np.ndarray]:
+def run_model(
+    path: Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    *,
+    threads: int = 1,
+    ort_format: bool = False,
+) -> dict[str, np.ndarray]:
     """Run a model file over every feed on the CPU; outputs concatenated along axis 0."""
     import onnxruntime as ort
 
@@ -29,8 +34,10 @@ def run_model(path: Path, feeds: Sequence[dict[str, np.ndarray]], *, threads: in
     for feed in feeds:
         for name, value in zip(names, session.run(names, feed), strict=True):
             collected[name].append(np.asarray(value))
-    return {n: (np.concatenate([np.atleast_1d(v) for v in vs]) if vs else np.empty(0))
-            for n, vs in collected.items()}
+    return {
+        n: (np.concatenate([np.atleast_1d(v) for v in vs]) if vs else np.empty(0))
+        for n, vs in collected.items()
+    }
 
 
 def is_classifier(array: np.ndarray) -> bool:
@@ -87,8 +94,13 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(cos.mean())
 
 
-def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *,
-            budget: AccuracyBudget, labels: np.ndarray | None = None) -> ValidationResult:
+def compare(
+    reference: dict[str, np.ndarray],
+    candidate: dict[str, np.ndarray],
+    *,
+    budget: AccuracyBudget,
+    labels: np.ndarray | None = None,
+) -> ValidationResult:
     outputs: list[OutputMetrics] = []
     failures: list[str] = []
     for name, ref in reference.items():
@@ -113,7 +125,9 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
             classifier=classifier,
             top1_agreement=agreement,
             max_abs_error=float(diff.max(initial=0.0)),
-            mean_relative_error=float(diff.mean() / max(np.abs(r64).mean(), 1e-12)) if diff.size else 0.0,
+            mean_relative_error=float(diff.mean() / max(np.abs(r64).mean(), 1e-12))
+            if diff.size
+            else 0.0,
             cosine_similarity=_cosine(r64, g64) if diff.size else 1.0,
         )
         outputs.append(metrics)
@@ -136,5 +150,10 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], 
             reference_accuracy = float((reference[first].argmax(axis=1) == labels).mean())
             accuracy = float((candidate[first].argmax(axis=1) == labels).mean())
     samples = len(next(iter(reference.values())))
-    return ValidationResult(samples=samples, outputs=outputs, accuracy=accuracy,
-                            reference_accuracy=reference_accuracy, failures=failures)
+    return ValidationResult(
+        samples=samples,
+        outputs=outputs,
+        accuracy=accuracy,
+        reference_accuracy=reference_accuracy,
+        failures=failures,
+    )

@@ -138,7 +138,6 @@ def build_bundle(digits: Digits, work: Path, private_key: Path) -> Path:
         benchmark=Benchmark(
             latency_ms_p50=p50,
             latency_ms_p95=p95,
-            
             runs=len(latencies),
             threads=profile.runtime.threads,
             machine="this machine (demo)",
