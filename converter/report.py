@@ -29,7 +29,7 @@ def _metric(metrics: dict[str, float] | None) -> str:
 
 
 def _rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for bundle in report["bundles"]:
         for cand in bundle["candidates"]:
             latency = cand["latency_ms"]
