@@ -174,6 +174,6 @@ def test_missing_trust_key_file_is_a_clear_error(
 
 
 def test_commands_of_later_issues_say_so_and_fail() -> None:
-    result = run("convert", "model.onnx")
+    result = run("provision", "--count", "3")
     assert result.returncode == 2
-    assert "issue #3" in result.stderr
+    assert "issue #8" in result.stderr
