@@ -93,7 +93,7 @@ def _split(
             f"(save it with .astype('{info.dtype}'))"
         )
     if array.ndim == rank + 1:
-        samples = [array[i] for i in range(array.shape[0])]
+        samples = [np.asarray(array[i, ...]) for i in range(array.shape[0])]
         _check_dims(info, array.shape[1:], where, skip_batch=False)
         return samples, array.shape[0], False
     if array.ndim == rank and rank > 0:

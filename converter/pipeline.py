@@ -217,7 +217,11 @@ def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, li
     key = load_private_key(req.sign_key)
     calibration, validation, labels, notes = _datasets(req, source, progress)
     progress(f"running the float model on {validation.samples} validation samples")
-    reference_outputs = run_model(source.path, validation.feeds)
+    try:
+        reference_outputs = run_model(source.path, validation.feeds)
+    except Exception as exc:  # onnxruntime's own error types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"the original model fails on the validation data: {first}") from exc
     ref_inputs = stack(
         calibration.feeds + (validation.feeds if validation is not calibration else [])
     )

@@ -3,41 +3,61 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from converter.errors import QuantizationError
 from converter.load import onnx_module
 
-__all__ = ["constants_to_initializers", "prepare_for_quantization"]
+__all__ = ["constants_to_initializers", "prepare_for_quantization", "subgraphs"]
 
 log = logging.getLogger(__name__)
 
 
+def subgraphs(graph: Any) -> Iterator[Any]:
+    """Every If/Loop/Scan body under `graph`, depth first."""
+    onnx = onnx_module()
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+                yield from subgraphs(attr.g)
+            for sub in attr.graphs:
+                yield sub
+                yield from subgraphs(sub)
+
+
 def constants_to_initializers(model: Any) -> int:
-    """Move the main graph's tensor Constant nodes into initializers; return how many.
+    """Turn tensor Constant nodes into initializers of their own graph; return how many.
 
     Exporters that store weights as Constant nodes hide them from the quantizer,
     which only quantizes initializer weights. Constants inside If/Loop bodies
-    stay where they are: they belong to their subgraph's scope.
+    become initializers of that body, where subgraph quantization finds them.
     """
     onnx = onnx_module()
-    graph = model.graph
-    keep, moved = [], 0
-    for node in graph.node:
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+    moved = 0
+    for graph in [model.graph, *subgraphs(model.graph)]:
+        keep = []
+        for node in graph.node:
             attr = next((a for a in node.attribute if a.name == "value"), None)
-            if attr is not None and attr.type == onnx.AttributeProto.TENSOR:
+            if (
+                node.op_type == "Constant"
+                and node.domain in ("", "ai.onnx")
+                and len(node.output) == 1
+                and attr is not None
+                and attr.type == onnx.AttributeProto.TENSOR
+            ):
                 tensor = onnx.TensorProto()
                 tensor.CopyFrom(attr.t)
                 tensor.name = node.output[0]
                 graph.initializer.append(tensor)
                 moved += 1
-                continue
-        keep.append(node)
-    if moved:
-        del graph.node[:]
-        graph.node.extend(keep)
+            else:
+                keep.append(node)
+        if len(keep) != len(graph.node):
+            del graph.node[:]
+            graph.node.extend(keep)
     return moved
 
 
@@ -53,9 +73,10 @@ def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     notes: list[str] = []
-    for i, node in enumerate(model.graph.node):
-        if not node.name:  # the quantizer can only exclude nodes it can name
-            node.name = f"{node.op_type}_{i}"
+    for g, graph in enumerate([model.graph, *subgraphs(model.graph)]):
+        for i, node in enumerate(graph.node):
+            if not node.name:  # the quantizer can only exclude nodes it can name
+                node.name = f"{node.op_type}_{g}_{i}"
     moved = constants_to_initializers(model)
     if moved:
         notes.append(f"moved {moved} Constant-node weights into initializers")

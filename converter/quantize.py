@@ -64,6 +64,34 @@ def compute_nodes(model_path: Path) -> list[str]:
     return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and n.name]
 
 
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+        "DynamicQuantizeLSTM",
+    }
+)
+
+
+def _require_quantized(path: Path, precision: Precision) -> None:
+    """Refuse a 'quantized' model in which nothing was quantized."""
+    from converter.prepare import subgraphs
+
+    onnx = onnx_module()
+    model = onnx.load(str(path), load_external_data=False)
+    graphs = [model.graph, *subgraphs(model.graph)]
+    if not any(n.op_type in _QUANTIZED_OPS for g in graphs for n in g.node):
+        where = " (its weight-bearing nodes sit inside If/Loop bodies)" if len(graphs) > 1 else ""
+        raise QuantizationError(
+            f"{precision.value}: the quantizer reached no node of this model{where}"
+        )
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -104,8 +132,10 @@ def build_candidate(
                 per_channel=q.per_channel,
                 reduce_range=q.reduce_range,
                 weight_type=_qtype(q.weight_type),
-                extra_options={"WeightSymmetric": q.symmetric_weights},
+                # EnableSubgraph: weights inside If/Loop bodies (silero-vad) get quantized too
+                extra_options={"WeightSymmetric": q.symmetric_weights, "EnableSubgraph": True},
             )
+            _require_quantized(target, precision)
             return _Build(
                 target,
                 QuantizationRecipe(
@@ -227,6 +257,7 @@ def _static(
         notes.append(
             "onnxruntime's int32-bias scale adjustment was disabled (it fails on this graph)"
         )
+    _require_quantized(target, Precision.INT8_STATIC)
     samples = sum(len(next(iter(f.values()))) if calibration.batched else 1 for f in feeds)
     if exclude:
         notes.append(f"kept {len(exclude)} sensitive node(s) in float: {', '.join(exclude)}")
