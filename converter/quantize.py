@@ -274,6 +274,7 @@ def _static(
             reduce_range=q.reduce_range,
             calibration_method=method,
             calibration_samples=samples,
+            calibration_synthetic=calibration.synthetic,
             excluded_nodes=list(exclude),
         ),
         notes,

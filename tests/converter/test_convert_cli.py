@@ -1,0 +1,202 @@
+"""`edgefleet convert` on the digits example and on bad input: one clear line, nothing partial."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from examples.digits.train import Digits, train
+from tests.edge_agent.test_cli import one_error_line
+
+ROOT = Path(__file__).resolve().parents[2]
+EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
+
+
+@pytest.fixture(scope="module")
+def digits() -> Digits:
+    return train()
+
+
+@pytest.fixture
+def files(digits: Digits, tmp_path: Path, keypair: tuple[Path, Path]) -> dict[str, Path]:
+    (tmp_path / "digits.onnx").write_bytes(digits.onnx)
+    np.save(tmp_path / "cal.npy", digits.x_train[:128])
+    np.save(tmp_path / "val.npy", digits.x_test[:200])
+    return {
+        "model": tmp_path / "digits.onnx",
+        "cal": tmp_path / "cal.npy",
+        "val": tmp_path / "val.npy",
+        "key": keypair[0],
+        "out": tmp_path / "out",
+    }
+
+
+def convert(
+    files: dict[str, Path], *extra: str | Path, model: Path | None = None, profile: str = "x86-64"
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        EDGEFLEET,
+        "convert",
+        str(model or files["model"]),
+        "--profile",
+        profile,
+        "--name",
+        "digits",
+        "--version",
+        "1.0.0",
+        "--calibration",
+        str(files["cal"]),
+        "--validation",
+        str(files["val"]),
+        "--sign-key",
+        str(files["key"]),
+        "--out",
+        str(files["out"]),
+        "--quiet",
+        *map(str, extra),
+    ]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+def assert_nothing_left(files: dict[str, Path]) -> None:
+    out = files["out"]
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(out.parent.glob(".edgefleet-convert-*"))
+
+
+def test_the_digits_example_converts_for_three_profiles(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, ROOT / "examples" / "digits" / "convert.py", "--out", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "bundles" / "report.json").read_text())
+    assert len(report["bundles"]) == 3
+    for bundle in report["bundles"]:
+        # at most one point of test accuracy lost, whatever precision was chosen
+        assert bundle["metrics"]["accuracy"] >= bundle["metrics"]["reference_accuracy"] - 0.01
+    assert "float model test accuracy" in done.stdout
+
+
+def test_forcing_a_precision_builds_only_that_one(files: dict[str, Path]) -> None:
+    done = convert(files, "--precision", "int8-dynamic")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((files["out"] / "report.json").read_text())
+    (bundle,) = report["bundles"]
+    assert bundle["precision"] == "int8-dynamic"
+    assert {c["precision"] for c in bundle["candidates"]} == {"int8-dynamic", "fp32"}
+
+
+def test_a_file_that_is_not_onnx(files: dict[str, Path], tmp_path: Path) -> None:
+    bogus = tmp_path / "model.onnx"
+    bogus.write_text("this is a text file\n")
+    done = convert(files, model=bogus)
+    assert done.returncode == 1
+    assert "is not a readable ONNX model" in one_error_line(done)
+    assert_nothing_left(files)
+
+
+def test_a_truncated_model(files: dict[str, Path], digits: Digits, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(digits.onnx[: len(digits.onnx) // 2])
+    done = convert(files, model=cut)
+    assert done.returncode == 1
+    assert "truncated" in one_error_line(done)
+    assert_nothing_left(files)
+
+
+def test_an_unknown_profile(files: dict[str, Path]) -> None:
+    done = convert(files, profile="raspbery-pi-4")
+    assert done.returncode == 1
+    assert "did you mean 'raspberry-pi-4'" in one_error_line(done)
+
+
+def test_calibration_of_the_wrong_dtype_names_input_expected_and_got(
+    files: dict[str, Path], digits: Digits
+) -> None:
+    np.save(files["cal"], digits.x_train[:64].astype(np.float64))
+    done = convert(files)
+    line = one_error_line(done)
+    assert "calibration input 'pixels': expected dtype float32, got float64" in line
+    assert_nothing_left(files)
+
+
+def test_calibration_of_the_wrong_shape_names_input_expected_and_got(
+    files: dict[str, Path], digits: Digits
+) -> None:
+    np.save(files["val"], digits.x_test[:, :60])
+    done = convert(files)
+    line = one_error_line(done)
+    assert "validation input 'pixels': expected shape [batch, 64], got [540, 60]" in line
+    assert_nothing_left(files)
+
+
+def test_an_npz_missing_an_input_says_which(files: dict[str, Path], digits: Digits) -> None:
+    cal = files["cal"].with_suffix(".npz")
+    np.savez(cal, image=digits.x_train[:64])
+    files["cal"] = cal
+    line = one_error_line(convert(files))
+    assert "no array for input(s) pixels" in line
+    assert "unknown key(s) image" in line
+
+
+def test_a_model_over_the_size_budget_says_by_how_much(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    text = (ROOT / "hardware_profiles" / "x86-64.toml").read_text()
+    text = text.replace("max_model_bytes = 1_073_741_824", "max_model_bytes = 2_000")
+    (profiles / "x86-64.toml").write_text(text)
+    done = convert(files, "--profiles-dir", profiles)
+    line = one_error_line(done)
+    assert "no variant meets the profile's budgets" in line
+    assert "B over the 2000 B budget" in line
+    assert "--allow-over-budget" in line
+    assert_nothing_left(files)
+
+    allowed = convert(files, "--profiles-dir", profiles, "--allow-over-budget")
+    assert allowed.returncode == 0, allowed.stderr
+    report = json.loads((files["out"] / "report.json").read_text())
+    assert any("over budget" in n for c in report["bundles"][0]["candidates"] for n in c["notes"])
+
+
+def test_no_calibration_data_warns_loudly_and_flags_the_bundle(files: dict[str, Path]) -> None:
+    args = [
+        EDGEFLEET,
+        "convert",
+        str(files["model"]),
+        "--profile",
+        "x86-64",
+        "--name",
+        "digits",
+        "--version",
+        "1.0.0",
+        "--sign-key",
+        str(files["key"]),
+        "--out",
+        str(files["out"]),
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "WARNING: no --calibration data" in done.stderr
+    report = json.loads((files["out"] / "report.json").read_text())
+    bundle = report["bundles"][0]
+    assert any("WARNING" in n for n in bundle["notes"])
+    inspect = json.loads(
+        subprocess.run(
+            [EDGEFLEET, "bundle", "inspect", bundle["path"], "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    recipe = inspect["manifest"]["quantization"]
+    assert recipe["calibration_synthetic"] is (recipe["precision"] == "int8-static")
