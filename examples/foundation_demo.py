@@ -1,16 +1,18 @@
 """The end-to-end slice that exists today, on one machine, with real parts.
 
 1. train the digits model on the CPU and export it to ONNX;
-2. pack it into a signed bundle (self-test vectors, reference statistics,
-   validation and benchmark figures measured here) and verify it with the CLI;
+2. `edgefleet convert` it for two hardware profiles (quantized, validated,
+   benchmarked, signed) and `edgefleet bundle verify` the bundles;
 3. show a tampered copy being refused, with the member named;
-4. run a few devices speaking the MQTT contract through a real broker (the
-   embedded amqtt broker unless --mqtt-url is given): each verifies the bundle,
-   passes its self-test, serves the test set, publishes retained state and
-   telemetry windows; the fleet side publishes a retained desired state, merges
-   every device's latency histogram, and sees a device that loses power go offline.
+4. run devices speaking the MQTT contract through a real broker (the embedded
+   amqtt broker unless --mqtt-url is given): each verifies its profile's bundle
+   with `edge_agent.open_bundle`, passes the self-test, serves the test set and
+   publishes retained state and telemetry windows binned against the bundle's
+   reference statistics; the fleet side publishes a retained desired state,
+   merges every device's latency histogram, and sees a device that loses power
+   go offline.
 
-    python examples/foundation_demo.py [--devices 5] [--mqtt-url mqtt://host:1883] [--json]
+    python examples/foundation_demo.py [--devices 6] [--mqtt-url mqtt://host:1883] [--json]
 
 The full demo (fleet server, agents as processes, staged rollouts, drift)
 replaces this as `edgefleet demo` when those parts land.
@@ -20,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -32,30 +34,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import onnxruntime as ort
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edge_agent.bundle import (
-    Benchmark,
-    BundleFile,
-    Manifest,
-    MemberRole,
-    ModelId,
-    QuantizationRecipe,
-    SelfTest,
-    Source,
-    TensorSpec,
-    Tool,
-    Validation,
-    VerifiedBundle,
-    describe_members,
-    read_bundle,
-    write_bundle,
-)
-from edge_agent.keys import load_private_key, load_trusted_keys, write_keypair
-from edge_agent.profiles import load_profile
+from edge_agent.bundle.reference import bin_counts, parse_reference
+from edge_agent.model import BundleModel, open_bundle
 from edge_agent.protocol import (
     LATENCY_BOUNDS_MS,
     BinnedCounts,
@@ -71,9 +55,9 @@ from edge_agent.protocol import (
     topics,
 )
 from edge_agent.protocol.histogram import bucket_index, merge_counts, quantile
-from examples.digits.train import Digits, train
+from examples.digits.train import train
 
-PROFILE = "x86-64"
+PROFILES = ("x86-64-vnni", "x86-64")
 EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
 
 
@@ -81,97 +65,34 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def npz(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()
-
-
-def build_bundle(digits: Digits, work: Path, private_key: Path) -> Path:
-    profile = load_profile(PROFILE)
-    session = ort.InferenceSession(digits.onnx, providers=["CPUExecutionProvider"])
-    probs = session.run(None, {"pixels": digits.x_test})[0]
-    accuracy = float((probs.argmax(1) == digits.y_test).mean())
-
-    latencies = []
-    for row in digits.x_test[:300]:
-        start = time.perf_counter()
-        session.run(None, {"pixels": row[None, :]})
-        latencies.append((time.perf_counter() - start) * 1000)
-    p50, p95 = np.percentile(latencies, [50, 95])
-
-    edges = np.unique(np.quantile(digits.x_train, np.linspace(0, 1, 9))).tolist()
-    counts, _ = np.histogram(digits.x_train, bins=edges)
-    reference = {
-        "schema_version": 1,
-        "tensors": {"pixels": {"edges": edges, "counts": counts.tolist()}},
-    }
-    selftest_x = digits.x_test[:16]
-    files = {
-        "model/digits.onnx": BundleFile(digits.onnx, MemberRole.MODEL),
-        "selftest/inputs.npz": BundleFile(npz(pixels=selftest_x), MemberRole.SELFTEST),
-        "selftest/outputs.npz": BundleFile(npz(probabilities=probs[:16]), MemberRole.SELFTEST),
-        "reference/stats.json": BundleFile(json.dumps(reference).encode(), MemberRole.REFERENCE),
-    }
-    manifest = Manifest(
-        schema_version=1,
-        model=ModelId(name="digits", version="1.0.0", description="8x8 digits MLP"),
-        profile=profile.name,
-        runtime=profile.runtime.name,
-        format="onnx",
-        entrypoint="model/digits.onnx",
-        members=describe_members(files),
-        inputs=[TensorSpec(name="pixels", dtype="float32", shape=["batch", 64], layout="NC")],
-        outputs=[TensorSpec(name="probabilities", dtype="float32", shape=["batch", 10])],
-        quantization=QuantizationRecipe(precision="fp32", method="none"),
-        selftest=SelfTest(
-            inputs="selftest/inputs.npz", outputs="selftest/outputs.npz", rtol=1e-4, atol=1e-6
-        ),
-        reference="reference/stats.json",
-        validation=Validation(
-            samples=len(digits.y_test),
-            metrics={"accuracy": accuracy},
-            budget={"accuracy": 0.9},
-            passed=accuracy >= 0.9,
-            dataset="sklearn digits, 30% held out",
-        ),
-        benchmark=Benchmark(
-            latency_ms_p50=p50,
-            latency_ms_p95=p95,
-            runs=len(latencies),
-            threads=profile.runtime.threads,
-            machine="this machine (demo)",
-        ),
-        source=Source(
-            sha256=hashlib.sha256(digits.onnx).hexdigest(),
-            filename="digits.onnx",
-            framework="scikit-learn",
-        ),
-        converter=Tool(name="edgefleet-foundation-demo", version="0.1.0"),
-        created_at=datetime.now(UTC),
-    )
-    dest = work / f"digits-1.0.0-{PROFILE}.efb"
-    return write_bundle(dest, manifest, files, signing_key=load_private_key(private_key))
-
-
-def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EDGEFLEET, *map(str, args)], capture_output=True, text=True)
+def cli(*args: str | Path, check: bool = False) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([EDGEFLEET, *map(str, args)], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise SystemExit(f"edgefleet {args[0]} failed: {done.stderr.strip()}")
+    return done
 
 
 class Device:
     """A device speaking the contract: verify, self-test, serve, report. (The real
     agent daemon, with its offline spool and hot-swap, is the edge agent issue.)"""
 
-    def __init__(
-        self, device_id: str, bundle: VerifiedBundle, ref: BundleRef, port: int, host: str
-    ) -> None:
+    def __init__(self, device_id: str, bundle: Path, trust: Path, host: str, port: int) -> None:
         self.device_id = device_id
-        self.bundle = bundle
-        self.ref = ref
-        self.desired = threading.Event()
-        self.session = ort.InferenceSession(
-            bundle.read_member(bundle.manifest.entrypoint), providers=["CPUExecutionProvider"]
+        self.model: BundleModel = open_bundle(bundle, trust=[trust])
+        m = self.model.manifest
+        self.ref = BundleRef(
+            model=m.model.name,
+            version=m.model.version,
+            profile=m.profile,
+            sha256=hashlib.sha256(bundle.read_bytes()).hexdigest(),
         )
+        assert m.reference is not None
+        self.edges = (
+            parse_reference(self.model.bundle.read_member(m.reference))
+            .inputs["pixels"]
+            .values.edges
+        )
+        self.desired = threading.Event()
         self.client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=device_id,
@@ -186,29 +107,20 @@ class Device:
             self.client.subscribe(name, qos=1)
 
     def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        message = decode(msg.topic, msg.payload)
-        if isinstance(message, DesiredState):
+        if isinstance(decode(msg.topic, msg.payload), DesiredState):
             self.desired.set()
 
-    def selftest(self) -> float:
-        inputs = np.load(io.BytesIO(self.bundle.read_member("selftest/inputs.npz")))
-        outputs = np.load(io.BytesIO(self.bundle.read_member("selftest/outputs.npz")))
-        got = self.session.run(None, {"pixels": inputs["pixels"]})[0]
-        spec = self.bundle.manifest.selftest
-        assert spec is not None
-        np.testing.assert_allclose(got, outputs["probabilities"], rtol=spec.rtol, atol=spec.atol)
-        return float(np.abs(got - outputs["probabilities"]).max())
-
-    def serve_window(self, x: np.ndarray, seq: int) -> Telemetry:
+    def serve_window(self, x: np.ndarray, seq: int) -> tuple[Telemetry, np.ndarray]:
         start = datetime.now(UTC)
         latency = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        predictions = []
         for row in x:
             t0 = time.perf_counter()
-            self.session.run(None, {"pixels": row[None, :]})
+            out = self.model.predict({"pixels": row[None, :]})
             latency[bucket_index((time.perf_counter() - t0) * 1000)] += 1
-        stats = json.loads(self.bundle.read_member("reference/stats.json"))["tensors"]["pixels"]
-        counts, _ = np.histogram(x, bins=stats["edges"])
-        return Telemetry(
+            predictions.append(int(out["probabilities"].argmax()))
+        counts, below, above, nan = bin_counts(x, self.edges)
+        telemetry = Telemetry(
             device_id=self.device_id,
             seq=seq,
             window_start=start,
@@ -216,8 +128,9 @@ class Device:
             bundle=self.ref,
             requests=len(x),
             latency=LatencyHistogram(counts=latency),
-            inputs={"pixels": BinnedCounts(counts=counts.tolist())},
+            inputs={"pixels": BinnedCounts(counts=counts, below=below, above=above, nan=nan)},
         )
+        return telemetry, np.asarray(predictions)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
@@ -235,33 +148,58 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     started = time.monotonic()
     say("1. training the digits model (scikit-learn MLP, CPU)")
     digits = train()
+    (work / "digits.onnx").write_bytes(digits.onnx)
+    np.save(work / "calibration.npy", digits.x_train[:256])
+    np.save(work / "validation.npy", digits.x_test)
+    np.save(work / "labels.npy", digits.y_test.astype(np.int64))
     say(f"   test accuracy {digits.sklearn_accuracy:.3f}, ONNX {len(digits.onnx)} bytes")
 
-    say("2. signing keys and a signed bundle")
+    say(f"2. edgefleet convert for {', '.join(PROFILES)}")
     private, public = work / "keys" / "signing.pem", work / "keys" / "signing.pub"
-    write_keypair(private, public, force=True)
-    bundle_path = build_bundle(digits, work, private)
-    verify = cli("bundle", "verify", bundle_path, "--trust", public)
-    say(f"   $ edgefleet bundle verify {bundle_path.name} --trust signing.pub")
-    say(f"   {verify.stdout.strip()}")
-    if verify.returncode != 0:
-        raise SystemExit(f"bundle verification failed: {verify.stderr}")
+    cli("keys", "generate", "--private", private, "--public", public, "--force", check=True)
+    convert = [
+        "convert",
+        work / "digits.onnx",
+        "--name",
+        "digits",
+        "--version",
+        "1.0.0",
+        "--calibration",
+        work / "calibration.npy",
+        "--validation",
+        work / "validation.npy",
+        "--labels",
+        work / "labels.npy",
+        "--sign-key",
+        private,
+        "--out",
+        work / "bundles",
+        "--quiet",
+    ]
+    for profile in PROFILES:
+        convert += ["--profile", profile]
+    table = cli(*convert, check=True)
+    say("   " + table.stdout.strip().replace("\n", "\n   "))
+    report = json.loads((work / "bundles" / "report.json").read_text())
+    bundles = [Path(b["path"]) for b in report["bundles"]]
+    verified = 0
+    for bundle in bundles:
+        done = cli("bundle", "verify", bundle, "--trust", public)
+        say(
+            f"   $ edgefleet bundle verify {bundle.name} --trust signing.pub\n"
+            f"   {(done.stdout or done.stderr).strip()}"
+        )
+        verified += done.returncode == 0
 
     say("3. a copy with one flipped byte in the model is refused")
     tampered = work / "tampered.efb"
-    raw = bytearray(bundle_path.read_bytes())
-    raw[raw.index(digits.onnx[:64]) + 200] ^= 0x01
+    with tarfile.open(bundles[0]) as tf:
+        model = next(m for m in tf.getmembers() if m.name.startswith("model/"))
+    raw = bytearray(bundles[0].read_bytes())
+    raw[model.offset_data + model.size // 2] ^= 0x01
     tampered.write_bytes(raw)
     refused = cli("bundle", "verify", tampered, "--trust", public)
     say(f"   exit {refused.returncode}: {refused.stderr.strip()}")
-
-    bundle = read_bundle(bundle_path, trust=load_trusted_keys([public]))
-    ref = BundleRef(
-        model="digits",
-        version="1.0.0",
-        profile=PROFILE,
-        sha256=hashlib.sha256(bundle_path.read_bytes()).hexdigest(),
-    )
 
     broker = None
     if mqtt_url is None:
@@ -296,43 +234,47 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     for channel in (topics.Channel.TELEMETRY, topics.Channel.STATE):
         fleet.subscribe(topics.fleet_subscription(channel), qos=1)
 
-    fleet_devices = [Device(f"demo-{i:03d}", bundle, ref, port, host) for i in range(devices)]
+    fleet_devices = [
+        Device(f"demo-{i:03d}", bundles[i % len(bundles)], public, host, port)
+        for i in range(devices)
+    ]
     for device in fleet_devices:
+        bundle = bundles[fleet_devices.index(device) % len(bundles)]
         desired = DesiredState(
             device_id=device.device_id,
             revision=1,
             issued_at=datetime.now(UTC),
-            bundle=DesiredBundle(
-                ref=ref, url=bundle_path.as_uri(), size=bundle_path.stat().st_size
-            ),
+            bundle=DesiredBundle(ref=device.ref, url=bundle.as_uri(), size=bundle.stat().st_size),
         )
         fleet.publish(topics.desired(device.device_id), encode(desired), qos=1, retain=True)
 
-    sent = 0
-    selftest_err = 0.0
-    chunks = np.array_split(digits.x_test, devices)
-    for device, chunk in zip(fleet_devices, chunks, strict=True):
-        selftest_err = max(selftest_err, device.selftest())
+    sent, correct, served, selftest_err = 0, 0, 0, 0.0
+    chunks = np.array_split(np.arange(len(digits.y_test)), devices)
+    for device, rows in zip(fleet_devices, chunks, strict=True):
+        selftest_err = max(selftest_err, device.model.selftest().max_abs_error)
         state = DeviceState(
             device_id=device.device_id,
             online=True,
             ts=datetime.now(UTC),
             agent_version="demo",
-            profile=PROFILE,
-            active_bundle=ref,
+            profile=device.ref.profile,
+            active_bundle=device.ref,
             health=Health.OK,
             uptime_s=0.0,
             desired_revision=1,
         )
         device.publish(topics.state(device.device_id), encode(state), retain=True)
-        for seq, window in enumerate(np.array_split(chunk, 3)):
-            telemetry = device.serve_window(window, seq)
+        for seq, window in enumerate(np.array_split(rows, 3)):
+            telemetry, predictions = device.serve_window(digits.x_test[window], seq)
+            correct += int((predictions == digits.y_test[window]).sum())
+            served += len(window)
             device.publish(topics.telemetry(device.device_id), encode(telemetry))
             sent += 1
     converged = sum(d.desired.wait(10) for d in fleet_devices)
     say(
-        f"   self-tests passed on {devices} devices (max abs error {selftest_err:.2e});"
-        f" {converged}/{devices} received their retained desired state"
+        f"   self-tests passed on {devices} devices (max abs error {selftest_err:.2e}); "
+        f"{converged}/{devices} received their retained desired state; "
+        f"served {served} digits, accuracy {correct / served:.3f}"
     )
 
     fleet_devices[0].power_cut()
@@ -343,10 +285,9 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
         time.sleep(0.1)
     merged = merge_counts(t.latency.counts for t in received["telemetry"])  # type: ignore[attr-defined]
     p50, p99 = quantile(merged, 0.5), quantile(merged, 0.99)
-    requests = sum(t.requests for t in received["telemetry"])  # type: ignore[attr-defined]
     say(
-        f"   fleet received {len(received['telemetry'])}/{sent} telemetry windows, "
-        f"{requests} requests; merged latency p50 {p50:.3f} ms, p99 {p99:.3f} ms"
+        f"   fleet received {len(received['telemetry'])}/{sent} telemetry windows; "
+        f"merged predict latency p50 {p50:.3f} ms, p99 {p99:.3f} ms"
     )
     say(f"   power cut on {fleet_devices[0].device_id}: fleet sees offline = {received['offline']}")
 
@@ -357,9 +298,9 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
     if broker is not None:
         broker.stop()
     return {
-        "bundle": {
-            "path": str(bundle_path),
-            "verified": verify.returncode == 0,
+        "bundles": {
+            "converted": len(bundles),
+            "verified": verified,
             "tampered_refused": refused.returncode != 0,
         },
         "devices": {
@@ -367,6 +308,7 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
             "selftest_passed": devices,
             "desired_converged": int(converged),
         },
+        "accuracy": round(correct / served, 4),
         "telemetry": {
             "sent": sent,
             "received": len(received["telemetry"]),
@@ -380,7 +322,7 @@ def run(devices: int, mqtt_url: str | None, work: Path) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=5)
+    parser.add_argument("--devices", type=int, default=6)
     parser.add_argument("--mqtt-url", default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
