@@ -1,0 +1,133 @@
+"""open_bundle and edgefleet predict: the runtime code the agent uses, on a real bundle."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent import open_bundle
+from edge_agent.errors import InputError, SigningKeyError, UntrustedKeyError
+from tests.edge_agent.bundles import make_bundle, run_onnx, tiny_onnx_model
+
+EDGEFLEET = str(Path(sys.executable).with_name("edgefleet"))
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, keypair: tuple[Path, Path]) -> Path:
+    return make_bundle(tmp_path / "tiny.efb", keypair[0])
+
+
+def test_predict_matches_the_bare_runtime_and_the_selftest_passes(
+    bundle: Path, keypair: tuple[Path, Path]
+) -> None:
+    model = open_bundle(bundle, trust=[keypair[1]])
+    x = np.random.default_rng(3).normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_allclose(
+        model.predict({"x": x})["y"], run_onnx(tiny_onnx_model(), x), rtol=1e-6
+    )
+    assert model.selftest().max_abs_error <= 1e-5
+    assert model.signature == {
+        "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
+        "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 3]}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "missing input 'x' (expected float32[batch, 4])"),
+        ({"x": np.ones((2, 4))}, "input 'x': expected dtype float32, got float64"),
+        ({"x": np.ones((2, 5), np.float32)}, "input 'x': axis 1 must be 4, got 5"),
+        ({"x": np.ones(4, np.float32)}, "input 'x': expected rank 2"),
+        ({"x": np.ones((1, 4), np.float32), "z": 1}, "unexpected input 'z'"),
+    ],
+)
+def test_wrong_inputs_name_the_input_what_was_expected_and_what_came(
+    bundle: Path, keypair: tuple[Path, Path], inputs: dict, message: str
+) -> None:
+    model = open_bundle(bundle, trust=[keypair[1]])
+    with pytest.raises(InputError) as err:
+        model.predict(inputs)
+    assert message in str(err.value)
+
+
+def test_open_bundle_refuses_without_trust_or_with_the_wrong_key(
+    bundle: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(SigningKeyError, match="no trusted public key"):
+        open_bundle(bundle, trust=[])
+    from edge_agent.keys import write_keypair
+
+    write_keypair(tmp_path / "o.pem", tmp_path / "o.pub")
+    with pytest.raises(UntrustedKeyError):
+        open_bundle(bundle, trust=[tmp_path / "o.pub"])
+
+
+def test_predict_cli_writes_outputs_keyed_by_name(
+    bundle: Path, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    x = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    done = subprocess.run(
+        [
+            EDGEFLEET,
+            "predict",
+            str(bundle),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--output",
+            str(tmp_path / "y.npz"),
+            "--trust",
+            str(keypair[1]),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    with np.load(tmp_path / "y.npz") as f:
+        np.testing.assert_allclose(f["y"], run_onnx(tiny_onnx_model(), x), rtol=1e-6)
+
+    np.save(tmp_path / "bad.npy", x.astype(np.float64))
+    bad = subprocess.run(
+        [
+            EDGEFLEET,
+            "predict",
+            str(bundle),
+            "--input",
+            str(tmp_path / "bad.npy"),
+            "--output",
+            str(tmp_path / "z.npz"),
+            "--trust",
+            str(keypair[1]),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1
+    assert "Error: input 'x': expected dtype float32, got float64" in bad.stderr
+    assert not (tmp_path / "z.npz").exists()
+
+
+def test_predict_without_trust_checks_integrity_and_says_the_signature_was_not(
+    bundle: Path, tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    done = subprocess.run(
+        [
+            EDGEFLEET,
+            "predict",
+            str(bundle),
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--output",
+            str(tmp_path / "y.npz"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "signature not checked" in done.stderr
