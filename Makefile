@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: demo test lint typecheck system-deps clean
 
@@ -15,6 +16,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[all,dev]'
+	# the CPU build of PyTorch (the tests convert a torch module); a bare 'torch'
+	# would pull the CUDA build, several GB
+	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)' --extra-index-url https://download.pytorch.org/whl/cpu
 	@touch $(STAMP)
 
 # Mosquitto is what the tests (and --mqtt-url users) run against.

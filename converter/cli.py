@@ -12,8 +12,34 @@ _PRECISIONS = ["auto", "int8-static", "int8-dynamic", "fp16", "fp32"]
 _file = click.Path(dir_okay=False, path_type=Path)
 
 
+def _shape(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a shape such as 1,1,8,8") from None
+    if not shape or any(d < 1 for d in shape):
+        raise click.BadParameter(f"{value!r}: every dimension must be a positive integer")
+    return shape
+
+
 @click.command()
-@click.argument("model", type=_file)
+@click.argument("model", type=_file, required=False)
+@click.option(
+    "--torch",
+    "torch_ref",
+    metavar="PACKAGE.MODULE:ATTR",
+    help="Convert a PyTorch module (or a callable returning one) instead of MODEL.",
+)
+@click.option(
+    "--input-shape",
+    callback=_shape,
+    metavar="N,C,H,W",
+    help="Example input shape for --torch (and scikit-learn without --calibration).",
+)
 @click.option(
     "--profile",
     "profiles",
@@ -59,7 +85,9 @@ _file = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def convert(
-    model: Path,
+    model: Path | None,
+    torch_ref: str | None,
+    input_shape: tuple[int, ...] | None,
     profiles: tuple[str, ...],
     name: str,
     version: str,
@@ -73,7 +101,11 @@ def convert(
     profiles_dirs: tuple[Path, ...],
     quiet: bool,
 ) -> None:
-    """Convert MODEL (ONNX) into one signed bundle per hardware profile.
+    """Convert MODEL into one signed bundle per hardware profile.
+
+    MODEL is an ONNX file (external data next to it), or a pickled scikit-learn
+    model (.pkl, .joblib; needs the 'sklearn' extra); --torch converts a
+    PyTorch module instead (needs the 'torch' extra).
 
     Writes the bundles, report.json and report.html into --out; nothing partial
     is left there on failure.
@@ -97,6 +129,8 @@ def convert(
         labels=labels,
         precision=None if precision == "auto" else Precision(precision),
         allow_over_budget=allow_over_budget,
+        torch=torch_ref,
+        input_shape=input_shape,
     )
     started = time.monotonic()
 

@@ -79,9 +79,15 @@ def load_onnx(path: Path) -> SourceModel:
     if path.is_dir():
         raise SourceModelError(f"{path} is a directory; pass the .onnx file")
     raw = path.read_bytes()
+    external_bytes = 0
     try:
         model = onnx.load_model_from_string(raw)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        external = [
+            t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+        ]
+        if external:
+            files = {e.value for t in external for e in t.external_data if e.key == "location"}
+            external_bytes = sum((path.parent / f).stat().st_size for f in files)
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except FileNotFoundError as exc:
         raise SourceModelError(
@@ -104,12 +110,7 @@ def load_onnx(path: Path) -> SourceModel:
         path=path,
         model=model,
         sha256=hashlib.sha256(raw).hexdigest(),
-        size_bytes=len(raw)
-        + sum(
-            t.ByteSize()
-            for t in model.graph.initializer
-            if t.data_location == onnx.TensorProto.EXTERNAL
-        ),
+        size_bytes=len(raw) + external_bytes,
         inputs=_tensor_infos(onnx, model.graph.input, initializers),
         outputs=_tensor_infos(onnx, model.graph.output, set()),
     )

@@ -72,7 +72,9 @@ def pack_bundle(
     validation: Dataset,
     reference: ReferenceStats,
     signing_key: Ed25519PrivateKey,
+    origin: tuple[str, str],
 ) -> Path:
+    """Write the signed bundle; `origin` is the source's (file name, framework)."""
     assert chosen.recipe is not None
     assert chosen.validation is not None
     assert chosen.bench is not None
@@ -140,7 +142,7 @@ def pack_bundle(
             peak_memory_bytes=chosen.bench.model_memory_bytes,
             machine=describe_host(),
         ),
-        source=Source(sha256=source.sha256, filename=source.path.name, framework="onnx"),
+        source=Source(sha256=source.sha256, filename=origin[0][:255], framework=origin[1]),
         converter=Tool(name="edgefleet", version=_version()),
         created_at=datetime.now(UTC),
     )

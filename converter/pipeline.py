@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from converter.candidates import Candidate, benchmark_all, choose, evaluate_precisions, host_threads
 from converter.compile import compile_model
 from converter.data import Dataset, load_dataset, load_labels, synthetic_dataset
-from converter.errors import BudgetError, DataError
+from converter.errors import BudgetError, DataError, SourceModelError
 from converter.host import host_gaps
 from converter.load import (
     MIN_QUANTIZATION_OPSET,
@@ -37,6 +38,7 @@ from converter.pack import pack_bundle
 from converter.prepare import prepare_for_quantization
 from converter.reference import compute_reference, stack
 from converter.report import render_html
+from converter.sources import SKLEARN_SUFFIXES, export_sklearn, export_torch
 from converter.validate import run_model
 from edge_agent.bundle import Precision
 from edge_agent.keys import load_private_key
@@ -51,7 +53,7 @@ _INT8 = {Precision.INT8_STATIC, Precision.INT8_DYNAMIC, Precision.INT8_FULL}
 
 @dataclass(frozen=True)
 class ConvertRequest:
-    model: Path
+    model: Path | None  # ONNX, or a pickled scikit-learn model (.pkl, .joblib)
     profiles: list[HardwareProfile]
     name: str
     version: str
@@ -62,6 +64,43 @@ class ConvertRequest:
     labels: Path | None = None
     precision: Precision | None = None  # None: choose automatically
     allow_over_budget: bool = False
+    torch: str | None = None  # package.module:attr, instead of `model`
+    input_shape: tuple[int, ...] | None = None  # example input, for torch and sklearn
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where the model came from, for the manifest and the report."""
+
+    name: str
+    framework: str
+
+
+def _onnx_source(req: ConvertRequest, staging: Path, progress: Progress) -> tuple[Path, Origin]:
+    """The ONNX file to convert: the model itself, or one exported from torch / sklearn."""
+    if (req.model is None) == (req.torch is None):
+        raise SourceModelError("give either a MODEL file or --torch package.module:attr")
+    if req.torch is not None:
+        if req.input_shape is None:
+            raise SourceModelError("--torch needs --input-shape, e.g. --input-shape 1,1,8,8")
+        progress(f"exporting {req.torch} with torch.onnx.export")
+        exported = export_torch(req.torch, req.input_shape, staging / "source.onnx")
+        return exported, Origin(req.torch, "pytorch")
+    assert req.model is not None
+    if req.model.suffix.lower() not in SKLEARN_SUFFIXES:
+        return req.model, Origin(req.model.name, "onnx")
+    if req.calibration is not None:
+        arrays = np.load(req.calibration, allow_pickle=False)
+        sample = arrays if isinstance(arrays, np.ndarray) else arrays[arrays.files[0]]
+    elif req.input_shape is not None:
+        sample = np.zeros(req.input_shape, np.float32)
+    else:
+        raise SourceModelError(
+            "a scikit-learn model needs --calibration data or --input-shape to know its input"
+        )
+    progress(f"converting {req.model} with skl2onnx")
+    exported = export_sklearn(req.model, np.asarray(sample), staging / "source.onnx")
+    return exported, Origin(req.model.name, "scikit-learn")
 
 
 @dataclass
@@ -212,9 +251,21 @@ def _convert_profile(
 
 def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, list[ProfileResult]]:
     """Convert `req.model` for every profile; write bundles and reports into `req.out_dir`."""
-    progress(f"loading {req.model}")
-    source = load_onnx(req.model)
     key = load_private_key(req.sign_key)
+    req.out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".edgefleet-convert-", dir=req.out_dir.parent))
+    try:
+        return _convert(req, key, staging, progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert(
+    req: ConvertRequest, key: Ed25519PrivateKey, staging: Path, progress: Progress
+) -> tuple[SourceModel, list[ProfileResult]]:
+    model_path, origin = _onnx_source(req, staging, progress)
+    progress(f"loading {model_path}")
+    source = load_onnx(model_path)
     calibration, validation, labels, notes = _datasets(req, source, progress)
     progress(f"running the float model on {validation.samples} validation samples")
     try:
@@ -227,62 +278,59 @@ def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, li
     )
     reference = compute_reference(ref_inputs, reference_outputs)
 
-    req.out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".edgefleet-convert-", dir=req.out_dir.parent))
-    try:
-        results: list[ProfileResult] = []
-        cache: dict[tuple[object, ...], Candidate] = {}
-        prepared_cache: dict[int, tuple[Path, list[str]]] = {}
-        for profile in req.profiles:
-            work = staging / "work" / profile.name
-            work.mkdir(parents=True)
-            compiled, chosen, candidates, gaps, profile_notes = _convert_profile(
-                req,
-                source,
-                profile,
-                calibration=calibration,
-                validation=validation,
-                labels=labels,
-                reference_outputs=reference_outputs,
-                work=work,
-                progress=progress,
-                cache=cache,
-                prepared_cache=prepared_cache,
+    results: list[ProfileResult] = []
+    cache: dict[tuple[object, ...], Candidate] = {}
+    prepared_cache: dict[int, tuple[Path, list[str]]] = {}
+    for profile in req.profiles:
+        work = staging / "work" / profile.name
+        work.mkdir(parents=True)
+        compiled, chosen, candidates, gaps, profile_notes = _convert_profile(
+            req,
+            source,
+            profile,
+            calibration=calibration,
+            validation=validation,
+            labels=labels,
+            reference_outputs=reference_outputs,
+            work=work,
+            progress=progress,
+            cache=cache,
+            prepared_cache=prepared_cache,
+        )
+        filename = f"{req.name}-{req.version}-{profile.name}.efb"
+        pack_bundle(
+            staging / filename,
+            compiled=compiled,
+            chosen=chosen,
+            source=source,
+            profile=profile,
+            name=req.name,
+            version=req.version,
+            validation=validation,
+            reference=reference,
+            signing_key=key,
+            origin=(origin.name, origin.framework),
+        )
+        results.append(
+            ProfileResult(
+                profile, req.out_dir / filename, chosen, candidates, gaps, notes + profile_notes
             )
-            filename = f"{req.name}-{req.version}-{profile.name}.efb"
-            pack_bundle(
-                staging / filename,
-                compiled=compiled,
-                chosen=chosen,
-                source=source,
-                profile=profile,
-                name=req.name,
-                version=req.version,
-                validation=validation,
-                reference=reference,
-                signing_key=key,
-            )
-            results.append(
-                ProfileResult(
-                    profile, req.out_dir / filename, chosen, candidates, gaps, notes + profile_notes
-                )
-            )
-        req.out_dir.mkdir(parents=True, exist_ok=True)
-        for result in results:
-            (staging / result.path.name).replace(result.path)
-        report = {
-            "source": {
-                "path": str(source.path),
-                "sha256": source.sha256,
-                "size_bytes": source.size_bytes,
-                "opset": source.opset,
-            },
-            "bundles": [r.to_json(source) for r in results],
-        }
-        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (staging / "report.html").write_text(render_html(report))
-        for name in ("report.json", "report.html"):
-            (staging / name).replace(req.out_dir / name)
-        return source, results
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        )
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        (staging / result.path.name).replace(result.path)
+    report = {
+        "source": {
+            "path": str(req.model) if req.model is not None else f"torch:{req.torch}",
+            "framework": origin.framework,
+            "sha256": source.sha256,
+            "size_bytes": source.size_bytes,
+            "opset": source.opset,
+        },
+        "bundles": [r.to_json(source) for r in results],
+    }
+    (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (staging / "report.html").write_text(render_html(report))
+    for name in ("report.json", "report.html"):
+        (staging / name).replace(req.out_dir / name)
+    return source, results
