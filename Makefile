@@ -1,7 +1,7 @@
 # The few commands everyone uses. Each installs what it needs first.
 #   make demo    the end-to-end slice on this machine
 #   make test    lint, types and the whole test suite
-#   make bench   benchmarks into BENCHMARKS.md (arrives with the benchmark issue)
+#   make bench   benchmarks into BENCHMARKS.md
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint typecheck system-deps clean
+.PHONY: demo test bench lint typecheck system-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11; set PYTHON=python3.11")'
@@ -34,6 +34,9 @@ system-deps:
 
 demo: $(STAMP)
 	$(PY) examples/foundation_demo.py
+
+bench: $(STAMP)
+	$(PY) -m bench.run
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

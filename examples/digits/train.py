@@ -25,7 +25,7 @@ class Digits:
     sklearn_accuracy: float
 
 
-def train(*, hidden: int = 32, seed: int = 0) -> Digits:
+def train(*, hidden: int = 32, seed: int = 0, opset: int = 17) -> Digits:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from sklearn.datasets import load_digits
@@ -58,9 +58,9 @@ def train(*, hidden: int = 32, seed: int = 0) -> Digits:
         ],
     )
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgefleet-examples"
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgefleet-examples"
     )
-    model.ir_version = 8
+    model.ir_version = 8 if opset > 11 else 6
     onnx.checker.check_model(model)
     return Digits(
         onnx=model.SerializeToString(),

@@ -200,3 +200,14 @@ def test_no_calibration_data_warns_loudly_and_flags_the_bundle(files: dict[str, 
     )
     recipe = inspect["manifest"]["quantization"]
     assert recipe["calibration_synthetic"] is (recipe["precision"] == "int8-static")
+
+
+def test_an_opset_11_model_is_raised_to_13_for_per_channel_int8(
+    files: dict[str, Path],
+) -> None:
+    files["model"].write_bytes(train(opset=11).onnx)
+    done = convert(files, "--precision", "int8-static")
+    assert done.returncode == 0, done.stderr
+    bundle = json.loads((files["out"] / "report.json").read_text())["bundles"][0]
+    assert bundle["precision"] == "int8-static"
+    assert bundle["metrics"]["top1_agreement"] >= 0.99
