@@ -8,6 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
 
 .PHONY: demo test bench lint typecheck system-deps clean
 
@@ -16,9 +17,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[all,dev]'
-	# the CPU build of PyTorch (the tests convert a torch module); a bare 'torch'
-	# would pull the CUDA build, several GB
-	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)' --extra-index-url https://download.pytorch.org/whl/cpu
+	# the CPU build of PyTorch (the tests convert a torch module); a bare 'torch' would
+	# pull the CUDA build, several GB. Elsewhere: make TORCH_INDEX=https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	@touch $(STAMP)
 
 # Mosquitto is what the tests (and --mqtt-url users) run against.

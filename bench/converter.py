@@ -39,6 +39,7 @@ def _cases(work: Path) -> list[Case]:
     sys.path.insert(0, str(ROOT))
     from examples.digits.cnn import data
     from examples.magika.features import dataset, sample_files
+    from examples.silero.audio import voiced_chunks
     from tests.harness.models import model_path
 
     x_train, x_test, _, y_test = data()
@@ -55,25 +56,9 @@ def _cases(work: Path) -> list[Case]:
     np.save(work / "magika-cal.npy", x[:300])
     np.save(work / "magika-val.npy", x[300:])
 
-    rng = np.random.default_rng(0)
-    t = np.arange(512) / 16000.0
-    audio = np.stack(
-        [
-            (
-                rng.random()
-                * sum(
-                    (0.3 / k) * np.sin(2 * np.pi * (100 + 120 * rng.random()) * k * t)
-                    for k in range(1, 9)
-                )
-                + 0.01 * rng.standard_normal(512)
-            ).astype(np.float32)[None, :]
-            for _ in range(300)
-        ]
-    )
-    state = np.zeros((300, 2, 1, 128), np.float32)
-    sr = np.full((300,), 16000, np.int64)
-    np.savez(work / "vad-cal.npz", input=audio[:150], state=state[:150], sr=sr[:150])
-    np.savez(work / "vad-val.npz", input=audio[150:], state=state[150:], sr=sr[150:])
+    chunks = voiced_chunks(300)
+    np.savez(work / "vad-cal.npz", **{k: v[:150] for k, v in chunks.items()})
+    np.savez(work / "vad-val.npz", **{k: v[150:] for k, v in chunks.items()})
     return [
         Case(
             "digits-cnn",

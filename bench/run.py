@@ -5,7 +5,6 @@ make bench        # or: python -m bench.run
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from datetime import UTC, datetime
@@ -15,23 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
+    from converter.host import describe_host
+
     try:
         kib = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kib / 1024 / 1024:.0f} GiB RAM"
+        memory = f", {kib / 1024 / 1024:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
-        pass
+        memory = ""
     return (
-        f"{platform.machine()} {model}, {os.cpu_count()} cores{mem}; "
-        f"{platform.system()} {platform.release()}; Python {platform.python_version()}"
+        f"{describe_host()}{memory}; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}"
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from examples.magika.features import dataset, sample_files
+from examples.silero.audio import voiced_chunks
 from tests.harness.models import model_path
 
 
@@ -38,23 +39,9 @@ def magika_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def silero_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Voiced-sound chunks at 16 kHz (harmonic series with an envelope, plus noise), with
-    the recurrent state the model carries between chunks."""
-    rng = np.random.default_rng(0)
-    t = np.arange(512) / 16000.0
-
-    def chunk() -> np.ndarray:
-        f0 = 100 + 120 * rng.random()
-        voiced = sum(
-            (0.3 / k) * np.sin(2 * np.pi * f0 * k * t + 6 * rng.random()) for k in range(1, 9)
-        )
-        return (rng.random() * voiced + 0.01 * rng.standard_normal(512)).astype(np.float32)
-
-    n = 160
-    audio = np.stack([chunk()[None, :] for _ in range(n)])
-    state = np.zeros((n, 2, 1, 128), np.float32)
-    sr = np.full((n,), 16000, np.int64)
+    """Voiced-sound chunks at 16 kHz with the recurrent state (examples/silero/audio.py)."""
+    chunks = voiced_chunks(160)
     d = tmp_path_factory.mktemp("silero-data")
-    np.savez(d / "calibration.npz", input=audio[:80], state=state[:80], sr=sr[:80])
-    np.savez(d / "validation.npz", input=audio[80:], state=state[80:], sr=sr[80:])
+    np.savez(d / "calibration.npz", **{k: v[:80] for k, v in chunks.items()})
+    np.savez(d / "validation.npz", **{k: v[80:] for k, v in chunks.items()})
     return d / "calibration.npz", d / "validation.npz"
