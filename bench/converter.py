@@ -93,6 +93,17 @@ def _quality(metrics: dict[str, float]) -> str:
     return f"relative error {metrics['mean_relative_error']:.4f}"
 
 
+def _others(candidates: list[dict[str, object]]) -> str:
+    """The final verdict on each other precision, shortened for a table cell."""
+    last: dict[str, str] = {}
+    for c in candidates:
+        if not c["chosen"]:
+            reason = str(c["rejected"] or c["error"] or "")
+            last[str(c["precision"])] = reason.removesuffix("; trying another variant")
+    cells = [f"{p}: {r[:140]}{'…' if len(r) > 140 else ''}" for p, r in last.items()]
+    return "<br>".join(cells).replace("|", "/")
+
+
 def run() -> str:
     with tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp:
         work = Path(tmp)
@@ -147,7 +158,8 @@ def run() -> str:
                     f"{model_size / 1024:.0f} KiB / {bundle['source_size_bytes'] / 1024:.0f} KiB "
                     f"({model_size / bundle['source_size_bytes']:.2f}x) | "
                     f"{chosen['latency_ms']['p50']:.3f} | {fp32['latency_ms']['p50']:.3f} | "
-                    f"{speedup:.2f}x | {_quality(bundle['metrics'])} | {bundle['chosen_by']} |"
+                    f"{speedup:.2f}x | {_quality(bundle['metrics'])} | {bundle['chosen_by']} | "
+                    f"{_others(bundle['candidates'])} |"
                 )
 
     lines = [
@@ -159,8 +171,8 @@ def run() -> str:
         "choose by the profile's preference order, validated on this CPU.",
         "",
         "| model | profile | chosen | model size / source | p50 ms | fp32 p50 ms | "
-        "speed-up | quality vs float | chosen by |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "speed-up | quality vs float | chosen by | why not the others (from report.json) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         "| model | convert wall time, 3 profiles |",
