@@ -253,16 +253,23 @@ def evaluate_precisions(
 def benchmark_all(
     candidates: list[Candidate], feed: dict[str, np.ndarray], threads: int, progress: Progress
 ) -> None:
-    for cand in candidates:
-        if cand.path is None or cand.error or (cand.validation and not cand.validation.passed):
-            continue
-        if cand.bench is not None and cand.bench.threads == threads:
-            continue  # measured already for an earlier profile
-        progress(f"{cand.label}: benchmarking ({threads} thread(s))")
-        try:
-            cand.bench = benchmark(cand.path, feed, threads=threads)
-        except RuntimeError as exc:
+    """Measure every valid candidate side by side (see `converter.benchmark`)."""
+    todo = [
+        c
+        for c in candidates
+        if c.path is not None and not c.error and not (c.validation and not c.validation.passed)
+    ]
+    if all(c.bench is not None and c.bench.threads == threads for c in todo):
+        return  # all measured together for an earlier profile
+    progress(f"benchmarking {', '.join(c.label for c in todo)} side by side ({threads} thread(s))")
+    try:
+        results = benchmark([c.path for c in todo if c.path], feed, threads=threads)
+    except RuntimeError as exc:
+        for cand in todo:
             cand.error = str(exc)
+        return
+    for cand, result in zip(todo, results, strict=True):
+        cand.bench = result
 
 
 def host_threads(profile: HardwareProfile) -> int:
