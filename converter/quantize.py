@@ -28,6 +28,26 @@ log = logging.getLogger(__name__)
 
 CalibrationMethod = str  # "minmax" | "percentile" | "entropy"
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Attention"})
+# ops that pass int8 through exactly (no arithmetic to lose precision in): quantizing
+# them keeps tensors int8 between compute ops instead of converting back and forth
+PASS_THROUGH_OPS = frozenset(
+    {
+        "Relu",
+        "Clip",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Reshape",
+        "Flatten",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Pad",
+        "Resize",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -236,9 +256,10 @@ def _static(
             weight_type=_qtype(q.weight_type),
             calibrate_method=ort_method,
             nodes_to_exclude=list(exclude) or None,
-            # only weight-bearing ops: that is where int8 pays; quantizing normalizations
-            # and elementwise ops costs accuracy (a LayerNorm in QDQ broke magika) for no speed
-            op_types_to_quantize=sorted(COMPUTE_OPS),
+            # weight-bearing ops, where int8 pays, and exact pass-through ops between them;
+            # quantizing normalizations and elementwise arithmetic costs accuracy (a
+            # LayerNorm in QDQ broke magika) for no speed
+            op_types_to_quantize=sorted(COMPUTE_OPS | PASS_THROUGH_OPS),
             extra_options=extra,
             calibration_cache_path=cache_path,
         )
