@@ -98,7 +98,7 @@ def _others(candidates: list[dict[str, object]]) -> str:
     last: dict[str, str] = {}
     for c in candidates:
         if not c["chosen"]:
-            reason = str(c["rejected"] or c["error"] or "")
+            reason = str(c["rejected"] or c["error"] or "").removeprefix(f"{c['precision']}: ")
             last[str(c["precision"])] = reason.removesuffix("; trying another variant")
     cells = [f"{p}: {r[:140]}{'…' if len(r) > 140 else ''}" for p, r in last.items()]
     return "<br>".join(cells).replace("|", "/")

@@ -12,6 +12,8 @@ from edge_agent.profiles import AccuracyBudget
 
 __all__ = ["OutputMetrics", "ValidationResult", "compare", "is_classifier", "run_model"]
 
+_EPS = 1e-9  # 1 - 398/400 is 0.0050000000000000044: a budget is met when equalled
+
 
 def run_model(
     path: Path,
@@ -133,12 +135,12 @@ def compare(
         outputs.append(metrics)
         if agreement is not None:
             disagreement = 1.0 - agreement
-            if disagreement > budget.max_top1_disagreement:
+            if disagreement > budget.max_top1_disagreement + _EPS:  # exactly at budget passes
                 failures.append(
                     f"output {name!r}: top-1 disagreement {disagreement:.4f} > budget "
                     f"{budget.max_top1_disagreement:g}"
                 )
-        elif metrics.mean_relative_error > budget.max_relative_error:
+        elif metrics.mean_relative_error > budget.max_relative_error + _EPS:
             failures.append(
                 f"output {name!r}: relative error {metrics.mean_relative_error:.4f} > budget "
                 f"{budget.max_relative_error:g}"

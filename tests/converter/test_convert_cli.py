@@ -211,3 +211,17 @@ def test_an_opset_11_model_is_raised_to_13_for_per_channel_int8(
     bundle = json.loads((files["out"] / "report.json").read_text())["bundles"][0]
     assert bundle["precision"] == "int8-static"
     assert bundle["metrics"]["top1_agreement"] >= 0.99
+
+
+def test_a_metric_exactly_at_its_budget_passes() -> None:
+    from converter.validate import compare
+    from edge_agent.profiles import AccuracyBudget
+
+    reference = np.zeros((400, 3), np.float32)
+    reference[:, 0] = 1.0
+    candidate = reference.copy()
+    candidate[:2] = [0.0, 1.0, 0.0]  # 2 of 400 flipped: disagreement 0.005
+    budget = AccuracyBudget(max_top1_disagreement=0.005, max_relative_error=1.0)
+    assert compare({"p": reference}, {"p": candidate}, budget=budget).passed
+    candidate[:3] = [0.0, 1.0, 0.0]
+    assert not compare({"p": reference}, {"p": candidate}, budget=budget).passed
