@@ -220,7 +220,7 @@ def _static(
 
     q = profile.quantization
     # histogram calibrators cost far more per sample than min-max and settle with fewer
-    limit = q.calibration_samples if method == "minmax" else min(q.calibration_samples, 128)
+    limit = q.calibration_samples if method == "minmax" else min(q.calibration_samples, 64)
     feeds = calibration.subset(limit)
     ort_method = {
         "minmax": OrtMethod.MinMax,
