@@ -12,7 +12,7 @@ import numpy as np
 
 from converter.benchmark import BenchmarkResult, benchmark
 from converter.data import Dataset
-from converter.errors import QuantizationError
+from converter.errors import QuantizationError, first_line
 from converter.quantize import build_candidate, compute_nodes
 from converter.validate import ValidationResult, compare, run_model
 from edge_agent.bundle import Precision, QuantizationRecipe
@@ -240,7 +240,7 @@ def evaluate_precisions(
                 else:
                     _validated(cand, reference, validation, profile, labels)
             except Exception as exc:  # the runtime refusing the quantized graph
-                cand.error = f"the quantized model does not run: {str(exc).strip().splitlines()[0]}"
+                cand.error = f"the quantized model does not run: {first_line(exc)}"
             cache[key] = cand
             out.append(cand)
             if cand.error is None and cand.rejected is None:

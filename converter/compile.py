@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from converter.errors import ExportError
+from converter.errors import ExportError, first_line
 from edge_agent.bundle import ModelFormat
 
 __all__ = ["compile_model"]
@@ -31,7 +31,7 @@ def compile_model(model: Path, model_format: ModelFormat, out_dir: Path) -> Path
         try:
             ort.InferenceSession(str(model), sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            first = first_line(exc)
             raise ExportError(f"ORT format conversion failed: {first}") from exc
         if not target.exists():
             raise ExportError("ORT format conversion wrote no file")

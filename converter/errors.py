@@ -21,6 +21,7 @@ __all__ = [
     "MissingDependencyError",
     "QuantizationError",
     "SourceModelError",
+    "first_line",
 ]
 
 
@@ -50,3 +51,9 @@ class ExportError(ConverterError):
 
 class BudgetError(ConverterError):
     """No variant meets the profile's size, memory or accuracy budget."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (third-party errors run to pages), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

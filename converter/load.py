@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from converter.errors import MissingDependencyError, SourceModelError
+from converter.errors import MissingDependencyError, SourceModelError, first_line
 
 __all__ = ["SourceModel", "TensorInfo", "load_onnx", "to_opset"]
 
@@ -103,7 +103,7 @@ def load_onnx(path: Path) -> SourceModel:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise SourceModelError(f"{path} fails the ONNX checker: {first}") from exc
     initializers = {t.name for t in model.graph.initializer}
     return SourceModel(
@@ -136,7 +136,7 @@ def to_opset(model: Any, *, lowest: int | None, highest: int | None, needed: int
         converted = onnx.version_converter.convert_version(model, target)
         onnx.checker.check_model(converted)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SourceModelError(
             f"cannot convert the model from opset {current} to {target}: {first}"
         ) from exc

@@ -11,7 +11,6 @@ partial bundle behind.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from converter.candidates import Candidate, benchmark_all, choose, evaluate_precisions, host_threads
 from converter.compile import compile_model
 from converter.data import Dataset, load_dataset, load_labels, synthetic_dataset
-from converter.errors import BudgetError, DataError, SourceModelError
+from converter.errors import BudgetError, DataError, SourceModelError, first_line
 from converter.host import host_gaps
 from converter.load import (
     MIN_QUANTIZATION_OPSET,
@@ -46,7 +45,6 @@ from edge_agent.profiles import HardwareProfile
 
 __all__ = ["ConvertRequest", "ProfileResult", "convert"]
 
-log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 _INT8 = {Precision.INT8_STATIC, Precision.INT8_DYNAMIC, Precision.INT8_FULL}
 
@@ -271,7 +269,7 @@ def _convert(
     try:
         reference_outputs = run_model(source.path, validation.feeds)
     except Exception as exc:  # onnxruntime's own error types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise DataError(f"the original model fails on the validation data: {first}") from exc
     ref_inputs = stack(
         calibration.feeds + (validation.feeds if validation is not calibration else [])

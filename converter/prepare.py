@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from converter.errors import QuantizationError
+from converter.errors import QuantizationError, first_line
 from converter.load import onnx_module
 
 __all__ = ["constants_to_initializers", "prepare_for_quantization", "subgraphs"]
@@ -106,5 +106,5 @@ def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
         if note:
             notes.append(note)
         return target, notes
-    first = str(last).strip().splitlines()[0] if last and str(last).strip() else repr(last)
-    raise QuantizationError(f"pre-processing for quantization failed: {first}")
+    assert last is not None  # every attempt failed
+    raise QuantizationError(f"pre-processing for quantization failed: {first_line(last)}")

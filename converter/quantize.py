@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from converter.data import Dataset
-from converter.errors import QuantizationError
+from converter.errors import QuantizationError, first_line
 from converter.load import onnx_module
 from edge_agent.bundle import Precision, QuantizationRecipe
 from edge_agent.profiles import HardwareProfile
 
 __all__ = ["COMPUTE_OPS", "CalibrationMethod", "build_candidate", "compute_nodes"]
 
-log = logging.getLogger(__name__)
 
 CalibrationMethod = str  # "minmax" | "percentile" | "entropy"
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "Attention"})
@@ -112,11 +110,6 @@ def _require_quantized(path: Path, precision: Precision) -> None:
         )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def build_candidate(
     precision: Precision,
     *,
@@ -183,7 +176,7 @@ def build_candidate(
         raise
     except Exception as exc:  # ORT's quantizer raises bare Exceptions naming the node
         raise QuantizationError(
-            f"{precision.value}: quantization failed: {_first_line(exc)}"
+            f"{precision.value}: quantization failed: {first_line(exc)}"
         ) from exc
     raise QuantizationError(
         f"{precision.value} is not a precision of ONNX Runtime targets "

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.errors import MissingDependencyError, SourceModelError
+from converter.errors import MissingDependencyError, SourceModelError, first_line
 
 __all__ = ["SKLEARN_SUFFIXES", "export_sklearn", "export_torch"]
 
@@ -90,8 +90,7 @@ def export_torch(ref: str, input_shape: tuple[int, ...], out: Path) -> Path:
                 verbose=False,
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SourceModelError(f"torch.onnx.export of {ref} failed: {first}") from exc
+        raise SourceModelError(f"torch.onnx.export of {ref} failed: {first_line(exc)}") from exc
     return out
 
 
@@ -125,7 +124,7 @@ def export_sklearn(path: Path, sample: np.ndarray, out: Path) -> Path:
                 estimator, sample[:1], target_opset=EXPORT_OPSET, options={"zipmap": False}
             )
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise SourceModelError(
             f"skl2onnx cannot convert {type(estimator).__name__} from {path}: {first}"
         ) from exc
