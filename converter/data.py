@@ -19,6 +19,8 @@ import numpy as np
 
 from converter.errors import DataError
 from converter.load import TensorInfo
+from edge_agent.errors import InputError
+from edge_agent.tensors import load_named_arrays
 
 __all__ = ["Dataset", "load_dataset", "load_labels", "synthetic_dataset"]
 
@@ -54,32 +56,9 @@ def _fmt(shape: tuple[int | str | None, ...] | tuple[int, ...]) -> str:
 
 def _read(path: Path, inputs: list[TensorInfo], what: str) -> dict[str, np.ndarray]:
     try:
-        loaded = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{what} file {path} does not exist") from None
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{what} file {path} is not a .npy or .npz file: {exc}") from None
-    names = [i.name for i in inputs]
-    if isinstance(loaded, np.ndarray):
-        if len(inputs) != 1:
-            raise DataError(
-                f"{what} file {path} holds one array but the model has {len(inputs)} inputs "
-                f"({', '.join(names)}): save an .npz keyed by input name"
-            )
-        return {names[0]: loaded}
-    with loaded:
-        arrays = {k: loaded[k] for k in loaded.files}
-    missing = [n for n in names if n not in arrays]
-    extra = [k for k in arrays if k not in names]
-    if missing or extra:
-        raise DataError(
-            f"{what} file {path}: "
-            + (f"no array for input(s) {', '.join(missing)}" if missing else "")
-            + ("; " if missing and extra else "")
-            + (f"unknown key(s) {', '.join(extra)}" if extra else "")
-            + f" (the model's inputs are {', '.join(names)})"
-        )
-    return arrays
+        return load_named_arrays(path, [i.name for i in inputs], what=what)
+    except InputError as exc:
+        raise DataError(str(exc)) from None
 
 
 def _split(

@@ -48,12 +48,13 @@ def predict(
     from edge_agent.bundle import read_bundle
     from edge_agent.keys import load_trusted_keys
     from edge_agent.model import load_model
+    from edge_agent.tensors import load_named_arrays
 
     keys = load_trusted_keys(list(trust)) if trust else None
     model = load_model(read_bundle(bundle_path, trust=keys), threads=threads)
     if not trust:
         click.echo("warning: signature not checked (pass --trust KEY.pub to check it)", err=True)
-    inputs = _load_inputs(input_path, [s.name for s in model.inputs])
+    inputs = load_named_arrays(input_path, [s.name for s in model.inputs])
     outputs = model.predict(inputs)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = output_path.with_name(output_path.name + ".partial")
@@ -63,23 +64,3 @@ def predict(
     for name, array in outputs.items():
         click.echo(f"{name}: {array.dtype}{list(array.shape)}")
     click.echo(f"wrote {output_path}")
-
-
-def _load_inputs(path: Path, names: list[str]) -> dict[str, object]:
-    import numpy as np
-
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise click.ClickException(f"input file {path} does not exist") from None
-    except (ValueError, OSError) as exc:
-        raise click.ClickException(f"{path} is not a .npy or .npz file: {exc}") from None
-    if isinstance(loaded, np.ndarray):
-        if len(names) != 1:
-            raise click.ClickException(
-                f"the model takes {len(names)} inputs ({', '.join(names)}): "
-                "pass an .npz keyed by input name"
-            )
-        return {names[0]: loaded}
-    with loaded:
-        return {k: loaded[k] for k in loaded.files}

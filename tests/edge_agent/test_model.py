@@ -67,67 +67,41 @@ def test_open_bundle_refuses_without_trust_or_with_the_wrong_key(
         open_bundle(bundle, trust=[tmp_path / "o.pub"])
 
 
+def predict_cli(
+    bundle: Path, inputs: Path, output: Path, *trust: Path
+) -> subprocess.CompletedProcess[str]:
+    args = [EDGEFLEET, "predict", str(bundle), "--input", str(inputs), "--output", str(output)]
+    for key in trust:
+        args += ["--trust", str(key)]
+    return subprocess.run(args, capture_output=True, text=True)
+
+
 def test_predict_cli_writes_outputs_keyed_by_name(
     bundle: Path, keypair: tuple[Path, Path], tmp_path: Path
 ) -> None:
     x = np.random.default_rng(4).normal(size=(3, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    done = subprocess.run(
-        [
-            EDGEFLEET,
-            "predict",
-            str(bundle),
-            "--input",
-            str(tmp_path / "x.npy"),
-            "--output",
-            str(tmp_path / "y.npz"),
-            "--trust",
-            str(keypair[1]),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = predict_cli(bundle, tmp_path / "x.npy", tmp_path / "y.npz", keypair[1])
     assert done.returncode == 0, done.stderr
     with np.load(tmp_path / "y.npz") as f:
         np.testing.assert_allclose(f["y"], run_onnx(tiny_onnx_model(), x), rtol=1e-6)
 
     np.save(tmp_path / "bad.npy", x.astype(np.float64))
-    bad = subprocess.run(
-        [
-            EDGEFLEET,
-            "predict",
-            str(bundle),
-            "--input",
-            str(tmp_path / "bad.npy"),
-            "--output",
-            str(tmp_path / "z.npz"),
-            "--trust",
-            str(keypair[1]),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad = predict_cli(bundle, tmp_path / "bad.npy", tmp_path / "z.npz", keypair[1])
     assert bad.returncode == 1
     assert "Error: input 'x': expected dtype float32, got float64" in bad.stderr
     assert not (tmp_path / "z.npz").exists()
+
+    np.savez(tmp_path / "keys.npz", image=x)
+    wrong = predict_cli(bundle, tmp_path / "keys.npz", tmp_path / "z.npz", keypair[1])
+    assert wrong.returncode == 1
+    assert "no array for input(s) x; unknown key(s) image" in wrong.stderr
 
 
 def test_predict_without_trust_checks_integrity_and_says_the_signature_was_not(
     bundle: Path, tmp_path: Path
 ) -> None:
     np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
-    done = subprocess.run(
-        [
-            EDGEFLEET,
-            "predict",
-            str(bundle),
-            "--input",
-            str(tmp_path / "x.npy"),
-            "--output",
-            str(tmp_path / "y.npz"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = predict_cli(bundle, tmp_path / "x.npy", tmp_path / "y.npz")
     assert done.returncode == 0, done.stderr
     assert "signature not checked" in done.stderr
