@@ -150,9 +150,9 @@ def _datasets(
     )
     if req.validation is None:
         notes.append("no --validation data: validated on the calibration data")
-    labels = load_labels(req.labels, validation.samples) if req.labels is not None else None
-    if labels is not None and req.validation is None:
+    if req.labels is not None and req.validation is None:
         raise DataError("--labels needs --validation: labels describe the validation samples")
+    labels = load_labels(req.labels, validation.samples) if req.labels is not None else None
     return calibration, validation, labels, notes
 
 

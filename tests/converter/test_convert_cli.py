@@ -225,3 +225,30 @@ def test_a_metric_exactly_at_its_budget_passes() -> None:
     assert compare({"p": reference}, {"p": candidate}, budget=budget).passed
     candidate[:3] = [0.0, 1.0, 0.0]
     assert not compare({"p": reference}, {"p": candidate}, budget=budget).passed
+
+
+def test_labels_without_validation_data_is_refused(files: dict[str, Path], digits: Digits) -> None:
+    np.save(files["cal"].with_name("labels.npy"), digits.y_test.astype(np.int64))
+    args = [
+        EDGEFLEET,
+        "convert",
+        str(files["model"]),
+        "--profile",
+        "x86-64",
+        "--name",
+        "digits",
+        "--version",
+        "1.0.0",
+        "--calibration",
+        str(files["cal"]),
+        "--labels",
+        str(files["cal"].with_name("labels.npy")),
+        "--sign-key",
+        str(files["key"]),
+        "--out",
+        str(files["out"]),
+        "--quiet",
+    ]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert "--labels needs --validation" in one_error_line(done)
+    assert_nothing_left(files)

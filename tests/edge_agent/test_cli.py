@@ -177,3 +177,11 @@ def test_commands_of_later_issues_say_so_and_fail() -> None:
     result = run("provision", "--count", "3")
     assert result.returncode == 2
     assert "issue #8" in result.stderr
+
+
+def test_the_cli_default_member_limit_matches_the_reader() -> None:
+    # kept as a literal so `bundle --help` need not import the bundle package
+    from edge_agent.bundle import BundleLimits
+    from edge_agent.cli.bundle import _DEFAULT_MAX_MEMBER_MB
+
+    assert BundleLimits().max_member_bytes == _DEFAULT_MAX_MEMBER_MB << 20

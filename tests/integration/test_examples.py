@@ -25,23 +25,27 @@ def test_the_digits_example_trains_a_model_onnxruntime_runs_accurately() -> None
     assert (probs.argmax(axis=1) == digits.y_test).mean() >= 0.9
 
 
-def test_the_foundation_demo_runs_end_to_end(tmp_path: Path) -> None:
+def run_demo(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """Run the README's demo script; return the process and its JSON summary."""
     result = subprocess.run(
         [
             sys.executable,
             ROOT / "examples" / "foundation_demo.py",
-            "--devices",
-            "3",
             "--workdir",
             tmp_path,
             "--json",
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return result, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_foundation_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result, summary = run_demo(tmp_path, "--devices", "3")
     assert summary["bundles"] == {"converted": 2, "verified": 2, "tampered_refused": True}
     assert summary["devices"] == {"started": 3, "selftest_passed": 3, "desired_converged": 3}
     assert summary["accuracy"] >= 0.9
@@ -51,23 +55,8 @@ def test_the_foundation_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_the_foundation_demo_runs_against_mosquitto(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    result = subprocess.run(
-        [
-            sys.executable,
-            ROOT / "examples" / "foundation_demo.py",
-            "--devices",
-            "2",
-            "--mqtt-url",
-            f"mqtt://127.0.0.1:{mosquitto.port}",
-            "--workdir",
-            tmp_path,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    _, summary = run_demo(
+        tmp_path, "--devices", "2", "--mqtt-url", f"mqtt://127.0.0.1:{mosquitto.port}"
     )
-    assert result.returncode == 0, result.stderr
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["telemetry"]["lost"] == 0
     assert summary["offline_after_power_cut"] == ["demo-000"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from edge_agent.protocol import (
     BundleRef,
@@ -206,9 +206,8 @@ def test_the_contract_works_over_the_embedded_broker(amqtt_broker) -> None:  # t
     fleet.close()
 
 
-@pytest.mark.parametrize("persistent", [True])
-def test_retained_desired_state_survives_a_broker_restart(tmp_path, persistent: bool) -> None:  # type: ignore[no-untyped-def]
-    broker = Mosquitto(tmp_path / "persist", persistence=persistent)
+def test_retained_desired_state_survives_a_broker_restart(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "persist", persistence=True)
     broker.start()
     try:
         fleet = Client(broker.port, "fleet")
