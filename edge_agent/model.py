@@ -76,28 +76,47 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
     return arrays
 
 
-def _to_runtime(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-    if spec.runtime_permutation is not None:
-        array = array.transpose(spec.runtime_permutation)
-    target = np.dtype(spec.runtime_dtype or spec.dtype)
-    if spec.quantization is not None:
-        q = spec.quantization
-        scale = np.asarray(q.scale, dtype=np.float32)
-        zero = np.asarray(q.zero_point, dtype=np.float32)
-        info = np.iinfo(target)
-        array = np.clip(np.rint(array / scale + zero), info.min, info.max)
-    return np.ascontiguousarray(array, dtype=target)
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    """How one caller-facing tensor maps onto the runtime's, worked out once per model."""
 
+    name: str
+    runtime_name: str
+    dtype: np.dtype[Any]
+    runtime_dtype: np.dtype[Any]
+    permutation: tuple[int, ...] | None
+    inverse: tuple[int, ...] | None
+    scale: np.ndarray | None
+    zero: np.ndarray | None
 
-def _from_runtime(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
-    if spec.quantization is not None:
-        q = spec.quantization
-        scale = np.asarray(q.scale, dtype=np.float32)
-        zero = np.asarray(q.zero_point, dtype=np.float32)
-        array = ((array.astype(np.float32) - zero) * scale).astype(np.dtype(spec.dtype))
-    if spec.runtime_permutation is not None:
-        array = array.transpose(np.argsort(spec.runtime_permutation))
-    return array
+    @classmethod
+    def of(cls, spec: TensorSpec) -> _Binding:
+        q, perm = spec.quantization, spec.runtime_permutation
+        return cls(
+            name=spec.name,
+            runtime_name=spec.runtime_name or spec.name,
+            dtype=np.dtype(spec.dtype),
+            runtime_dtype=np.dtype(spec.runtime_dtype or spec.dtype),
+            permutation=tuple(perm) if perm is not None else None,
+            inverse=tuple(int(i) for i in np.argsort(perm)) if perm is not None else None,
+            scale=np.asarray(q.scale, dtype=np.float32) if q else None,
+            zero=np.asarray(q.zero_point, dtype=np.float32) if q else None,
+        )
+
+    def to_runtime(self, array: np.ndarray) -> np.ndarray:
+        if self.permutation is not None:
+            array = array.transpose(self.permutation)
+        if self.scale is not None and self.zero is not None:
+            info = np.iinfo(self.runtime_dtype)
+            array = np.clip(np.rint(array / self.scale + self.zero), info.min, info.max)
+        return np.ascontiguousarray(array, dtype=self.runtime_dtype)
+
+    def from_runtime(self, array: np.ndarray) -> np.ndarray:
+        if self.scale is not None and self.zero is not None:
+            array = ((array.astype(np.float32) - self.zero) * self.scale).astype(self.dtype)
+        if self.inverse is not None:
+            array = array.transpose(self.inverse)
+        return array
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +132,8 @@ class BundleModel:
         self.bundle = bundle
         self._backend = backend
         m = bundle.manifest
-        self._runtime_in = {s.name: s.runtime_name or s.name for s in m.inputs}
-        self._runtime_out = {s.name: s.runtime_name or s.name for s in m.outputs}
+        self._in = [_Binding.of(spec) for spec in m.inputs]
+        self._out = [_Binding.of(spec) for spec in m.outputs]
 
     @property
     def manifest(self) -> Manifest:
@@ -143,11 +162,8 @@ class BundleModel:
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model. Inputs are checked against the signature first (`InputError`)."""
         arrays = check_inputs(self.manifest.inputs, inputs)
-        feeds = {
-            self._runtime_in[s.name]: _to_runtime(s, arrays[s.name]) for s in self.manifest.inputs
-        }
-        raw = self._backend.run(feeds)
-        return {s.name: _from_runtime(s, raw[self._runtime_out[s.name]]) for s in self.outputs}
+        raw = self._backend.run({b.runtime_name: b.to_runtime(arrays[b.name]) for b in self._in})
+        return {b.name: b.from_runtime(raw[b.runtime_name]) for b in self._out}
 
     def selftest(self) -> SelfTestResult:
         """Run the bundle's self-test vectors; raise `SelfTestError` outside tolerance."""

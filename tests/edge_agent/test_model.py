@@ -105,3 +105,27 @@ def test_predict_without_trust_checks_integrity_and_says_the_signature_was_not(
     done = predict_cli(bundle, tmp_path / "x.npy", tmp_path / "y.npz")
     assert done.returncode == 0, done.stderr
     assert "signature not checked" in done.stderr
+
+
+def test_runtime_layout_and_quantization_round_trip() -> None:
+    from edge_agent.bundle import QuantParams, TensorSpec
+    from edge_agent.model import _Binding
+
+    spec = TensorSpec(
+        name="image",
+        dtype="float32",
+        shape=["batch", 1, 2, 2],
+        runtime_name="serving_input",
+        runtime_dtype="int8",
+        runtime_permutation=[0, 2, 3, 1],
+        quantization=QuantParams(scale=[0.1], zero_point=[3]),
+    )
+    binding = _Binding.of(spec)
+    x = np.array([[[[0.0, 0.5], [-1.0, 20.0]]]], np.float32)  # 20.0 saturates at int8 max
+    runtime = binding.to_runtime(x)
+    assert runtime.dtype == np.int8
+    assert runtime.shape == (1, 2, 2, 1)  # NCHW -> NHWC
+    assert runtime[0, :, :, 0].tolist() == [[3, 8], [-7, 127]]
+    back = binding.from_runtime(runtime)
+    assert back.shape == x.shape
+    np.testing.assert_allclose(back[0, 0, :, :], [[0.0, 0.5], [-1.0, 12.4]], atol=1e-6)
