@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,7 +99,10 @@ def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
     last: Exception | None = None
     for kwargs, note in attempts:
         try:
-            quant_pre_process(str(source), str(target), **kwargs)
+            # When symbolic inference gives up, ORT dumps `sym_shape_infer_temp.onnx` and
+            # its weights into the working directory: keep that debris inside `work`.
+            with contextlib.chdir(work):
+                quant_pre_process(str(source.resolve()), str(target.resolve()), **kwargs)
         except Exception as exc:  # ORT raises plain Exceptions from these steps
             last = exc
             log.debug("quant_pre_process %s failed: %s", kwargs, exc)

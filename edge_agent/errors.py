@@ -27,11 +27,19 @@ The tree (a caller catches as wide or as narrow as it needs)::
     │   ├── ModelLoadError            the runtime refuses to load the model
     │   ├── InputError                inputs do not match the signature (names input, expected, got)
     │   └── SelfTestError             outputs differ from the bundle's self-test vectors
-    └── ProtocolError                 an MQTT topic or message breaks the contract
-        ├── TopicError                a topic outside the scheme, or a bad device id
-        └── MessageError              a payload that is not a valid message
-            ├── SchemaVersionError    a message schema version this side does not speak
-            └── SpoofedMessageError   the payload names another device than its topic
+    ├── ProtocolError                 an MQTT topic or message breaks the contract
+    │   ├── TopicError                a topic outside the scheme, or a bad device id
+    │   └── MessageError              a payload that is not a valid message
+    │       ├── SchemaVersionError    a message schema version this side does not speak
+    │       └── SpoofedMessageError   the payload names another device than its topic
+    └── AgentError                    the on-device daemon
+        ├── ConfigError               agent.toml unreadable, invalid, or with an unknown key
+        ├── NoModelError              no verified bundle is active yet: nothing to serve
+        └── UpdateError               a model update was refused; the old model keeps serving
+            ├── DownloadError         the bundle could not be fetched (status, size cap, timeout)
+            ├── DowngradeError        older than the active version, without a rollback order
+            ├── ProfileMismatchError  built for another hardware profile than this device's
+            └── WarmupError           fails to load, fails its self-test, NaN/inf, or too slow
 
 Every message says what happened, where (the member, field, file or topic),
 and what to do about it.
@@ -40,8 +48,12 @@ and what to do about it.
 from __future__ import annotations
 
 __all__ = [
+    "AgentError",
     "BundleError",
     "BundleFormatError",
+    "ConfigError",
+    "DowngradeError",
+    "DownloadError",
     "DuplicateMemberError",
     "EdgeAgentError",
     "HashMismatchError",
@@ -53,7 +65,9 @@ __all__ = [
     "MissingMemberError",
     "ModelError",
     "ModelLoadError",
+    "NoModelError",
     "ProfileError",
+    "ProfileMismatchError",
     "ProtocolError",
     "RuntimeUnavailableError",
     "SchemaVersionError",
@@ -70,6 +84,8 @@ __all__ = [
     "UnsafeMemberError",
     "UnsafePathError",
     "UntrustedKeyError",
+    "UpdateError",
+    "WarmupError",
 ]
 
 
@@ -227,3 +243,57 @@ class SchemaVersionError(MessageError):
 
 class SpoofedMessageError(MessageError):
     """A payload that claims to come from another device than its topic says."""
+
+
+class AgentError(EdgeAgentError):
+    """The on-device daemon cannot do what was asked."""
+
+
+class ConfigError(AgentError):
+    """The agent's config file is unreadable or invalid. The message names the key and file."""
+
+
+class NoModelError(AgentError):
+    """No verified bundle is active yet, so there is nothing to serve."""
+
+
+class UpdateError(AgentError):
+    """A model update was refused; the active model keeps serving.
+
+    `step` says where it stopped: ``download``, ``verify``, ``warmup``,
+    ``activate`` or ``probation``; `reason` is a short machine-readable code
+    (``bad_signature``, ``selftest_failed``, ``too_slow`` ...) for events.
+    """
+
+    def __init__(self, message: str, *, step: str, reason: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.reason = reason
+
+
+class DownloadError(UpdateError):
+    """The bundle could not be fetched: HTTP status, size over the cap, timeout, truncation."""
+
+    def __init__(self, message: str, *, reason: str = "download_failed") -> None:
+        super().__init__(message, step="download", reason=reason)
+
+
+class DowngradeError(UpdateError):
+    """The bundle's version is lower than the active one and no rollback was ordered."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, step="verify", reason="downgrade")
+
+
+class ProfileMismatchError(UpdateError):
+    """The bundle was built for another hardware profile than this device's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, step="verify", reason="profile_mismatch")
+
+
+class WarmupError(UpdateError):
+    """The verified bundle failed its warm-up: load, self-test, NaN/inf outputs or latency."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message, step="warmup", reason=reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,17 @@ import pytest
 from examples.magika.features import dataset, sample_files
 from examples.silero.audio import voiced_chunks
 from tests.harness.models import model_path
+
+
+@pytest.fixture(autouse=True)
+def _clean_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run each test in an empty directory and check that the converter left nothing there
+    (ONNX Runtime's shape inference once dropped 40 MB of temporary files into it)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert sorted(p.name for p in cwd.iterdir()) == []
 
 
 @pytest.fixture(scope="session")
