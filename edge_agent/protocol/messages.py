@@ -177,6 +177,14 @@ class DesiredState(_Msg):
     issued_at: datetime
     bundle: DesiredBundle | None
     shadow: DesiredBundle | None = None
+    shadow_sample: float = Field(
+        default=0.1, gt=0, le=1, description="share of live requests the shadow also runs on"
+    )
+    rollback: bool = Field(
+        default=False,
+        description="an ordered return to an older version: accepted although lower, "
+        "and not put on probation (there is nothing safer to fall back to)",
+    )
     rollout_id: str | None = None
 
 

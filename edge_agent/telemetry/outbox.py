@@ -167,6 +167,12 @@ class Outbox:
             lost, self._lost_in_memory = self._lost_in_memory, 0
         return dropped + lost
 
+    def count_lost(self, count: int) -> None:
+        """Count `count` messages lost elsewhere (e.g. a drop count that could not be spooled
+        with its window): the next `take_dropped()` reports them."""
+        with self._lock:
+            self._lost_in_memory += count
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])

@@ -1,0 +1,1 @@
+"""Model hot-swap."""

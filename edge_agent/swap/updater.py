@@ -1,0 +1,616 @@
+"""Model updates that cannot brick a device: download, verify, warm up, activate, probation.
+
+Each step either completes or leaves the active model serving, and each is
+reported as an event (``update.downloaded``, ``update.verified``,
+``update.warmed_up``, ``update.activated``, ``update.committed``,
+``update.refused``, ``update.rolled_back``):
+
+1. **download** into ``downloads/`` (resumable, size-capped, retried);
+2. **verify**: signature against the trusted keys and every member hash, the
+   file's sha256 against the desired state's, the profile against this
+   device's, and the version: never lower than the active one unless the
+   desired state orders a rollback;
+3. **warm up**: load it, run its self-test vectors within tolerance, refuse
+   NaN/inf, and measure latency against the budget;
+4. **activate**: install the file by rename, then switch ``state.json`` by
+   rename (old active becomes previous), then switch the in-memory model;
+5. **probation**: live traffic for N seconds or M requests; commit, or roll
+   back by itself to the model it replaced.
+
+A desired-state revision is acted on once: a refused update is not retried in
+a loop; the fleet issues a new revision to try again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge_agent.bundle import read_bundle
+from edge_agent.bundle.reference import parse_reference
+from edge_agent.config import UpdateConfig
+from edge_agent.errors import (
+    BundleError,
+    DowngradeError,
+    ModelError,
+    ProfileMismatchError,
+    SelfTestError,
+    UpdateError,
+    WarmupError,
+)
+from edge_agent.keys import TrustedKey
+from edge_agent.model import load_model
+from edge_agent.protocol.messages import BundleRef, DesiredBundle, DesiredState, Severity
+from edge_agent.serving import Loaded, Serving
+from edge_agent.swap.download import DownloadPolicy, download
+from edge_agent.swap.probation import Outcome, ProbationMonitor, ProbationRules
+from edge_agent.swap.store import BundleStore, Probation, Slot, StoreState
+
+__all__ = ["EventSink", "Updater", "version_key"]
+
+log = logging.getLogger(__name__)
+
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(?:-([0-9A-Za-z.-]+))?")
+
+
+def version_key(version: str) -> tuple[int, int, int, int, tuple[Any, ...]]:
+    """Order semantic versions; a pre-release sorts before its release."""
+    m = _VERSION.match(version)
+    if m is None:
+        raise ValueError(f"{version!r} is not a semantic version")
+    pre = m.group(4)
+    parts = tuple((0, int(p)) if p.isdigit() else (1, p) for p in pre.split(".")) if pre else ()
+    return int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if pre else 1, parts
+
+
+class EventSink(Protocol):
+    def __call__(
+        self,
+        type: str,
+        message: str,
+        *,
+        severity: Severity = Severity.INFO,
+        bundle: BundleRef | None = None,
+        details: Mapping[str, str | int | float | bool | None] | None = None,
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    loaded: Loaded
+    slot: Slot
+    path: Path
+
+
+class Updater:
+    """Owns the store and the active model; call it from one thread (the agent's updater)."""
+
+    def __init__(
+        self,
+        *,
+        store: BundleStore,
+        serving: Serving,
+        trust: list[TrustedKey],
+        profile: str,
+        rules: UpdateConfig,
+        latency_budget_ms: float,
+        events: EventSink,
+        threads: int | None = None,
+        clock: Callable[[], float] = time.time,
+        fetch: Callable[..., Path] = download,
+    ) -> None:
+        self.store = store
+        self.serving = serving
+        self.trust = trust
+        self.profile = profile
+        self.rules = rules
+        self.budget_ms = latency_budget_ms
+        self.emit = events
+        self.threads = threads
+        self.clock = clock
+        self.fetch = fetch
+        self._restore: Loaded | None = None  # the model a probation failure goes back to
+        self._lock = threading.Lock()
+        self.cancelled = threading.Event()
+
+    # --- start ------------------------------------------------------------------------
+
+    def boot(self, initial_bundle: Path | None = None) -> None:
+        """Recover from whatever a crash left, then serve the best verified bundle we have."""
+        with self._lock:
+            recovery = self.store.recover()
+            if recovery.state_unreadable:
+                self.emit(
+                    "agent.state_unreadable",
+                    f"state.json was unreadable ({recovery.state_unreadable}); starting afresh",
+                    severity=Severity.ERROR,
+                )
+            state = self.store.read_state()
+            if state.probation is not None:
+                state = self._boot_in_probation(state)
+            for slot, role in ((state.active, "active"), (state.previous, "previous")):
+                if slot is None:
+                    continue
+                try:
+                    loaded = self._load_installed(slot)
+                except (UpdateError, BundleError, ModelError) as exc:
+                    self.emit(
+                        "bundle.unusable",
+                        f"the {role} bundle {slot.model} {slot.version} cannot serve: {exc}",
+                        severity=Severity.ERROR,
+                        bundle=slot.ref,
+                    )
+                    continue
+                if role == "previous":  # the active one is broken: fall back for good
+                    state = state.model_copy(
+                        update={"active": slot, "previous": None, "probation": None}
+                    )
+                    self.store.write_state(state)
+                    self.emit(
+                        "update.rolled_back",
+                        f"fell back to {slot.model} {slot.version}: the active bundle is unusable",
+                        severity=Severity.ERROR,
+                        bundle=slot.ref,
+                        details={"reason": "active_unusable"},
+                    )
+                self._serve(loaded, state)
+                self.store.prune(state)
+                return
+            if initial_bundle is not None and initial_bundle.exists():
+                self._install_initial(initial_bundle, state)
+                return
+            self.serving.switch(None)
+            self.emit(
+                "agent.no_model",
+                "no verified bundle to serve yet; waiting for the fleet's desired state",
+                severity=Severity.WARNING,
+            )
+
+    def _boot_in_probation(self, state: StoreState) -> StoreState:
+        probation = state.probation
+        assert probation is not None
+        if probation.boots >= 1:  # restarted twice during one probation: the model is suspect
+            restored = StoreState(
+                active=probation.restore_active,
+                previous=probation.restore_previous,
+                desired_revision=state.desired_revision,
+            )
+            self.store.write_state(restored)
+            self.emit(
+                "update.rolled_back",
+                "the agent restarted twice while the new model was on probation; rolled back",
+                severity=Severity.ERROR,
+                bundle=state.active.ref if state.active else None,
+                details={"reason": "restarts_during_probation"},
+            )
+            return restored
+        resumed = state.model_copy(
+            update={
+                "probation": probation.model_copy(
+                    update={"boots": probation.boots + 1, "started_at": self.clock()}
+                )
+            }
+        )
+        self.store.write_state(resumed)
+        return resumed
+
+    def _serve(self, loaded: Loaded, state: StoreState) -> None:
+        monitor = None
+        if state.probation is not None:
+            monitor = ProbationMonitor(
+                self._probation_rules(), started_at=state.probation.started_at
+            )
+        self.serving.switch(loaded, probation=monitor)
+        self.emit(
+            "agent.serving",
+            f"serving {loaded.ref.model} {loaded.ref.version}"
+            + (" (on probation)" if monitor else ""),
+            bundle=loaded.ref,
+        )
+
+    def _install_initial(self, path: Path, state: StoreState) -> None:
+        try:
+            sha = _sha256_file(path)
+            candidate = self._verify_and_warm(path, sha, allow_downgrade=True)
+        except (UpdateError, BundleError, ModelError) as exc:
+            self.serving.switch(None)
+            self.emit(
+                "update.refused",
+                f"the initial bundle {path} was refused: {exc}",
+                severity=Severity.ERROR,
+                details=_refusal(exc),
+            )
+            return
+        self.store.install(path, sha)
+        new = state.model_copy(
+            update={"active": candidate.slot, "previous": None, "probation": None}
+        )
+        self.store.write_state(new)
+        self.serving.switch(candidate.loaded)
+        self.emit(
+            "update.committed",
+            f"installed the initial bundle {path.name}",
+            bundle=candidate.slot.ref,
+        )
+
+    # --- desired state ----------------------------------------------------------------
+
+    def apply(self, desired: DesiredState) -> None:
+        """Converge on a desired state (once per revision)."""
+        with self._lock:
+            state = self.store.read_state()
+            if state.desired_revision is not None and desired.revision <= state.desired_revision:
+                return
+            self._apply_shadow(desired.shadow, desired.shadow_sample)
+            target = desired.bundle
+            active = state.active
+            if target is None or (active is not None and target.ref.sha256 == active.sha256):
+                self.store.write_state(
+                    state.model_copy(update={"desired_revision": desired.revision})
+                )
+                return
+            if state.probation is not None:
+                self._finish_probation_early(state)
+                state = self.store.read_state()
+            try:
+                candidate = self._fetch_verify_warm(target, allow_downgrade=desired.rollback)
+                self._activate(
+                    candidate, state, revision=desired.revision, probation=not desired.rollback
+                )
+            except (UpdateError, BundleError, ModelError) as exc:
+                self.store.write_state(
+                    self.store.read_state().model_copy(
+                        update={"desired_revision": desired.revision}
+                    )
+                )
+                self.emit(
+                    "update.refused",
+                    f"update to {target.ref.model} {target.ref.version} refused: {exc}; "
+                    f"{_still_serving(self.serving)}",
+                    severity=Severity.ERROR,
+                    bundle=target.ref,
+                    details=_refusal(exc),
+                )
+
+    def _finish_probation_early(self, state: StoreState) -> None:
+        """A new desired state arrived mid-probation: judge the current one now."""
+        self.tick(force=True)
+
+    def _fetch_verify_warm(self, target: DesiredBundle, *, allow_downgrade: bool) -> _Candidate:
+        ref = target.ref
+        dest = self.store.download_path(ref.sha256)
+        r = self.rules
+        self.emit(
+            "update.downloading",
+            f"downloading {ref.model} {ref.version}",
+            bundle=ref,
+            details={"size": target.size},
+        )
+        headers = {"Authorization": f"Bearer {r.download_token}"} if r.download_token else None
+        path = self.fetch(
+            target.url,
+            dest,
+            size=target.size,
+            sha256=ref.sha256,
+            policy=DownloadPolicy(
+                max_bytes=int(r.max_bundle_mb * 1024 * 1024),
+                connect_timeout_s=r.connect_timeout_s,
+                read_timeout_s=r.read_timeout_s,
+                attempts=r.attempts,
+                backoff_s=r.backoff_s,
+                backoff_max_s=r.backoff_max_s,
+            ),
+            headers=headers,
+            cancelled=self.cancelled.is_set,
+        )
+        self.emit("update.downloaded", f"downloaded {ref.model} {ref.version}", bundle=ref)
+        candidate = self._verify_and_warm(
+            path, ref.sha256, allow_downgrade=allow_downgrade, ref=ref
+        )
+        return candidate
+
+    def _verify_and_warm(
+        self, path: Path, sha256: str, *, allow_downgrade: bool, ref: BundleRef | None = None
+    ) -> _Candidate:
+        try:
+            bundle = read_bundle(path, trust=self.trust)
+        except BundleError as exc:
+            path.unlink(missing_ok=True)  # never kept, never served
+            raise UpdateError(
+                f"verification failed: {exc}", step="verify", reason=_bundle_reason(exc)
+            ) from exc
+        m = bundle.manifest
+        slot = Slot.of(m, sha256)
+        if ref is not None and (ref.model, ref.version) != (m.model.name, m.model.version):
+            raise UpdateError(
+                f"the file is {m.model.name} {m.model.version}, but the desired state names "
+                f"{ref.model} {ref.version}",
+                step="verify",
+                reason="ref_mismatch",
+            )
+        if m.profile != self.profile:
+            raise ProfileMismatchError(
+                f"the bundle was built for profile {m.profile!r}; this device is {self.profile!r}"
+            )
+        active = self.serving.active
+        if (
+            active is not None
+            and not allow_downgrade
+            and version_key(m.model.version) < version_key(active.ref.version)
+        ):
+            raise DowngradeError(
+                f"version {m.model.version} is older than the active {active.ref.version} "
+                "and the desired state does not order a rollback"
+            )
+        self.emit(
+            "update.verified",
+            f"{m.model.name} {m.model.version}: signature and hashes verified",
+            bundle=slot.ref,
+        )
+        loaded = self._warm_up(bundle, slot)
+        return _Candidate(loaded, slot, path)
+
+    def _warm_up(self, bundle: Any, slot: Slot) -> Loaded:
+        m = bundle.manifest
+        try:
+            model = load_model(bundle, threads=self.threads)
+        except ModelError as exc:
+            raise WarmupError(f"the model does not load: {exc}", reason="load_failed") from exc
+        sample: dict[str, np.ndarray] | None = None
+        if m.selftest is not None:
+            import io
+
+            with np.load(io.BytesIO(bundle.read_member(m.selftest.inputs))) as f:
+                sample = {k: f[k] for k in f.files}
+            try:
+                outputs = model.predict(sample)
+            except ModelError as exc:
+                raise WarmupError(
+                    f"the model fails on its self-test inputs: {exc}", reason="selftest_failed"
+                ) from exc
+            bad = [
+                n for n, o in outputs.items() if o.dtype.kind == "f" and not np.isfinite(o).all()
+            ]
+            if bad:
+                raise WarmupError(
+                    f"output {bad[0]!r} holds NaN or inf on the self-test inputs",
+                    reason="nonfinite_outputs",
+                )
+            try:
+                model.selftest()
+            except SelfTestError as exc:
+                raise WarmupError(f"self-test failed: {exc}", reason="selftest_failed") from exc
+        else:
+            log.warning("bundle %s %s has no self-test vectors", m.model.name, m.model.version)
+        if sample is not None:
+            one = {
+                k: v[:1] if spec.shape and not isinstance(spec.shape[0], int) else v
+                for spec in m.inputs
+                for k, v in sample.items()
+                if k == spec.name
+            }
+            times = []
+            for _ in range(self.rules.warmup_runs):
+                start = time.perf_counter()
+                model.predict(one)
+                times.append((time.perf_counter() - start) * 1000)
+            times.sort()
+            p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
+            if p95 > self.budget_ms:
+                raise WarmupError(
+                    f"too slow: p95 latency {p95:.2f} ms over {len(times)} warm-up runs exceeds "
+                    f"the budget of {self.budget_ms:g} ms",
+                    reason="too_slow",
+                )
+            self.emit(
+                "update.warmed_up",
+                f"{m.model.name} {m.model.version}: self-test passed, p95 {p95:.2f} ms",
+                bundle=slot.ref,
+                details={"latency_ms_p95": round(p95, 3), "budget_ms": self.budget_ms},
+            )
+        reference = parse_reference(bundle.read_member(m.reference)) if m.reference else None
+        return Loaded(model=model, ref=slot.ref, reference=reference)
+
+    def _load_installed(self, slot: Slot) -> Loaded:
+        path = self.store.path_of(slot)
+        if not path.exists():
+            raise UpdateError(f"{path} is missing", step="verify", reason="missing")
+        bundle = read_bundle(path, trust=self.trust)
+        model = load_model(bundle, threads=self.threads)
+        m = bundle.manifest
+        reference = parse_reference(bundle.read_member(m.reference)) if m.reference else None
+        return Loaded(model=model, ref=slot.ref, reference=reference)
+
+    def _activate(
+        self, candidate: _Candidate, state: StoreState, *, revision: int, probation: bool
+    ) -> None:
+        self.store.install(candidate.path, candidate.slot.sha256)
+        new = StoreState(
+            active=candidate.slot,
+            previous=state.active,
+            probation=Probation(
+                started_at=self.clock(),
+                restore_active=state.active,
+                restore_previous=state.previous,
+            )
+            if probation and state.active is not None
+            else None,
+            desired_revision=revision,
+        )
+        self.store.write_state(new)
+        self._restore = self.serving.active
+        monitor = (
+            ProbationMonitor(self._probation_rules(), started_at=self.clock())
+            if new.probation
+            else None
+        )
+        self.serving.switch(candidate.loaded, probation=monitor)
+        self.emit(
+            "update.activated",
+            f"now serving {candidate.slot.model} {candidate.slot.version}"
+            + (" on probation" if monitor else ""),
+            bundle=candidate.slot.ref,
+            details={"previous": state.active.version if state.active else None},
+        )
+        if new.probation is None:
+            self.store.prune(new)
+
+    def _probation_rules(self) -> ProbationRules:
+        r = self.rules
+        return ProbationRules(
+            duration_s=r.probation_s,
+            max_inferences=r.probation_inferences,
+            max_error_rate=r.max_error_rate,
+            max_nonfinite_rate=r.max_nonfinite_rate,
+            latency_budget_ms=self.budget_ms,
+        )
+
+    # --- probation --------------------------------------------------------------------
+
+    def tick(self, *, force: bool = False) -> None:
+        """Judge the probation, if one is running: commit or roll back."""
+        monitor = self.serving.probation
+        if monitor is None:
+            return
+        verdict = monitor.verdict(self.clock() if not force else float("inf"))
+        if verdict is None:
+            return
+        state = self.store.read_state()
+        active = state.active
+        if verdict.outcome is Outcome.COMMIT:
+            committed = state.model_copy(update={"probation": None})
+            self.store.write_state(committed)
+            self.serving.end_probation()
+            self._restore = None
+            self.store.prune(committed)
+            self.emit(
+                "update.committed",
+                f"{active.model} {active.version} passed probation: {verdict.detail}"
+                if active
+                else verdict.detail,
+                bundle=active.ref if active else None,
+            )
+            return
+        self._rollback(state, reason=verdict.reason, detail=verdict.detail)
+
+    def _rollback(self, state: StoreState, *, reason: str, detail: str) -> None:
+        probation = state.probation
+        failed = state.active
+        target = probation.restore_active if probation else state.previous
+        previous = probation.restore_previous if probation else None
+        if target is None:
+            self.emit(
+                "update.rollback_failed",
+                f"cannot roll back ({detail}): no previous bundle",
+                severity=Severity.ERROR,
+                bundle=failed.ref if failed else None,
+            )
+            self.serving.end_probation()
+            return
+        loaded = (
+            self._restore if self._restore is not None and self._restore.ref == target.ref else None
+        )
+        if loaded is None:
+            loaded = self._load_installed(target)
+        restored = StoreState(
+            active=target, previous=previous, desired_revision=state.desired_revision
+        )
+        self.store.write_state(restored)
+        self.serving.switch(loaded)
+        self._restore = None
+        self.store.prune(restored)
+        self.emit(
+            "update.rolled_back",
+            (f"rolled back from {failed.model} {failed.version} " if failed else "rolled back ")
+            + f"to {target.model} {target.version}: {detail}",
+            severity=Severity.ERROR,
+            bundle=failed.ref if failed else None,
+            details={"reason": reason, "restored": target.version},
+        )
+
+    def rollback(self, reason: str = "ordered") -> str:
+        """Go back to the previous bundle now (a fleet command); returns what happened."""
+        with self._lock:
+            state = self.store.read_state()
+            if state.probation is None and state.previous is None:
+                raise UpdateError(
+                    "there is no previous bundle to roll back to",
+                    step="activate",
+                    reason="no_previous",
+                )
+            self._rollback(state, reason=reason, detail="rollback ordered by the fleet")
+            active = self.store.read_state().active
+            return f"serving {active.model} {active.version}" if active else "no model"
+
+    # --- shadow -----------------------------------------------------------------------
+
+    def _apply_shadow(self, target: DesiredBundle | None, fraction: float) -> None:
+        current = self.serving.shadow
+        if target is None:
+            if current is not None:
+                self.serving.set_shadow(None)
+                self.emit(
+                    "shadow.stopped", f"stopped shadowing {current.ref.version}", bundle=current.ref
+                )
+            return
+        if current is not None and current.ref.sha256 == target.ref.sha256:
+            self.serving.set_shadow(current, fraction)
+            return
+        try:
+            candidate = self._fetch_verify_warm(target, allow_downgrade=True)
+        except (UpdateError, BundleError, ModelError) as exc:
+            self.emit(
+                "shadow.refused",
+                f"shadow candidate {target.ref.version} refused: {exc}",
+                severity=Severity.WARNING,
+                bundle=target.ref,
+                details=_refusal(exc),
+            )
+            return
+        self.serving.set_shadow(candidate.loaded, fraction)
+        self.emit(
+            "shadow.started",
+            f"shadowing {target.ref.version} on {fraction:.0%} of requests",
+            bundle=target.ref,
+            details={"fraction": fraction},
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _bundle_reason(exc: BundleError) -> str:
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or "bad_bundle"
+
+
+def _refusal(exc: Exception) -> dict[str, str | int | float | bool | None]:
+    if isinstance(exc, UpdateError):
+        return {"step": exc.step, "reason": exc.reason}
+    if isinstance(exc, BundleError):
+        return {"step": "verify", "reason": _bundle_reason(exc)}
+    return {"step": "warmup", "reason": "model_error"}
+
+
+def _still_serving(serving: Serving) -> str:
+    active = serving.active
+    return (
+        f"still serving {active.ref.model} {active.ref.version}"
+        if active
+        else "no model is serving"
+    )
