@@ -67,6 +67,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.device_id = config.device.id
+        self.started_at = time.monotonic()
         try:
             profile = load_profile(config.device.profile)
         except ProfileError as exc:
@@ -108,17 +109,18 @@ class Agent:
                 on_rejected=self._rejected,
             )
         s = config.server
-        self.server = LocalServer(
-            self.serving,
-            host=s.host,
-            port=s.port if s.tcp else None,
-            unix_socket=s.unix_socket,
-            max_body_bytes=int(s.max_body_mb * 1024 * 1024),
-        )
+        self.server: LocalServer | None = None
+        if s.tcp or s.unix_socket is not None:  # neither: only in-process callers (and tests)
+            self.server = LocalServer(
+                self.serving,
+                host=s.host,
+                port=s.port if s.tcp else None,
+                unix_socket=s.unix_socket,
+                max_body_bytes=int(s.max_body_mb * 1024 * 1024),
+            )
         self._inbox: queue.Queue[Message | None] = queue.Queue(maxsize=256)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.started_at = time.monotonic()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -126,7 +128,8 @@ class Agent:
         """Serve the best verified bundle on disk, then connect to the fleet in the background."""
         self.emit("agent.started", f"edgefleet agent {agent_version()} starting")
         self.updater.boot(self.config.paths.initial_bundle)
-        self.server.start()
+        if self.server is not None:
+            self.server.start()
         for target, name in ((self._control_loop, "control"), (self._window_loop, "window")):
             thread = threading.Thread(target=target, name=f"edgefleet-{name}", daemon=True)
             thread.start()
@@ -141,7 +144,8 @@ class Agent:
         self._inbox.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
         self.close_window()
         if self.link is not None:
             self.link.stop()
@@ -282,8 +286,10 @@ class Agent:
 
     def _control_loop(self) -> None:
         while not self._stop.is_set():
+            # judge a probation promptly; otherwise wake twice a second
+            wait = 0.05 if self.serving.probation is not None else 0.5
             try:
-                message = self._inbox.get(timeout=0.5)
+                message = self._inbox.get(timeout=wait)
             except queue.Empty:
                 message = None
             try:

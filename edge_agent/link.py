@@ -93,6 +93,7 @@ class FleetLink:
         self._lock = threading.Lock()
         self._inflight: dict[int, tuple[Outbox, int]] = {}
         self._sent: set[tuple[int, int]] = set()  # (outbox index, seq) awaiting PUBACK
+        self._early: set[int] = set()  # mids whose PUBACK beat their registration
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.connected = threading.Event()
@@ -153,29 +154,42 @@ class FleetLink:
         for index, outbox in enumerate(self.outboxes):
             with self._lock:
                 room = self.config.max_inflight - len(self._inflight)
+                skip = len(self._sent)
             if room <= 0:
                 return
-            for entry in outbox.pending(limit=room + len(self._sent)):
+            for entry in outbox.pending(limit=room + skip):
                 key = (index, entry.seq)
                 with self._lock:
                     if key in self._sent:
                         continue
                     if len(self._inflight) >= self.config.max_inflight:
                         return
-                    info = self.client.publish(entry.topic, entry.payload, qos=1)
-                    if info.rc != self._success:
-                        return  # disconnected meanwhile: paho keeps it and resends it
-                    self._inflight[info.mid] = (outbox, entry.seq)
                     self._sent.add(key)
+                # never call paho while holding our lock: paho holds its own message lock
+                # while it runs on_publish, which takes ours (a lock-order deadlock)
+                info = self.client.publish(entry.topic, entry.payload, qos=1)
+                if info.rc != self._success:
+                    return  # disconnected meanwhile: paho keeps it and resends it
+                with self._lock:
+                    if info.mid in self._early:  # PUBACK came before we got here
+                        self._early.discard(info.mid)
+                        self._sent.discard(key)
+                        acked = True
+                    else:
+                        self._inflight[info.mid] = (outbox, entry.seq)
+                        acked = False
+                if acked:
+                    outbox.ack(entry.seq)
 
     def _published(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self._lock:
             item = self._inflight.pop(mid, None)
-            if item is not None:
-                self._sent.discard((self.outboxes.index(item[0]), item[1]))
-        if item is not None:
-            item[0].ack(item[1])
-            self._wake.set()
+            if item is None:
+                self._early.add(mid)
+                return
+            self._sent.discard((self.outboxes.index(item[0]), item[1]))
+        item[0].ack(item[1])
+        self._wake.set()
 
     # --- connection ---------------------------------------------------------------------
 

@@ -202,6 +202,7 @@ class BundleStore:
         """Delete installed bundles and finished downloads that neither `state` nor `keep`
         (sha256 digests, e.g. a shadow candidate's) needs."""
         needed = {s.sha256 for s in self.referenced(state)} | keep
-        for path in [*self.bundles.glob("*.efb"), *self.downloads.glob("*.efb")]:
-            if path.stem not in needed:
+        # downloads/ also holds .part files and their .part.meta validators: by digest prefix
+        for path in [*self.bundles.glob("*.efb"), *self.downloads.iterdir()]:
+            if path.is_file() and path.name.partition(".")[0] not in needed:
                 path.unlink(missing_ok=True)

@@ -162,7 +162,7 @@ class Updater:
                         details={"reason": "active_unusable"},
                     )
                 self._serve(loaded, state)
-                self.store.prune(state)
+                self._prune(state)
                 return
             if initial_bundle is not None and initial_bundle.exists():
                 self._install_initial(initial_bundle, state)
@@ -310,6 +310,7 @@ class Updater:
             ),
             headers=headers,
             cancelled=self.cancelled.is_set,
+            sleep=self.cancelled.wait,  # a stop cuts a retry's backoff short
         )
         self.emit("update.downloaded", f"downloaded {ref.model} {ref.version}", bundle=ref)
         candidate = self._verify_and_warm(
@@ -397,6 +398,7 @@ class Updater:
                 for k, v in sample.items()
                 if k == spec.name
             }
+            model.predict(one)  # the first run allocates; it is not what live requests see
             times = []
             for _ in range(self.rules.warmup_runs):
                 start = time.perf_counter()
@@ -461,7 +463,11 @@ class Updater:
             details={"previous": state.active.version if state.active else None},
         )
         if new.probation is None:
-            self.store.prune(new)
+            self._prune(new)
+
+    def _prune(self, state: StoreState) -> None:
+        shadow = self.serving.shadow
+        self.store.prune(state, keep=frozenset({shadow.ref.sha256} if shadow else ()))
 
     def _probation_rules(self) -> ProbationRules:
         r = self.rules
@@ -490,7 +496,7 @@ class Updater:
             self.store.write_state(committed)
             self.serving.end_probation()
             self._restore = None
-            self.store.prune(committed)
+            self._prune(committed)
             self.emit(
                 "update.committed",
                 f"{active.model} {active.version} passed probation: {verdict.detail}"
@@ -526,7 +532,7 @@ class Updater:
         self.store.write_state(restored)
         self.serving.switch(loaded)
         self._restore = None
-        self.store.prune(restored)
+        self._prune(restored)
         self.emit(
             "update.rolled_back",
             (f"rolled back from {failed.model} {failed.version} " if failed else "rolled back ")
