@@ -125,3 +125,35 @@ initial_bundle = "{bundle}"
     done = edgefleet("agent", "check", "--config", str(path))
     assert done.returncode == 1
     assert "is for profile 'x86-64', but device.profile is 'raspberry-pi-4'" in done.stderr
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_config_loads() -> None:
+    config = load_config(ROOT / "examples" / "agent.toml", environ={})
+    assert config.device.profile == "raspberry-pi-4"
+    assert config.mqtt.url.startswith("mqtts://")
+
+
+def test_docs_list_every_key_and_no_other() -> None:
+    from pydantic import BaseModel
+
+    from edge_agent.config import AgentConfig
+
+    keys = set()
+    for section, field in AgentConfig.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= {f"{section}.{name}" for name in annotation.model_fields}
+    doc = (ROOT / "docs" / "agent.md").read_text()
+    table = doc[doc.index("## Configuration") :]
+    documented = set()
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            cell = line.split("|")[1]
+            documented |= {part.strip("` ") for part in cell.split("/") if "." in part}
+            documented |= {p.strip("` ") for p in cell.split(",") if "." in p and "/" not in p}
+    documented = {d for d in documented if d.count(".") == 1 and " " not in d}
+    assert keys - documented == set(), "keys missing from docs/agent.md"
+    assert documented - keys == set(), "docs/agent.md lists keys that do not exist"
