@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from edge_agent.agent import Agent
     from edge_agent.bundle import (
         BundleLimits,
         Manifest,
@@ -22,12 +23,15 @@ if TYPE_CHECKING:
         read_bundle,
         write_bundle,
     )
+    from edge_agent.config import AgentConfig, load_config
     from edge_agent.errors import EdgeAgentError
     from edge_agent.keys import load_trusted_keys
     from edge_agent.model import BundleModel, open_bundle
     from edge_agent.profiles import HardwareProfile, list_profiles, load_profile
 
 __all__ = [
+    "Agent",
+    "AgentConfig",
     "BundleLimits",
     "BundleModel",
     "EdgeAgentError",
@@ -36,6 +40,7 @@ __all__ = [
     "VerifiedBundle",
     "inspect_bundle",
     "list_profiles",
+    "load_config",
     "load_profile",
     "load_trusted_keys",
     "open_bundle",
@@ -44,6 +49,8 @@ __all__ = [
 ]
 
 _WHERE = {
+    "Agent": "edge_agent.agent",
+    "AgentConfig": "edge_agent.config",
     "BundleLimits": "edge_agent.bundle",
     "BundleModel": "edge_agent.model",
     "EdgeAgentError": "edge_agent.errors",
@@ -52,6 +59,7 @@ _WHERE = {
     "VerifiedBundle": "edge_agent.bundle",
     "inspect_bundle": "edge_agent.bundle",
     "list_profiles": "edge_agent.profiles",
+    "load_config": "edge_agent.config",
     "load_profile": "edge_agent.profiles",
     "load_trusted_keys": "edge_agent.keys",
     "open_bundle": "edge_agent.model",

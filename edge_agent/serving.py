@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,9 +27,11 @@ from edge_agent.bundle.reference import ReferenceStats
 from edge_agent.errors import InputError, ModelError, NoModelError
 from edge_agent.model import BundleModel
 from edge_agent.protocol.messages import BundleRef
-from edge_agent.swap.probation import ProbationMonitor
 from edge_agent.telemetry.window import WindowAggregator, prometheus_lines
 from edge_agent.version import agent_version
+
+if TYPE_CHECKING:  # a runtime import would run edge_agent.swap, which imports us
+    from edge_agent.swap.probation import ProbationMonitor
 
 __all__ = ["Loaded", "Serving", "outputs_agree"]
 

@@ -67,6 +67,8 @@ def test_code_never_branches_on_a_profile_name() -> None:
         "edge_agent.errors",
         "edge_agent.cli",
         "edge_agent.telemetry",
+        "edge_agent.swap",
+        "edge_agent.server",
     ],
 )
 def test_public_api_is_exactly_a_sorted_all(module: str) -> None:
