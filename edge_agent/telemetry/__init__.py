@@ -1,5 +1,6 @@
-"""Telemetry on the device: the crash-safe outbox (aggregation and publishing build on it)."""
+"""Telemetry on the device: per-window aggregation, and the crash-safe outbox it spools into."""
 
 from edge_agent.telemetry.outbox import Entry, Outbox
+from edge_agent.telemetry.window import Totals, WindowAggregator, WindowSnapshot, prometheus_lines
 
-__all__ = ["Entry", "Outbox"]
+__all__ = ["Entry", "Outbox", "Totals", "WindowAggregator", "WindowSnapshot", "prometheus_lines"]
