@@ -34,6 +34,12 @@ __all__ = ["FleetLink"]
 
 log = logging.getLogger(__name__)
 
+_HINTS = {
+    "not authorized": " (check mqtt.username and mqtt.password / password_file)",
+    "bad user name or password": " (check mqtt.username and mqtt.password / password_file)",
+    "identifier rejected": " (the broker refuses this client id: check device.id)",
+}
+
 
 class FleetLink:
     """One paho client for one device. `start()` returns at once; connection happens in
@@ -195,7 +201,13 @@ class FleetLink:
 
     def _connected(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.warning("broker %s:%s refused the connection: %s", self._host, self._port, reason)
+            log.error(
+                "broker %s:%s refused the connection: %s%s; retrying",
+                self._host,
+                self._port,
+                reason,
+                _HINTS.get(str(reason).lower(), ""),
+            )
             return
         log.info("connected to %s:%s", self._host, self._port)
         self.connected.set()

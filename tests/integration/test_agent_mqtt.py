@@ -257,3 +257,27 @@ def test_no_telemetry_window_is_lost_across_kill_9_and_a_broker_outage(
     finally:
         fleet.close()
         broker.stop()
+
+
+def test_rejected_credentials_are_named_and_serving_goes_on(
+    mosquitto_auth: Mosquitto, device: Device, agent_process: AgentProcess
+) -> None:
+    socket_path = device.root / "agent.sock"
+    device.write_config(
+        paths={"initial_bundle": str(device.bundle("1.0.0"))},
+        mqtt={**mqtt_section(mosquitto_auth), "password": "wrong"},
+        server={"tcp": False, "unix_socket": str(socket_path)},
+    )
+    agent_process.start()
+    wait_for(
+        lambda: (
+            "refused the connection: Not authorized (check mqtt.username"
+            in agent_process.log.read_text()
+        ),
+        what="the refusal in the log",
+    )
+    wait_for(socket_path.exists, what="the local socket")
+    with LocalClient(unix_socket=socket_path) as local:
+        out = local.predict({"x": np.zeros((1, 4), np.float32)})
+    assert out["y"].shape == (1, 3)
+    assert agent_process.alive()
