@@ -97,6 +97,7 @@ class ShadowStats(BaseModel):
     bundle: BundleRef
     compared: int = Field(ge=0)
     agreed: int = Field(ge=0)
+    latency: LatencyHistogram | None = Field(default=None, description="the shadow model's")
 
 
 class Telemetry(_Msg):
@@ -112,6 +113,12 @@ class Telemetry(_Msg):
     latency: LatencyHistogram
     inputs: dict[str, BinnedCounts] = Field(default_factory=dict)
     outputs: dict[str, BinnedCounts] = Field(default_factory=dict)
+    binned: int | None = Field(
+        default=None,
+        ge=0,
+        description="requests whose tensors are in inputs/outputs; fewer than `requests` "
+        "when the agent sampled under load (compare distributions, not totals)",
+    )
     shadow: ShadowStats | None = None
     dropped: int = Field(default=0, ge=0, description="windows dropped from a full outbox")
 

@@ -155,6 +155,7 @@ class _Window(_Counts):
                 bundle=self.shadow_bundle,
                 compared=self.shadow_bundle_compared,
                 agreed=self.shadow_bundle_agreed,
+                latency=LatencyHistogram(counts=list(self.shadow_latency)),
             )
         return WindowSnapshot(
             start=self.start,
@@ -213,6 +214,7 @@ class WindowSnapshot:
             latency=LatencyHistogram(counts=list(self.latency)),
             inputs=self.inputs,
             outputs=self.outputs,
+            binned=self.binned,
             shadow=self.shadow,
             dropped=dropped,
         )
