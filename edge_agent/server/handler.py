@@ -1,0 +1,318 @@
+"""One connection to the local server: HTTP/1.1 requests in, answers out, until it closes.
+
+The routes are thin: parse the body, call the `PredictService`, encode the
+answer. Every failure becomes a JSON answer through `problems.problem_for`.
+
+Request heads are parsed here rather than by `http.client.parse_headers`,
+which runs the e-mail parser (some 40 us a request, a tenth of the latency
+budget); what it would reject is rejected here too (over-long lines, too many
+fields, folded lines, conflicting lengths).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import numpy as np
+
+from edge_agent.server import codec
+from edge_agent.server.metrics import HttpMetrics
+from edge_agent.server.problems import (
+    BodyTooLargeError,
+    LengthRequiredError,
+    MalformedBodyError,
+    MethodNotAllowedError,
+    NotFoundError,
+    UnsupportedMediaTypeError,
+    problem_for,
+)
+from edge_agent.server.service import PredictService
+
+__all__ = ["Context", "Handler", "UnixHandler"]
+
+logger = logging.getLogger(__name__)
+
+_IDLE_SECONDS = 60.0  # an idle keep-alive connection is closed after this; clients reconnect
+_MAX_LINE = 65536
+_MAX_FIELDS = 100
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+_Reply = tuple[int, str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What every connection of one server shares."""
+
+    service: PredictService
+    max_body_bytes: int
+    metrics: HttpMetrics
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves one TCP connection; the server sets `context` on its subclass."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive
+    server_version = "edgefleet-agent"
+    sys_version = ""
+    disable_nagle_algorithm = True
+    wbufsize = -1  # buffered: status line, fields and a small body leave in one send
+    timeout = _IDLE_SECONDS
+
+    context: Context
+    raw_requestline: bytes
+    fields: dict[str, str]  # the request's header fields, names in lower case
+    _body_read: bool
+    _date: tuple[int, str] = (0, "")
+
+    def setup(self) -> None:
+        super().setup()
+        self.context.metrics.connection(+1)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.context.metrics.connection(-1)
+
+    def _dispatch(self) -> None:
+        start = time.perf_counter()
+        path = self.path.partition("?")[0]
+        methods = _ROUTES.get(path)
+        self._body_read = False
+        headers: Iterable[tuple[str, str]] = ()
+        try:
+            if methods is None:
+                raise NotFoundError(f"no route {path!r}; this server answers {_LISTING}")
+            action = methods.get("GET" if self.command == "HEAD" else self.command)
+            if action is None:
+                allow = [*methods, "HEAD"] if "GET" in methods else list(methods)
+                raise MethodNotAllowedError(
+                    f"{path} does not take {self.command}; use {', '.join(allow)}", allow=allow
+                )
+            status, content_type, body = action(self)
+        except Exception as exc:  # every failure becomes an answer; see problems.py
+            status, content_type, body, headers = self._problem(exc, path)
+        self._reply(status, content_type, body, headers)
+        route = path if methods is not None else "other"  # unknown paths never become labels
+        self.context.metrics.observe(route, status, time.perf_counter() - start)
+
+    # BaseHTTPRequestHandler looks these names up; unknown methods get its 501
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch  # noqa: N815
+
+    def _problem(self, exc: Exception, path: str) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+        found = problem_for(exc)
+        if found is None:
+            logger.exception("local server: %s %s failed", self.command, path)
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            body: dict[str, Any] = {
+                "error": "internal_error",
+                "detail": f"{type(exc).__name__}: {exc} (a bug in the agent; its log has more)",
+            }
+        else:
+            status, body = found
+            logger.debug("local server: %s %s -> %d %s", self.command, path, status, exc)
+        has_body = (
+            self.fields.get("content-length", "0") != "0" or "transfer-encoding" in self.fields
+        )
+        if has_body and not self._body_read:
+            self.close_connection = True  # the unread body would be taken for the next request
+        headers = []
+        if isinstance(exc, MethodNotAllowedError):
+            headers.append(("Allow", ", ".join(exc.allow)))
+        return int(status), codec.JSON, json.dumps(body).encode(), headers
+
+    def _reply(
+        self, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        elif self.request_version == "HTTP/1.0":
+            self.send_header("Connection", "keep-alive")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytearray:
+        if "transfer-encoding" in self.fields:
+            raise LengthRequiredError(
+                "chunked request bodies are not accepted; send a Content-Length"
+            )
+        raw = self.fields.get("content-length")
+        if raw is None:
+            raise LengthRequiredError("a POST needs a Content-Length header")
+        length, limit = int(raw), self.context.max_body_bytes  # checked by parse_request
+        if length > limit:
+            raise BodyTooLargeError(
+                f"the body is {length} bytes; this server takes at most {limit} "
+                "(send smaller batches)"
+            )
+        # a bytearray, so the arrays read from it are writable views, not copies
+        body = bytearray(length)
+        view, got = memoryview(body), 0
+        while got < length and (n := self.rfile.readinto(view[got:])):
+            got += n
+        self._body_read = True
+        if got != length:
+            self.close_connection = True
+            raise MalformedBodyError(f"the body ended after {got} of {length} bytes")
+        return body
+
+    # -- routes: parse, call the service, answer --------------------------------------------
+
+    def _predict(self) -> _Reply:
+        service = self.context.service
+        kind = codec.media_type(self.fields.get("content-type"))
+        if kind not in codec.READABLE:
+            raise UnsupportedMediaTypeError(
+                f"Content-Type {kind or '(none)'!r} is not accepted; "
+                f"send one of {', '.join(codec.READABLE)}"
+            )
+        body = self._read_body()
+        inputs: dict[str, np.ndarray]
+        if kind == codec.NPZ:
+            inputs = codec.decode_npz(body, max_bytes=self.context.max_body_bytes)
+        elif kind == codec.JSON:
+            inputs = codec.decode_json(body, service.input_specs())
+        else:
+            inputs = codec.decode_npy(body, [s.name for s in service.input_specs()])
+        outputs = service.predict(inputs)
+        if codec.reply_type(kind, self.fields.get("accept")) == codec.NPZ:
+            return HTTPStatus.OK, codec.NPZ, codec.encode_npz(outputs)
+        info = service.model_info()
+        model = {"name": info.get("name"), "version": info.get("version")}
+        return HTTPStatus.OK, codec.JSON, codec.encode_json(outputs, model)
+
+    def _health(self) -> _Reply:
+        ready, body = self.context.service.health()
+        status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
+        return status, codec.JSON, json.dumps(body).encode()
+
+    def _model(self) -> _Reply:
+        return HTTPStatus.OK, codec.JSON, json.dumps(self.context.service.model_info()).encode()
+
+    def _metrics(self) -> _Reply:
+        agent = self.context.service.metrics()
+        if agent and not agent.endswith("\n"):
+            agent += "\n"
+        return HTTPStatus.OK, _PROMETHEUS, (agent + self.context.metrics.render()).encode()
+
+    # -- BaseHTTPRequestHandler's own parts, made leaner or quieter --------------------------
+
+    def parse_request(self) -> bool:
+        """Parse the request line and header fields; answer 4xx/5xx and return False if bad."""
+        self.command = ""  # until the request line is known good
+        self.request_version = self.protocol_version  # so that errors have a status line
+        self.fields = {}
+        self.close_connection = True
+        self.requestline = line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = line.split()
+        if not words:
+            return False
+        if len(words) != 3 or not words[2].startswith("HTTP/"):
+            self.send_error(HTTPStatus.BAD_REQUEST, f"bad request line {line[:200]!r}")
+            return False
+        command, path, version = words
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            self.send_error(
+                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"{version[:20]!r}: speak HTTP/1.1"
+            )
+            return False
+        self.command, self.path, self.request_version = command, path, version
+        fields = self.fields
+        for _ in range(_MAX_FIELDS + 1):
+            raw = self.rfile.readline(_MAX_LINE + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            if len(raw) > _MAX_LINE:
+                self.send_error(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "a header line is too long"
+                )
+                return False
+            name, colon, value = str(raw, "iso-8859-1").partition(":")
+            name = name.lower()
+            if not colon or not name or name != name.strip():  # no folding, no space before ":"
+                self.send_error(HTTPStatus.BAD_REQUEST, f"malformed header line {raw[:100]!r}")
+                return False
+            value = value.strip()
+            if name in fields:
+                if name == "content-length" and value != fields[name]:
+                    self.send_error(HTTPStatus.BAD_REQUEST, "conflicting Content-Length fields")
+                    return False
+                value = f"{fields[name]}, {value}" if name != "content-length" else value
+            fields[name] = value
+        else:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too many header fields")
+            return False
+        length = fields.get("content-length")
+        if length is not None and not (length.isascii() and length.isdigit()):
+            self.send_error(
+                HTTPStatus.BAD_REQUEST, f"Content-Length {length[:40]!r} is not a number"
+            )
+            return False
+        connection = fields.get("connection", "").lower()
+        if version == "HTTP/1.1":
+            self.close_connection = "close" in connection
+        else:
+            self.close_connection = "keep-alive" not in connection
+        if fields.get("expect", "").lower() == "100-continue" and version == "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
+
+    def handle_expect_100(self) -> bool:
+        """Tell a client waiting on ``Expect: 100-continue`` to send its body, now."""
+        super().handle_expect_100()
+        self.wfile.flush()  # the writer is buffered
+        return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Malformed requests and unknown methods: a JSON answer, then close."""
+        self.close_connection = True
+        if not hasattr(self, "fields"):
+            self.fields = {}
+        status = HTTPStatus(code)
+        body = {"error": status.phrase.lower().replace(" ", "_"), "detail": message or explain}
+        self._reply(code, codec.JSON, json.dumps(body).encode())
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date field, formatted once a second rather than on every answer."""
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, super().date_time_string(now))
+        return self._date[1]
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("local server: %s %s -> %s", self.command, self.path, code)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("local server: " + format, *args)
+
+
+class UnixHandler(Handler):
+    """Serves one Unix-socket connection."""
+
+    disable_nagle_algorithm = False  # TCP_NODELAY does not exist on a Unix socket
+
+
+_ROUTES: dict[str, dict[str, Callable[[Handler], _Reply]]] = {
+    "/v1/predict": {"POST": Handler._predict},
+    "/v1/health": {"GET": Handler._health},
+    "/v1/model": {"GET": Handler._model},
+    "/metrics": {"GET": Handler._metrics},
+}
+_LISTING = ", ".join(f"{m} {path}" for path, methods in _ROUTES.items() for m in methods)
