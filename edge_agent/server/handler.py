@@ -297,7 +297,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("local server: %s %s -> %s", self.command, self.path, code)
+            logger.debug("local server: %r -> %s", self.requestline, code)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("local server: " + format, *args)

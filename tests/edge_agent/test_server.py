@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import logging
 import os
 import re
 import socket
@@ -452,13 +453,15 @@ def test_pickled_arrays_are_never_loaded(server: LocalServer) -> None:
     ids=["bad-length", "two-lengths", "chunked", "no-colon", "folded", "0.9", "2.0", "brew"],
 )
 def test_malformed_requests_get_a_json_error_and_the_connection_closes(
-    server: LocalServer, head: bytes, status: int
+    server: LocalServer, head: bytes, status: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge_agent.server")
     answer = exchange(server, head)  # returns only once the server has closed
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line.startswith(b"HTTP/1.1 %d " % status)
     assert b"\r\nConnection: close\r\n" in rest
     assert error_of(rest.partition(b"\r\n\r\n")[2])["detail"]
+    assert any(f"-> {status}" in r.getMessage() for r in caplog.records)
 
 
 def test_a_post_without_content_length_is_a_411_and_the_connection_stays(
@@ -575,8 +578,12 @@ def parse_metrics(text: str) -> dict[str, float]:
 
 
 def test_metrics_are_prometheus_text_and_count_requests(
-    server: LocalServer, client: LocalClient
+    server: LocalServer,
+    client: LocalClient,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="edge_agent.server")
     for _ in range(3):
         client.predict({"x": X})
     with pytest.raises(LocalServerError):
@@ -601,6 +608,9 @@ def test_metrics_are_prometheus_text_and_count_requests(
     assert 0 < samples[series.format("sum")] < 60
     again = parse_metrics(client.metrics())
     assert again['edgefleet_http_requests_total{route="/metrics",code="200"}'] == 1
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "local server: 'GET /nowhere HTTP/1.1' -> 404" in logged
+    assert capfd.readouterr().err == ""  # BaseHTTPRequestHandler's per-request stderr line
 
 
 def test_the_unix_socket_serves_with_mode_0660_and_is_removed_on_stop(
