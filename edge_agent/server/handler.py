@@ -11,8 +11,10 @@ fields, folded lines, conflicting lengths).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ __all__ = ["Context", "Handler", "UnixHandler"]
 logger = logging.getLogger(__name__)
 
 _IDLE_SECONDS = 60.0  # an idle keep-alive connection is closed after this; clients reconnect
+_LINGER_SECONDS = 2.0  # how long an unread body is drained before closing (see _drain)
 _MAX_LINE = 65536
 _MAX_FIELDS = 100
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -74,13 +77,32 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self._linger = False
         self.context.metrics.connection(+1)
 
     def finish(self) -> None:
         try:
-            super().finish()
+            super().finish()  # flushes the last answer
+            if self._linger:
+                self._drain()
         finally:
             self.context.metrics.connection(-1)
+
+    def _drain(self) -> None:
+        """Close after an answer sent before the request's body was read, without losing it.
+
+        A client writes its whole body before it reads the answer: closing at once
+        would reset the connection under it and it would never see the 413 or 400.
+        So stop sending, and read and drop what still comes, for a little while.
+        """
+        sock = self.connection
+        deadline = time.monotonic() + _LINGER_SECONDS
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(1 << 16):
+                    break
 
     def _dispatch(self) -> None:
         start = time.perf_counter()
@@ -124,6 +146,7 @@ class Handler(BaseHTTPRequestHandler):
         )
         if has_body and not self._body_read:
             self.close_connection = True  # the unread body would be taken for the next request
+            self._linger = True
         headers = []
         if isinstance(exc, MethodNotAllowedError):
             headers.append(("Allow", ", ".join(exc.allow)))
@@ -279,7 +302,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests and unknown methods: a JSON answer, then close."""
-        self.close_connection = True
+        self.close_connection = self._linger = True
         if not hasattr(self, "fields"):
             self.fields = {}
         status = HTTPStatus(code)

@@ -379,6 +379,21 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(model: BundleModel) ->
         assert (status, error_of(body)["error"]) == (413, "body_too_large")
 
 
+@pytest.mark.parametrize("rows", [100, 400_000], ids=["small", "beyond-socket-buffers"])
+def test_the_client_sees_the_413_however_much_it_sends(
+    model: BundleModel, tmp_path: Path, rows: int
+) -> None:
+    path = tmp_path / "agent.sock"
+    with LocalServer(ModelService(model), port=0, unix_socket=path, max_body_bytes=1000) as server:
+        assert server.url is not None
+        for client in (LocalClient(server.url), LocalClient(unix_socket=path)):
+            with client:
+                with pytest.raises(LocalServerError) as raised:
+                    client.predict({"x": np.ones((rows, 4), np.float32)})
+                assert (raised.value.status, raised.value.error) == (413, "body_too_large")
+                assert client.predict({"x": X})["y"].shape == (5, 3)  # on a new connection
+
+
 def test_an_unknown_content_type_is_a_415_naming_the_accepted_ones(server: LocalServer) -> None:
     status, _, body = request(server, "POST", "/v1/predict", b"1,2", {"Content-Type": "text/csv"})
     assert status == 415
