@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -64,7 +64,6 @@ class Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive
     server_version = "edgefleet-agent"
-    sys_version = ""
     disable_nagle_algorithm = True
     wbufsize = -1  # buffered: status line, fields and a small body leave in one send
     timeout = _IDLE_SECONDS
@@ -214,8 +213,7 @@ class Handler(BaseHTTPRequestHandler):
         outputs = service.predict(inputs)
         if codec.reply_type(kind, self.fields.get("accept")) == codec.NPZ:
             return HTTPStatus.OK, codec.NPZ, codec.encode_npz(outputs)
-        info = service.model_info()
-        model = {"name": info.get("name"), "version": info.get("version")}
+        model = _model_of(service.model_info())
         return HTTPStatus.OK, codec.JSON, codec.encode_json(outputs, model)
 
     def _health(self) -> _Reply:
@@ -309,6 +307,10 @@ class Handler(BaseHTTPRequestHandler):
         body = {"error": status.phrase.lower().replace(" ", "_"), "detail": message or explain}
         self._reply(code, codec.JSON, json.dumps(body).encode())
 
+    def version_string(self) -> str:
+        """The Server field: no Python version for every local process to read."""
+        return self.server_version
+
     def date_time_string(self, timestamp: float | None = None) -> str:
         """The Date field, formatted once a second rather than on every answer."""
         if timestamp is not None:
@@ -324,6 +326,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("local server: " + format, *args)
+
+
+def _model_of(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The name and version of the active model, from `PredictService.model_info`."""
+    if "name" in info:
+        return {"name": info["name"], "version": info.get("version")}
+    ref = info.get("bundle")  # an `edge_agent.protocol.BundleRef`, as the agent's Serving gives
+    if isinstance(ref, Mapping):
+        return {"name": ref.get("model"), "version": ref.get("version")}
+    return {"name": None, "version": None}
 
 
 class UnixHandler(Handler):

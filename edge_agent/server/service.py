@@ -40,9 +40,11 @@ class PredictService(Protocol):
         ...
 
     def model_info(self) -> dict[str, Any]:
-        """The active model's description, JSON-able, with at least ``name`` and ``version``.
+        """The active model's description, JSON-able; `GET /v1/model` answers with it.
 
-        Raises `NoModelError` when no model is active.
+        It names the model, for JSON predict answers: ``name`` and ``version`` at
+        the top level, or a ``bundle`` that is an `edge_agent.protocol.BundleRef`
+        (``model``, ``version``). Raises `NoModelError` when no model is active.
         """
         ...
 

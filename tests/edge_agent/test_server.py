@@ -167,6 +167,7 @@ def test_json_npz_and_npy_answers_equal_in_process_predict(
         {"Content-Type": "application/json"},
     )
     assert (status, fields["content-type"]) == (200, "application/json")
+    assert fields["server"] == "edgefleet-agent"
     answer = json.loads(body)
     assert answer["model"] == {"name": "tiny", "version": "1.0.0"}
     np.testing.assert_array_equal(np.asarray(answer["outputs"]["y"], dtype=np.float32), want)
@@ -326,6 +327,28 @@ def test_no_model_is_a_503_on_predict_model_and_health(tmp_path: Path) -> None:
         )
         assert (status, error_of(body)["error"]) == (503, "no_model")
         assert "no model is active yet" in error_of(body)["detail"]
+
+
+class AgentLikeService(ModelService):
+    """Describes its model as the agent's Serving does: a BundleRef under "bundle"."""
+
+    def model_info(self) -> dict[str, Any]:
+        model = self._active()
+        ref = {"model": model.manifest.model.name, "version": model.manifest.model.version}
+        return {"bundle": {**ref, "profile": "x86-64-test", "sha256": "0" * 64}}
+
+
+def test_json_answers_name_the_model_from_a_bundle_ref_too(model: BundleModel) -> None:
+    with LocalServer(AgentLikeService(model), port=0) as server:
+        status, _, body = request(
+            server,
+            "POST",
+            "/v1/predict",
+            json.dumps({"inputs": {"x": X.tolist()}}).encode(),
+            {"Content-Type": "application/json"},
+        )
+    assert status == 200
+    assert json.loads(body)["model"] == {"name": "tiny", "version": "1.0.0"}
 
 
 class FailingService(ModelService):
