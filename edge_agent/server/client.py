@@ -6,11 +6,15 @@
 It keeps one connection open (keep-alive) and reconnects once when the server
 has closed it (an idle timeout, an agent restart). Arrays travel as `.npz` both
 ways, so dtypes and shapes arrive exactly.
+
+It speaks just the HTTP/1.1 the local server does (every answer has a
+Content-Length) over a plain socket: `http.client` costs about 0.2 ms a round
+trip here (its e-mail header parser, a reader per response, two writes per
+request), which is half the local server's latency budget.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -29,7 +33,8 @@ from edge_agent.server.problems import RequestError
 
 __all__ = ["LocalClient", "LocalServerError"]
 
-_RETRYABLE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_MAX_LINE = 65536
+_ONE_WRITE = 1 << 16  # bodies up to this size leave with the request head, in one write
 
 
 class LocalServerError(EdgeAgentError):
@@ -55,34 +60,57 @@ class LocalServerError(EdgeAgentError):
         self.input = input
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+class _ClosedError(ConnectionError):
+    """The server closed the connection before answering."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self._path))
-        except BaseException:
-            sock.close()
-            raise
+
+class _BrokenAnswerError(Exception):
+    """Bytes from the server that are not an HTTP/1.1 answer with a Content-Length."""
+
+
+class _Connection:
+    """One kept-alive connection: a request out in one write, its answer read by length."""
+
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.reader = sock.makefile("rb")
 
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
 
-def _read(response: http.client.HTTPResponse) -> bytearray:
-    """The whole body, into a bytearray: arrays read from it are writable views."""
-    if response.length is None:
-        return bytearray(response.read())
-    data = bytearray(response.length)
-    view, got = memoryview(data), 0
-    while got < len(data):
-        n = response.readinto(view[got:])
-        if not n:
-            raise http.client.IncompleteRead(bytes(view[:got]), len(data) - got)
-        got += n
-    return data
+    def exchange(self, head: bytes, body: bytes | None) -> tuple[int, bool, bytearray]:
+        """Send a request; return the answer's status, whether the server closes, its body."""
+        if body is not None and len(body) <= _ONE_WRITE:
+            self.sock.sendall(head + body)
+        else:
+            self.sock.sendall(head)
+            if body is not None:
+                self.sock.sendall(body)
+        line = self.reader.readline(_MAX_LINE + 1)
+        if not line:
+            raise _ClosedError("closed without an answer")
+        version, _, rest = line.partition(b" ")
+        if not version.startswith(b"HTTP/1.") or not rest[:3].isdigit():
+            raise _BrokenAnswerError(f"status line {line[:100]!r}")
+        fields: dict[bytes, bytes] = {}
+        while (raw := self.reader.readline(_MAX_LINE + 1)) not in (b"\r\n", b"\n"):
+            name, colon, value = raw.partition(b":")
+            if not colon:
+                raise _BrokenAnswerError(f"header line {raw[:100]!r}")
+            fields[name.strip().lower()] = value.strip()
+        length = fields.get(b"content-length", b"")
+        if not length.isdigit():
+            raise _BrokenAnswerError(f"Content-Length {length[:40]!r}")
+        # a bytearray, so the arrays read from it are writable views, not copies
+        data = bytearray(int(length))
+        view, got = memoryview(data), 0
+        while got < len(data):
+            n = self.reader.readinto(view[got:])
+            if not n:
+                raise _BrokenAnswerError(f"the body ended after {got} of {len(data)} bytes")
+            got += n
+        return int(rest[:3]), b"close" in fields.get(b"connection", b"").lower(), data
 
 
 class LocalClient:
@@ -105,20 +133,22 @@ class LocalClient:
             parts = urlsplit(url)
             if parts.scheme != "http" or not parts.hostname:
                 raise ValueError(f"{url!r} is not an http://host:port URL")
-            self._host, self._port = parts.hostname, parts.port
+            self._address = (parts.hostname, parts.port or 80)
             self._where = url
+            host = parts.netloc
         else:
             self._where = f"unix:{unix_socket}"
-        self._conn: http.client.HTTPConnection | None = None
+            host = "localhost"
+        self._host = f"\r\nHost: {host}".encode()
+        self._conn: _Connection | None = None
         self._lock = threading.Lock()
 
     def predict(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the active model on `inputs` (keyed by input name); outputs keyed by name."""
         data = self._call(
-            "POST",
-            "/v1/predict",
+            b"POST /v1/predict",
             codec.encode_npz(inputs),
-            {"Content-Type": codec.NPZ, "Accept": codec.NPZ},
+            b"\r\nContent-Type: application/x-npz\r\nAccept: application/x-npz",
         )
         try:
             return codec.decode_npz(data, max_bytes=None)
@@ -129,7 +159,7 @@ class LocalClient:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the agent is ready to serve, and its health body."""
-        status, data = self._request("GET", "/v1/health", None, {})
+        status, data = self._request(b"GET /v1/health", None, b"")
         if status not in (200, 503):
             self._raise(status, data)
         body: dict[str, Any] = json.loads(data)
@@ -137,12 +167,12 @@ class LocalClient:
 
     def model(self) -> dict[str, Any]:
         """The active model's description; `LocalServerError` (503) when there is none."""
-        info: dict[str, Any] = json.loads(self._call("GET", "/v1/model", None, {}))
+        info: dict[str, Any] = json.loads(self._call(b"GET /v1/model", None, b""))
         return info
 
     def metrics(self) -> str:
         """The agent's and the server's metrics, as Prometheus text."""
-        return self._call("GET", "/metrics", None, {}).decode()
+        return self._call(b"GET /metrics", None, b"").decode()
 
     def close(self) -> None:
         """Close the connection (the next request opens a new one)."""
@@ -160,26 +190,24 @@ class LocalClient:
     ) -> None:
         self.close()
 
-    def _call(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> bytearray:
-        status, data = self._request(method, path, body, headers)
+    def _call(self, request: bytes, body: bytes | None, fields: bytes) -> bytearray:
+        status, data = self._request(request, body, fields)
         if status != 200:
             self._raise(status, data)
         return data
 
-    def _request(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
-    ) -> tuple[int, bytearray]:
+    def _request(self, request: bytes, body: bytes | None, fields: bytes) -> tuple[int, bytearray]:
+        head = request + b" HTTP/1.1" + self._host + fields
+        if body is not None:
+            head += b"\r\nContent-Length: %d" % len(body)
+        head += b"\r\n\r\n"
         with self._lock:
             for attempt in range(2):
                 reused = self._conn is not None
-                conn = self._connection()
                 try:
-                    conn.request(method, path, body=body, headers=headers)
-                    response = conn.getresponse()
-                    data = _read(response)
-                except _RETRYABLE as exc:
+                    conn = self._connection()
+                    status, closing, data = conn.exchange(head, body)
+                except (_ClosedError, ConnectionResetError, BrokenPipeError) as exc:
                     self._drop()
                     if reused and attempt == 0:
                         continue  # the server closed a kept-alive connection: once more, anew
@@ -201,25 +229,31 @@ class LocalClient:
                         "(is the agent running?)",
                         status=None,
                     ) from exc
-                except http.client.HTTPException as exc:
+                except _BrokenAnswerError as exc:
                     self._drop()
                     raise LocalServerError(
-                        f"the local server at {self._where} sent a broken answer: {exc!r}",
+                        f"the local server at {self._where} sent a broken answer: {exc}",
                         status=None,
                     ) from exc
-                if response.will_close:
+                if closing:
                     self._drop()
-                return response.status, data
+                return status, data
         raise AssertionError("unreachable")
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> _Connection:
         if self._conn is None:
             if self._unix is not None:
-                self._conn = _UnixConnection(self._unix, self._timeout)
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(self._timeout)
+                    sock.connect(str(self._unix))
+                except BaseException:
+                    sock.close()
+                    raise
             else:
-                self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self._timeout
-                )
+                sock = socket.create_connection(self._address, timeout=self._timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn = _Connection(sock)
         return self._conn
 
     def _drop(self) -> None:

@@ -710,6 +710,35 @@ def test_the_client_reconnects_once_when_the_server_closed_the_connection(
             )
 
 
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"", "closed the connection"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "sent a broken answer: status line"),
+        (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhello", "Content-Length"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", "ended after 5 of 10"),
+    ],
+    ids=["closes", "not-http", "no-length", "short"],
+)
+def test_the_client_names_a_peer_that_is_not_the_local_server(answer: bytes, message: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def answer_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        peer = threading.Thread(target=answer_once)
+        peer.start()
+        client = LocalClient(f"http://127.0.0.1:{port}", timeout=10)
+        with client, pytest.raises(LocalServerError, match=message) as raised:
+            client.health()
+        peer.join()
+    assert raised.value.status is None
+
+
 def test_stop_ends_idle_kept_alive_connections(server: LocalServer) -> None:
     assert server.address is not None
     with socket.create_connection(server.address, timeout=10) as sock:
