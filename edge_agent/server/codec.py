@@ -75,7 +75,7 @@ def decode_json(body: bytes | bytearray, specs: Sequence[TensorSpec]) -> dict[st
     """Inputs from ``{"inputs": {name: nested list}}``, each converted to its spec's dtype.
 
     A value that cannot be converted exactly is an `InputError` naming the input
-    (a float for an integer input, a string for a number, a ragged list).
+    (a fraction for an integer input, a string for a number, a ragged list).
     """
     try:
         document = json.loads(body)
@@ -83,6 +83,8 @@ def decode_json(body: bytes | bytearray, specs: Sequence[TensorSpec]) -> dict[st
         raise MalformedBodyError(
             f"the body is not valid JSON ({exc}); send {_JSON_SHAPE}"
         ) from None
+    except RecursionError:
+        raise MalformedBodyError("the JSON body is nested too deeply") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), dict):
         raise MalformedBodyError(f"the JSON body must be {_JSON_SHAPE}")
     unknown = sorted(set(document) - {"inputs"})

@@ -22,12 +22,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NPY_MAGIC", "ZIP_MAGICS", "UnpackedTooLargeError", "read_npy", "read_npz", "write_npz"]
+__all__ = [
+    "NPY_MAGIC",
+    "ZIP_MAGICS",
+    "Bytes",
+    "UnpackedTooLargeError",
+    "read_npy",
+    "read_npz",
+    "write_npz",
+]
 
 NPY_MAGIC = b"\x93NUMPY"
-ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP = b"PK\x05\x06"  # an archive of no member is only its end record
-ZIP_MAGICS = (ZIP_MAGIC, _EMPTY_ZIP)  # how an .npz can begin
+ZIP_MAGICS = (_ZIP_MAGIC, _EMPTY_ZIP)  # how an .npz can begin
 
 _HEADER = re.compile(
     r"\{'descr': '([^']+)', 'fortran_order': (False|True), 'shape': \(([\d, ]*)\), \} *\n"
@@ -109,7 +117,7 @@ def read_npz(data: Bytes, *, max_unpacked: int | None = None) -> dict[str, np.nd
         return _read_npz_with_numpy(view, max_unpacked)  # zip64
     arrays: dict[str, np.ndarray] = {}
     position = 0
-    while view[position : position + 4] == ZIP_MAGIC:
+    while view[position : position + 4] == _ZIP_MAGIC:
         (_, _, flags, method, _, _, crc, csize, usize, name_len, extra_len) = _LOCAL.unpack_from(
             view, position
         )
@@ -187,7 +195,7 @@ def write_npz(arrays: Mapping[str, np.ndarray]) -> bytes:
         name = f"{key}.npy".encode()
         flags = 0 if name.isascii() else _FLAG_UTF8
         local = _LOCAL.pack(
-            ZIP_MAGIC, 20, flags, 0, 0, _DOS_DATE_1980, crc, size, size, len(name), 0
+            _ZIP_MAGIC, 20, flags, 0, 0, _DOS_DATE_1980, crc, size, size, len(name), 0
         )
         parts += [local, name, header, data]
         fields = (crc, size, size, len(name), 0, 0, 0, 0, 0o100644 << 16, offset)

@@ -447,12 +447,22 @@ def test_a_wrong_method_is_a_405_with_allow(server: LocalServer) -> None:
         ("application/json", b'{"inputs": {"x": [[1, 2', "the body is not valid JSON"),
         ("application/json", b'{"x": [[1, 2, 3, 4]]}', 'must be {"inputs"'),
         ("application/json", b'{"inputs": {}, "batch": 1}', "unknown field(s) 'batch'"),
+        ("application/json", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
         ("application/x-npz", b"not a zip", "not an .npz archive"),
         ("application/x-npz", npz(x=X)[:-30], "cannot be read"),
         ("application/x-npy", b"\x93NUMPY\x01\x00garbage", "cannot be read"),
         ("application/x-npy", b"1,2,3,4", "not an .npy array"),
     ],
-    ids=["json-syntax", "json-shape", "json-field", "npz-magic", "npz-cut", "npy-header", "npy"],
+    ids=[
+        "json-syntax",
+        "json-shape",
+        "json-field",
+        "json-deep",
+        "npz-magic",
+        "npz-cut",
+        "npy-header",
+        "npy",
+    ],
 )
 def test_malformed_bodies_are_a_400_saying_what_is_wrong(
     server: LocalServer, content_type: str, body: bytes, detail: str
