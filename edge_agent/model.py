@@ -76,6 +76,60 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
     return arrays
 
 
+class _Signature:
+    """`check_inputs` compiled once per model: the common case (right names, dtypes and
+    shapes) costs a few attribute reads; anything else goes to `check_inputs` for its
+    message."""
+
+    __slots__ = ("_checks", "_count", "_specs", "_symbolic")
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self._specs = list(specs)
+        self._count = len(self._specs)
+        self._checks = [
+            (
+                s.name,
+                np.dtype(s.dtype),
+                len(s.shape),
+                tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int)),
+            )
+            for s in self._specs
+        ]
+        # symbolic dims shared between inputs (a batch size) must agree
+        seen: dict[str, int] = {}
+        shared: list[tuple[int, int, int, int]] = []
+        for index, s in enumerate(self._specs):
+            for axis, d in enumerate(s.shape):
+                if isinstance(d, str):
+                    if d in seen:
+                        shared.append((seen[d] >> 8, seen[d] & 0xFF, index, axis))
+                    else:
+                        seen[d] = index << 8 | axis
+        self._symbolic = shared
+
+    def check(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if len(inputs) != self._count:
+            return check_inputs(self._specs, inputs)
+        arrays: dict[str, np.ndarray] = {}
+        for name, dtype, ndim, fixed in self._checks:
+            array = inputs.get(name)
+            if type(array) is not np.ndarray:
+                return check_inputs(self._specs, inputs)
+            if array.dtype != dtype or array.ndim != ndim:
+                return check_inputs(self._specs, inputs)
+            shape = array.shape
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    return check_inputs(self._specs, inputs)
+            arrays[name] = array
+        if self._symbolic:
+            values = list(arrays.values())
+            for i, a, j, b in self._symbolic:
+                if values[i].shape[a] != values[j].shape[b]:
+                    return check_inputs(self._specs, inputs)
+        return arrays
+
+
 @dataclass(frozen=True, slots=True)
 class _Binding:
     """How one caller-facing tensor maps onto the runtime's, worked out once per model."""
@@ -134,6 +188,7 @@ class BundleModel:
         m = bundle.manifest
         self._in = [_Binding.of(spec) for spec in m.inputs]
         self._out = [_Binding.of(spec) for spec in m.outputs]
+        self._signature = _Signature(m.inputs)
 
     @property
     def manifest(self) -> Manifest:
@@ -161,7 +216,7 @@ class BundleModel:
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model. Inputs are checked against the signature first (`InputError`)."""
-        arrays = check_inputs(self.manifest.inputs, inputs)
+        arrays = self._signature.check(inputs)
         raw = self._backend.run({b.runtime_name: b.to_runtime(arrays[b.name]) for b in self._in})
         return {b.name: b.from_runtime(raw[b.runtime_name]) for b in self._out}
 

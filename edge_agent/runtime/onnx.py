@@ -67,5 +67,5 @@ class OnnxRuntimeBackend:
         return list(self._session.get_providers())
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self._session.run(self._outputs, dict(feeds))
+        results = self._session.run(self._outputs, feeds if type(feeds) is dict else dict(feeds))
         return dict(zip(self._outputs, results, strict=True))

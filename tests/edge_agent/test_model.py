@@ -129,3 +129,43 @@ def test_runtime_layout_and_quantization_round_trip() -> None:
     back = binding.from_runtime(runtime)
     assert back.shape == x.shape
     np.testing.assert_allclose(back[0, 0, :, :], [[0.0, 0.5], [-1.0, 12.4]], atol=1e-6)
+
+
+def test_the_compiled_signature_check_agrees_with_check_inputs() -> None:
+    """The fast path in predict must accept and refuse exactly what check_inputs does."""
+    from edge_agent.bundle import TensorSpec
+    from edge_agent.errors import InputError
+    from edge_agent.model import _Signature, check_inputs
+
+    specs = [
+        TensorSpec(name="a", dtype="float32", shape=["batch", 3]),
+        TensorSpec(name="b", dtype="int64", shape=["batch", 2, "t"]),
+    ]
+    compiled = _Signature(specs)
+    rng = np.random.default_rng(0)
+    cases = []
+    for _ in range(300):
+        batch_a, batch_b = rng.integers(1, 3, size=2)
+        a = np.zeros((batch_a, int(rng.choice([3, 4]))), dtype=rng.choice(["float32", "float64"]))
+        b = np.zeros((batch_b, 2, int(rng.integers(1, 4))), dtype=rng.choice(["int64", "int32"]))
+        case: dict[str, object] = {"a": a, "b": b}
+        if rng.random() < 0.1:
+            case.pop("b")
+        if rng.random() < 0.1:
+            case["c"] = a
+        if rng.random() < 0.1:
+            case["a"] = a.tolist()
+        cases.append(case)
+    outcomes = set()
+    for case in cases:
+        try:
+            want: object = sorted(check_inputs(specs, case))
+        except InputError as exc:
+            want = str(exc)
+        try:
+            got: object = sorted(compiled.check(case))
+        except InputError as exc:
+            got = str(exc)
+        assert got == want
+        outcomes.add(isinstance(want, list))
+    assert outcomes == {True, False}  # both accepted and refused cases were tried
