@@ -1,0 +1,100 @@
+"""The fleet server's FastAPI application: `create_app(settings)`.
+
+Routes live with their component (``devices/``, ``bundles/``, ``rollouts/``,
+``drift/``, ``auth/``), each thin over a service module that knows nothing of
+FastAPI. Domain errors become HTTP here, in one table: `FleetError.status` and
+``{"error": code, "detail": message, "field": name}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from fleet_server.auth import Role, ensure_api_token
+from fleet_server.auth.routes import router as auth_router
+from fleet_server.bundles.routes import router as bundles_router
+from fleet_server.context import Fleet, Publisher
+from fleet_server.db import Database
+from fleet_server.devices.routes import router as devices_router
+from fleet_server.errors import FleetError
+from fleet_server.rollouts.routes import router as rollouts_router
+from fleet_server.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+API = "/api/v1"
+
+
+def _error(exc: FleetError) -> JSONResponse:
+    body: dict[str, Any] = {"error": exc.code, "detail": str(exc)}
+    if exc.field:
+        body["field"] = exc.field
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+def _validation(exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    detail = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    body: dict[str, Any] = {"error": "invalid_input", "detail": detail}
+    if field:
+        body["field"] = field
+    return JSONResponse(body, status_code=422)
+
+
+def create_app(settings: Settings, *, publisher: Publisher | None = None) -> FastAPI:
+    """Build the app. The database is migrated, and background work started, on startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url)
+        db.migrate()
+        if settings.admin_token:
+            with db.session() as session:
+                ensure_api_token(
+                    session, name="admin", role=Role.ADMIN, secret=settings.admin_token
+                )
+        fleet = Fleet(settings=settings, db=db, publisher=publisher)
+        app.state.fleet = fleet
+        try:
+            yield
+        finally:
+            fleet.stopping.set()
+            for component in reversed(fleet.background):
+                component.stop()
+            db.dispose()
+
+    app = FastAPI(
+        title="edgefleet fleet server",
+        version="1",
+        lifespan=lifespan,
+        openapi_url=f"{API}/openapi.json",
+        docs_url=f"{API}/docs",
+    )
+
+    @app.exception_handler(FleetError)
+    async def fleet_error(request: Request, exc: FleetError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _validation(exc)
+
+    @app.get(f"{API}/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for router in (auth_router, devices_router, bundles_router, rollouts_router):
+        app.include_router(router, prefix=API)
+    return app

@@ -1,0 +1,44 @@
+"""The fleet server's settings, built once in `main()` (or a test) and handed to `create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the server keeps its data, which database and broker it uses, whom it trusts.
+
+    `db_url` defaults to a SQLite file in `data_dir`; `mqtt_url` empty means the
+    embedded broker on `embedded_mqtt_port`. `trusted_keys` are the public keys
+    bundles must be signed with. `admin_token`, when set, is ensured as an admin
+    API token at start (first boot, tests); otherwise `edgefleet fleet token create`
+    makes one.
+    """
+
+    data_dir: Path
+    db_url: str = ""
+    mqtt_url: str = ""
+    mqtt_username: str | None = "fleet"
+    mqtt_password: str | None = None
+    embedded_mqtt_port: int = 1883
+    public_url: str = "http://127.0.0.1:8080"
+    trusted_keys: tuple[Path, ...] = ()
+    admin_token: str | None = None
+    max_bundle_bytes: int = 1024 * 1024 * 1024
+    download_url_ttl_s: int = 3600
+    url_signing_secret: bytes = field(default=b"", repr=False)
+    subscription_group: str = "edgefleet"
+    ingest_batch: int = 500
+    ingest_flush_s: float = 0.2
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'fleet.db'}"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
