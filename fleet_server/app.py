@@ -23,6 +23,7 @@ from fleet_server.bundles.routes import router as bundles_router
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db import Database
 from fleet_server.devices.routes import router as devices_router
+from fleet_server.drift.routes import router as drift_router
 from fleet_server.errors import FleetError
 from fleet_server.rollouts.routes import router as rollouts_router
 from fleet_server.settings import Settings
@@ -95,6 +96,6 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    for router in (auth_router, devices_router, bundles_router, rollouts_router):
+    for router in (auth_router, devices_router, bundles_router, rollouts_router, drift_router):
         app.include_router(router, prefix=API)
     return app

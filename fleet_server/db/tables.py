@@ -115,7 +115,9 @@ class Device(Base):
     profile: Mapped[str] = mapped_column(String(64), index=True)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     hardware: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    credential_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    # the broker's own password hash (Mosquitto's $7$ PBKDF2-SHA512), so broker-config can
+    # write its password file; the clear password is handed to the device once
+    credential_hash: Mapped[str | None] = mapped_column(String(256), default=None)
     public_key_fingerprint: Mapped[str | None] = mapped_column(String(80), default=None)
     enrolled_at: Mapped[datetime] = mapped_column(Timestamp)
     enrolled_by: Mapped[str] = mapped_column(String(128))

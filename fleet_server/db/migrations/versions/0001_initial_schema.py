@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-23 16:58:51.870725
+Create Date: 2026-11-23 17:00:53.326536
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def upgrade() -> None:
         sa.Column("profile", sa.String(length=64), nullable=False),
         sa.Column("labels", sa.JSON(), nullable=False),
         sa.Column("hardware", sa.JSON(), nullable=False),
-        sa.Column("credential_sha256", sa.String(length=64), nullable=True),
+        sa.Column("credential_hash", sa.String(length=256), nullable=True),
         sa.Column("public_key_fingerprint", sa.String(length=80), nullable=True),
         sa.Column("enrolled_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("enrolled_by", sa.String(length=128), nullable=False),
