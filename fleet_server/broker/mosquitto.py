@@ -24,6 +24,7 @@ __all__ = [
     "MosquittoConfig",
     "hash_password",
     "render_acl",
+    "render_hashed_password_file",
     "render_password_file",
 ]
 
@@ -45,6 +46,19 @@ def render_password_file(credentials: Mapping[str, str]) -> str:
         if ":" in username or not username:
             raise ValueError(f"username {username!r} cannot be used in a password file")
         lines.append(f"{username}:{hash_password(password)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_hashed_password_file(hashes: Mapping[str, str]) -> str:
+    """Lines ``username:hash`` from hashes made earlier with `hash_password` (the fleet keeps
+    only those for its devices)."""
+    lines = []
+    for username, digest in sorted(hashes.items()):
+        if ":" in username or not username:
+            raise ValueError(f"username {username!r} cannot be used in a password file")
+        if not digest.startswith("$7$"):
+            raise ValueError(f"the password hash of {username!r} is not a Mosquitto $7$ hash")
+        lines.append(f"{username}:{digest}")
     return "\n".join(lines) + "\n"
 
 
