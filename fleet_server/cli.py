@@ -176,9 +176,8 @@ def token(data_dir: Path, db_url: str, name: str, role: str) -> None:
     """Create an API token directly in the database; it is printed once."""
     from fleet_server.auth import Role, create_api_token
     from fleet_server.db import Database
-    from fleet_server.settings import Settings
-
     from fleet_server.errors import FleetError
+    from fleet_server.settings import Settings
 
     data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(Settings(data_dir=data_dir, db_url=db_url).database_url)
