@@ -25,6 +25,7 @@ from fleet_server.db import Database
 from fleet_server.devices.routes import router as devices_router
 from fleet_server.drift.routes import router as drift_router
 from fleet_server.errors import FleetError
+from fleet_server.ingest import start_ingest
 from fleet_server.rollouts.routes import router as rollouts_router
 from fleet_server.settings import Settings
 
@@ -69,6 +70,10 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         fleet = Fleet(settings=settings, db=db, publisher=publisher)
         app.state.fleet = fleet
         try:
+            # the broker link: the embedded broker when no --mqtt-url; it is the publisher
+            # of desired states and commands unless the caller brought its own
+            ingest = start_ingest(fleet)
+            fleet.publisher = publisher or ingest
             yield
         finally:
             fleet.stopping.set()

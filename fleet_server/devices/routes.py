@@ -1,7 +1,150 @@
-"""HTTP routes of fleet_server.devices."""
+"""HTTP routes of fleet_server.devices: enrollment, device records, ingestion counters."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from edge_agent.protocol import topics
+from fleet_server.auth import Role
+from fleet_server.deps import ActorDep, FleetDep, OperatorDep, SessionDep
+from fleet_server.devices import enrollment, service
+from fleet_server.devices.schemas import (
+    DeviceInfo,
+    DevicePage,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    EnrollmentTokenInfo,
+    EnrollRequest,
+    EnrollResponse,
+    EventInfo,
+    LabelsPatch,
+    MqttCredentials,
+    TelemetryInfo,
+)
+from fleet_server.ingest import find_ingest
 
 router = APIRouter(tags=["devices"])
+
+
+@router.post("/enrollment-tokens", status_code=201)
+def create_enrollment_token(
+    body: EnrollmentTokenCreate, actor: OperatorDep, session: SessionDep, fleet: FleetDep
+) -> EnrollmentTokenCreated:
+    row, secret = enrollment.create_enrollment_token(
+        session,
+        actor,
+        name=body.name,
+        max_uses=body.max_uses,
+        expires_in_s=body.expires_in_s,
+        profile=body.profile,
+        labels=body.labels,
+        now=fleet.clock(),
+    )
+    return EnrollmentTokenCreated(**EnrollmentTokenInfo.of(row).model_dump(), token=secret)
+
+
+@router.get("/enrollment-tokens")
+def list_enrollment_tokens(actor: OperatorDep, session: SessionDep) -> list[EnrollmentTokenInfo]:
+    return [EnrollmentTokenInfo.of(r) for r in enrollment.list_enrollment_tokens(session)]
+
+
+@router.delete("/enrollment-tokens/{token_id}", status_code=204)
+def revoke_enrollment_token(
+    token_id: int, actor: OperatorDep, session: SessionDep, fleet: FleetDep
+) -> None:
+    enrollment.revoke_enrollment_token(session, actor, token_id, now=fleet.clock())
+
+
+@router.post("/enroll", status_code=201)
+def enroll(
+    body: EnrollRequest, request: Request, session: SessionDep, fleet: FleetDep
+) -> EnrollResponse:
+    enrolled = enrollment.enroll(
+        session,
+        token=body.token,
+        device_id=body.id,
+        profile=body.profile,
+        labels=body.labels,
+        hardware=body.hardware,
+        public_key_fingerprint=body.public_key_fingerprint,
+        now=fleet.clock(),
+        remote_addr=request.client.host if request.client else None,
+    )
+    ingest = find_ingest(fleet)
+    url = ingest.device_url if ingest else fleet.settings.mqtt_url
+    device_id = enrolled.device.id
+    return EnrollResponse(
+        device_id=device_id,
+        mqtt=MqttCredentials(url=url, username=device_id, password=enrolled.password),
+        topics={c.value: topics.topic(device_id, c) for c in topics.Channel},
+    )
+
+
+@router.get("/devices")
+def list_devices(
+    actor: ActorDep,
+    session: SessionDep,
+    label: Annotated[list[str], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
+    profile: str | None = None,
+    version: str | None = None,
+    online: bool | None = None,
+    sort: service.DeviceSort = service.DeviceSort.ID,
+    desc: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> DevicePage:
+    actor.require(Role.VIEWER)
+    where = service.DeviceFilter(
+        labels=service.parse_label_filters(label), profile=profile, version=version, online=online
+    )
+    rows, total = service.list_devices(
+        session, where, sort=sort, descending=desc, limit=limit, offset=offset
+    )
+    return DevicePage(
+        total=total, limit=limit, offset=offset, items=[DeviceInfo.of(d) for d in rows]
+    )
+
+
+@router.get("/devices/{device_id}")
+def get_device(device_id: str, actor: ActorDep, session: SessionDep) -> DeviceInfo:
+    return DeviceInfo.of(service.get_device(session, device_id))
+
+
+@router.patch("/devices/{device_id}")
+def patch_labels(
+    device_id: str, body: LabelsPatch, actor: OperatorDep, session: SessionDep
+) -> DeviceInfo:
+    return DeviceInfo.of(service.set_labels(session, actor, device_id, labels=body.labels))
+
+
+@router.get("/devices/{device_id}/timeline")
+def device_timeline(
+    device_id: str,
+    actor: ActorDep,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: int | None = None,
+) -> list[EventInfo]:
+    rows = service.timeline(session, device_id, limit=limit, before_id=before_id)
+    return [EventInfo.of(r) for r in rows]
+
+
+@router.get("/devices/{device_id}/telemetry")
+def device_telemetry(
+    device_id: str,
+    actor: ActorDep,
+    session: SessionDep,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> list[TelemetryInfo]:
+    rows = service.telemetry(session, device_id, since=since, limit=limit)
+    return [TelemetryInfo.of(r) for r in rows]
+
+
+@router.get("/ingest/stats", tags=["ingest"])
+def ingest_stats(actor: ActorDep, fleet: FleetDep) -> dict[str, Any]:
+    ingest = find_ingest(fleet)
+    return {"running": False} if ingest is None else {"running": True, **ingest.snapshot()}

@@ -16,6 +16,7 @@ ADMIN = "admin-secret-for-tests"
 
 @contextmanager
 def fleet_client(data_dir: Path, db_url: str, **settings: object) -> Iterator[TestClient]:
+    settings.setdefault("embedded_mqtt_port", 0)  # a free port: 1883 may be taken here
     app = create_app(Settings(data_dir=data_dir, db_url=db_url, admin_token=ADMIN, **settings))  # type: ignore[arg-type]
     with TestClient(app) as client:
         client.headers["Authorization"] = f"Bearer {ADMIN}"

@@ -1,0 +1,159 @@
+"""The fleet server's MQTT link: subscribe to every device's channels, publish to any.
+
+Against a real broker (Mosquitto, EMQX) it speaks MQTT 5 and subscribes with
+shared subscriptions (``$share/<group>/...``), so several server replicas split
+the devices' messages. The embedded amqtt broker speaks only 3.1.1 and knows no
+``$share``, so there the bridge uses plain subscriptions (one server). paho
+reconnects by itself; every CONNACK subscribes again, so a restarted broker that
+forgot the session still delivers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.protocol import topics
+
+__all__ = ["DEVICE_CHANNELS", "BrokerKind", "MqttBridge"]
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHANNELS = tuple(c for c in topics.Channel if c.from_device)
+
+
+class BrokerKind(StrEnum):
+    """What the broker speaks: MQTT 5 with shared subscriptions, or 3.1.1 (amqtt)."""
+
+    MQTT5 = "mqtt5"
+    MQTT311 = "mqtt311"
+
+
+class MqttBridge:
+    """One paho client; `on_message(topic, payload)` runs on paho's network thread.
+
+    >>> bridge = MqttBridge("mqtt://127.0.0.1:1883", on_message=print)  # doctest: +SKIP
+    >>> bridge.start(); bridge.wait_subscribed(10)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_message: Callable[[str, bytes], None],
+        kind: BrokerKind = BrokerKind.MQTT5,
+        username: str | None = None,
+        password: str | None = None,
+        group: str = "edgefleet",
+        client_id: str | None = None,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError(f"MQTT URL {url!r} must look like mqtt://host:1883 or mqtts://host")
+        self.url = url
+        self.host = parts.hostname
+        self.tls = parts.scheme in ("mqtts", "ssl")
+        self.port = parts.port or (8883 if self.tls else 1883)
+        self.kind = kind
+        self.on_message = on_message
+        self.connects = 0
+        self._subscribed = threading.Event()
+        self._stopped = False
+        fleet_filters = [topics.fleet_subscription(c) for c in DEVICE_CHANNELS]
+        if kind is BrokerKind.MQTT5:
+            # a shared subscription gets no retained messages, and the retained state is how
+            # a starting server learns who is online: every replica reads states (idempotent)
+            self.filters = [
+                f
+                if f == topics.fleet_subscription(topics.Channel.STATE)
+                else topics.shared(group, f)
+                for f in fleet_filters
+            ]
+            protocol = MQTTProtocolVersion.MQTTv5
+        else:
+            self.filters = fleet_filters
+            protocol = MQTTProtocolVersion.MQTTv311
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"edgefleet-fleet-{uuid.uuid4().hex[:12]}",
+            protocol=protocol,
+        )
+        if self.tls:
+            self.client.tls_set()
+        if username:
+            self.client.username_pw_set(username, password)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    @property
+    def connected(self) -> bool:
+        return self.client.is_connected()
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps retrying until `stop()`."""
+        properties = None
+        if self.kind is BrokerKind.MQTT5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 3600  # keep queued messages over a short outage
+        self.client.connect_async(self.host, self.port, keepalive=30, properties=properties)
+        self.client.loop_start()
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the broker granted the subscriptions (of the current connection)."""
+        return self._subscribed.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """QoS 1; queued by paho while disconnected and sent on reconnect."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.client.disconnect()
+        self.client.loop_stop()
+        # paho's wake-up socket pair would otherwise wait for garbage collection
+        self.client._reset_sockets()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT broker %s refused the fleet server: %s", self.url, reason)
+            return
+        self.connects += 1
+        self._subscribed.clear()
+        client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            log.error("MQTT broker %s refused subscriptions: %s", self.url, refused)
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        self._subscribed.clear()
+        if not self._stopped:
+            log.warning("lost the MQTT broker %s (%s); reconnecting", self.url, reason)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self.on_message(msg.topic, bytes(msg.payload))
+        except Exception:  # never let one message stop paho's network thread
+            log.exception("handling a message on %s failed", msg.topic)

@@ -1,0 +1,238 @@
+"""Ingestion: messages off the bridge, decoded, batched, written by one thread.
+
+`start_ingest(fleet)` is what the app's lifespan calls: it starts the embedded
+broker when no broker URL is configured, connects the bridge, starts the writer
+thread, makes the bridge the fleet's publisher and registers itself to be stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+
+from edge_agent.errors import MessageError, SpoofedMessageError, TopicError
+from edge_agent.protocol import Ack, DeviceState, Event, Telemetry, decode, topics
+from fleet_server.broker.embedded import EmbeddedBroker
+from fleet_server.context import Fleet
+from fleet_server.db.tables import Device
+from fleet_server.ingest.bridge import BrokerKind, MqttBridge
+from fleet_server.ingest.stats import IngestStats, Rejection
+from fleet_server.ingest.store import Incoming, store_batch
+
+__all__ = ["Ingest", "find_ingest", "start_ingest"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+_STOP = object()
+
+
+class Ingest:
+    """The bridge, the writer thread and their counters. Also the fleet's `Publisher`."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        url: str,
+        kind: BrokerKind,
+        device_url: str,
+        broker: EmbeddedBroker | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.device_url = device_url
+        self.broker = broker
+        self.stats = IngestStats()
+        self._queue: queue.Queue[_Raw | object] = queue.Queue()
+        self.bridge = MqttBridge(
+            url,
+            on_message=self._received,
+            kind=kind,
+            username=fleet.settings.mqtt_username,
+            password=fleet.settings.mqtt_password,
+            group=fleet.settings.subscription_group,
+        )
+        self._writer = threading.Thread(target=self._write_loop, name="edgefleet-ingest")
+        self._idle = threading.Event()
+
+    def start(self) -> None:
+        self._writer.start()
+        self.bridge.start()
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.bridge.publish(topic, payload, retain=retain)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        return self.bridge.wait_subscribed(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once everything received so far is written (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._idle.clear()
+            if self._queue.unfinished_tasks == 0:
+                return True
+            self._idle.wait(0.05)
+        return False
+
+    def snapshot(self) -> dict[str, object]:
+        out = self.stats.snapshot()
+        out.update(
+            connected=self.bridge.connected,
+            connects=self.bridge.connects,
+            queued=self._queue.qsize(),
+            subscriptions=list(self.bridge.filters),
+        )
+        return out
+
+    def stop(self) -> None:
+        self.bridge.stop()
+        self._queue.put(_STOP)
+        self._writer.join(30)
+        if self.broker is not None:
+            self.broker.stop()
+
+    # -- the paho thread --------------------------------------------------------------------
+
+    def _received(self, topic: str, payload: bytes) -> None:
+        self.stats.count("received")
+        self._queue.put(_Raw(topic, payload, self.fleet.clock()))
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        settings = self.fleet.settings
+        stopping = False
+        while not stopping:
+            batch: list[_Raw] = []
+            first = self._queue.get()
+            if first is _STOP:
+                self._queue.task_done()
+                break
+            assert isinstance(first, _Raw)
+            batch.append(first)
+            deadline = time.monotonic() + settings.ingest_flush_s
+            while len(batch) < settings.ingest_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    self._queue.task_done()
+                    stopping = True
+                    break
+                assert isinstance(item, _Raw)
+                batch.append(item)
+            try:
+                self._write(batch)
+            except Exception:  # the writer must outlive any one batch
+                log.exception("ingesting a batch of %d messages failed", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self._idle.set()
+
+    def _write(self, raw: list[_Raw]) -> None:
+        decoded = [m for m in (self._decode(r) for r in raw) if m is not None]
+        if not decoded:
+            return
+        known = self._known({m.message.device_id for m in decoded})
+        for m in decoded:
+            if m.message.device_id not in known:
+                self.stats.reject(Rejection.UNKNOWN_DEVICE)
+        batch = [m for m in decoded if m.message.device_id in known]
+        if not batch:
+            return
+        try:
+            with self.fleet.db.session() as session:
+                store_batch(session, batch, self.stats)
+        except Exception:
+            # one bad row (or a replica that stored the same window first) must not cost
+            # the batch its other messages: store them one by one
+            log.warning("a batch of %d failed; storing one by one", len(batch), exc_info=True)
+            for item in batch:
+                self._write_one(item)
+            return
+        self.stats.count("batches")
+        for m in batch:
+            self.stats.accept(_channel(m))
+
+    def _write_one(self, item: Incoming) -> None:
+        try:
+            with self.fleet.db.session() as session:
+                store_batch(session, [item], self.stats)
+        except Exception:
+            log.exception("storing a message of %s failed", item.message.device_id)
+            self.stats.reject(Rejection.STORE_FAILED)
+        else:
+            self.stats.accept(_channel(item))
+
+    def _known(self, ids: set[str]) -> set[str]:
+        with self.fleet.db.session() as session:
+            return set(session.scalars(select(Device.id).where(Device.id.in_(sorted(ids)))))
+
+    def _decode(self, raw: _Raw) -> Incoming | None:
+        try:
+            if not topics.parse(raw.topic).channel.from_device:
+                raise TopicError(f"devices do not publish on {raw.topic!r}", topic=raw.topic)
+            message = decode(raw.topic, raw.payload)
+        except TopicError:
+            self.stats.reject(Rejection.BAD_TOPIC)
+        except SpoofedMessageError:
+            self.stats.reject(Rejection.SPOOFED)
+        except MessageError as exc:
+            log.info("rejected a malformed message on %s: %s", raw.topic, exc)
+            self.stats.reject(Rejection.MALFORMED)
+        else:
+            assert isinstance(message, Telemetry | DeviceState | Event | Ack)
+            return Incoming(message, raw.received_at)
+        return None
+
+
+def _channel(item: Incoming) -> str:
+    return item.message.kind
+
+
+def find_ingest(fleet: Fleet) -> Ingest | None:
+    """The fleet's running ingestion, if any."""
+    for component in fleet.background:
+        if isinstance(component, Ingest):
+            return component
+    return None
+
+
+def start_ingest(fleet: Fleet, *, subscribe_timeout: float = 10.0) -> Ingest:
+    """Start the broker link for `fleet`: the embedded broker if `settings.mqtt_url` is empty.
+
+    The returned `Ingest` is in `fleet.background` (stopped with the app); it is also a
+    `Publisher`, which the caller makes `fleet.publisher`.
+    """
+    settings = fleet.settings
+    broker = None
+    if settings.mqtt_url:
+        url, kind, device_url = settings.mqtt_url, BrokerKind.MQTT5, settings.mqtt_url
+    else:
+        broker = EmbeddedBroker(port=settings.embedded_mqtt_port)
+        broker.start()
+        host = urlsplit(settings.public_url).hostname or broker.host
+        url, kind, device_url = broker.url, BrokerKind.MQTT311, f"mqtt://{host}:{broker.port}"
+    ingest = Ingest(fleet, url=url, kind=kind, device_url=device_url, broker=broker)
+    fleet.background.append(ingest)
+    ingest.start()
+    if not ingest.wait_subscribed(subscribe_timeout):
+        log.warning("MQTT broker %s not reachable yet; ingestion retries in the background", url)
+    return ingest
