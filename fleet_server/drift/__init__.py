@@ -3,6 +3,7 @@ per device, cohort and fleet; drift alerts; `max_psi` for the rollout gates."""
 
 from fleet_server.drift.alerts import AlertChanges, evaluate_alerts, list_alerts
 from fleet_server.drift.metrics import Counts, jensen_shannon, merge, psi, reference_counts
+from fleet_server.drift.monitor import DriftMonitor
 from fleet_server.drift.references import load_reference
 from fleet_server.drift.service import (
     DriftReport,
@@ -19,6 +20,7 @@ from fleet_server.drift.service import (
 __all__ = [
     "AlertChanges",
     "Counts",
+    "DriftMonitor",
     "DriftReport",
     "GroupDrift",
     "HistoryPoint",

@@ -16,6 +16,7 @@ The rollout gates ask one number of a group of devices: `max_psi`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ __all__ = [
 Side = Literal["inputs", "outputs"]
 Level = Literal["ok", "warn", "alert", "few_samples", "no_data"]
 MAX_BUCKETS = 2000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,18 +365,22 @@ def max_psi(
     For the rollout gates: a stage's devices as one group, since the stage
     began. Keys with fewer than `min_samples` values compared are left out;
     None when no key has enough data, or the bundle has no reference
-    statistics (no drift can be measured, so a gate should wait or pass on
-    its other criteria). Raises `NotFoundError` when the bundle file is not stored.
+    statistics, or its file is not stored (logged): no drift can be measured,
+    so a gate should wait or judge on its other criteria.
     """
-    report = drift_report(
-        session,
-        settings,
-        bundle_sha256=bundle_sha256,
-        device_ids=device_ids,
-        since=since,
-        until=until,
-        thresholds=Thresholds(min_samples=min_samples),
-    )
+    try:
+        report = drift_report(
+            session,
+            settings,
+            bundle_sha256=bundle_sha256,
+            device_ids=device_ids,
+            since=since,
+            until=until,
+            thresholds=Thresholds(min_samples=min_samples),
+        )
+    except NotFoundError as exc:  # a gate waits on a missing measurement; it does not crash
+        log.warning("drift: no PSI for bundle %s: %s", bundle_sha256[:12], exc)
+        return None
     values = [
         k.psi for k in report.fleet.keys.values() if k.psi is not None and k.samples >= min_samples
     ]

@@ -21,11 +21,22 @@ import pytest
 
 from edge_agent.bundle.reference import ReferenceStats, bin_counts
 from edge_agent.telemetry.bins import Binner
+from fleet_server.context import Fleet as FleetContext
 from fleet_server.db import Database
-from fleet_server.db.tables import Alert, Bundle, Device, DeviceEvent, Model, ModelVersion
+from fleet_server.db.tables import (
+    Alert,
+    Bundle,
+    Device,
+    DeviceEvent,
+    Model,
+    ModelVersion,
+    Rollout,
+    RolloutDevice,
+)
 from fleet_server.db.tables import TelemetryWindow as Window
 from fleet_server.drift import (
     Counts,
+    DriftMonitor,
     GroupDrift,
     drift_history,
     drift_report,
@@ -119,6 +130,7 @@ class Fleet:
     binner: Binner
     data: np.ndarray  # the rows the reference was computed from
     now: datetime
+    version_id: int
     seqs: dict[str, int]
 
     def device(self, device_id: str, **labels: str) -> None:
@@ -195,6 +207,7 @@ def fleet(tmp_path: Path, db_url: str, keypair: tuple[Path, Path]) -> Iterator[F
         version = ModelVersion(model_id=model.id, version="1.0.0", created_at=now)
         s.add(version)
         s.flush()
+        version_id = version.id
         s.add(
             Bundle(
                 sha256=sha,
@@ -217,6 +230,7 @@ def fleet(tmp_path: Path, db_url: str, keypair: tuple[Path, Path]) -> Iterator[F
         binner=Binner(reference),
         data=agent_bundles.SELFTEST_X.astype(np.float64),
         now=now,
+        version_id=version_id,
         seqs={},
     )
     db.dispose()
@@ -378,6 +392,78 @@ def test_cohorts_by_label_split_the_drifting_line_from_the_steady_one(fleet: Fle
     assert a_gate > 0.25
     assert b_gate is not None
     assert b_gate < 0.1
+
+
+def test_cohorts_by_rollout_stage(fleet: Fleet) -> None:
+    rng = np.random.default_rng(23)
+    with fleet.db.session() as s:
+        rollout = Rollout(
+            name="canary",
+            model_version_id=fleet.version_id,
+            status="running",
+            selector={},
+            plan={},
+            stage=1,
+            created_at=fleet.now,
+            created_by="test",
+            updated_at=fleet.now,
+        )
+        s.add(rollout)
+        s.flush()
+        rollout_id = rollout.id
+    for d, stage, shift in (("c1", 0, 5.0), ("w1", 1, 0.0), ("w2", 1, 0.0)):
+        fleet.device(d)
+        with fleet.db.session() as s:
+            s.add(
+                RolloutDevice(
+                    rollout_id=rollout_id,
+                    device_id=d,
+                    stage=stage,
+                    status="active",
+                    updated_at=fleet.now,
+                )
+            )
+        fleet.windows(d, rng, end=fleet.now, shift=shift)
+    with fleet.db.session() as s:
+        report = drift_report(
+            s, fleet.settings, bundle_sha256=fleet.sha, cohort_by=f"stage:{rollout_id}"
+        )
+    canary, wave = report.cohorts
+    assert (canary.name, canary.devices, wave.name, wave.devices) == (
+        "0",
+        ("c1",),
+        "1",
+        ("w1", "w2"),
+    )
+    assert _psi_of(canary, "x:f0") > 0.25
+    assert all(v < 0.1 for v in _psi(wave).values())
+
+
+def test_the_monitor_evaluates_at_the_fleet_clock(fleet: Fleet) -> None:
+    rng = np.random.default_rng(29)
+    fleet.device("a")
+    fleet.windows("a", rng, end=fleet.now, shift=5.0)
+    context = FleetContext(settings=fleet.settings, db=fleet.db, clock=lambda: fleet.now)
+    monitor = DriftMonitor(context, interval_s=3600)
+    monitor.start()
+    try:
+        opened = monitor.run_once().opened
+        assert "x:f0" in {a.details["key"] for a in opened}
+        assert monitor.run_once().opened == []
+    finally:
+        monitor.stop()
+        monitor.stop()
+    with fleet.db.session() as s:  # a gate asking about a bundle that is not stored waits
+        assert (
+            max_psi(
+                s,
+                fleet.settings,
+                bundle_sha256="0" * 64,
+                device_ids=["a"],
+                since=fleet.now - timedelta(hours=1),
+            )
+            is None
+        )
 
 
 def test_sliding_window_and_history(fleet: Fleet) -> None:
