@@ -258,6 +258,36 @@ def test_the_reference_comes_from_the_stored_bundle(fleet: Fleet) -> None:
         load_reference(fleet.settings.bundles_dir, "0" * 64)
 
 
+def test_a_bundle_without_reference_statistics(fleet: Fleet, keypair: tuple[Path, Path]) -> None:
+    from edge_agent.bundle import BundleFile, MemberRole, write_bundle
+    from edge_agent.keys import load_private_key
+    from tests.edge_agent.bundles import make_manifest, npz
+
+    x = agent_bundles.SELFTEST_X
+    model = agent_bundles.classifier(0)
+    files = {
+        "model/model.onnx": BundleFile(model, MemberRole.MODEL),
+        "selftest/inputs.npz": BundleFile(npz(x=x), MemberRole.SELFTEST),
+        "selftest/outputs.npz": BundleFile(npz(y=agent_bundles.run(model, x)), MemberRole.SELFTEST),
+    }
+    path = fleet.settings.data_dir / "plain.efb"
+    write_bundle(
+        path,
+        make_manifest(files, reference=None),
+        files,
+        signing_key=load_private_key(keypair[0]),
+    )
+    sha = agent_bundles.sha256(path)
+    bundle_path(fleet.settings.bundles_dir, sha).parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, bundle_path(fleet.settings.bundles_dir, sha))
+    with fleet.db.session() as s:
+        report = drift_report(s, fleet.settings, bundle_sha256=sha)
+        gate = max_psi(s, fleet.settings, bundle_sha256=sha, device_ids=["a"], since=fleet.now)
+    assert report.has_reference is False
+    assert report.keys == ()
+    assert gate is None
+
+
 def test_no_drift_when_live_data_follows_the_reference(fleet: Fleet) -> None:
     rng = np.random.default_rng(11)
     for d in ("a", "b", "c"):
