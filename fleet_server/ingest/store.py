@@ -54,7 +54,10 @@ def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> 
         msg = item.message
         if device.first_seen is None:
             device.first_seen = item.received_at
-        if device.last_seen is None or item.received_at > device.last_seen:
+        last = device.last_seen
+        if last is not None and last.tzinfo is None:  # SQLite hands back naive UTC
+            last = last.replace(tzinfo=item.received_at.tzinfo)
+        if last is None or item.received_at > last:
             device.last_seen = item.received_at
         if isinstance(msg, Telemetry):
             _telemetry(session, device, msg, item.received_at, pending, stats)
