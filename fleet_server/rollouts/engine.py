@@ -1,0 +1,364 @@
+"""The rollout engine: one background thread that moves every active rollout along.
+
+Each tick (about every 0.25 s) and for each active rollout it reads the devices'
+reports (``devices`` rows and ``device_events``) into per-device statuses,
+judges the stage's gates (`fleet_server.rollouts.gates`), then dispatches the
+stage's devices, advances, completes, pauses or rolls back. Every decision is
+written to the ``rollouts`` / ``rollout_devices`` rows before anything is sent,
+and what is sent is recorded after (``desired_revision``), so a server
+restarted at any point resumes: unsent dispatches and rollback orders are
+simply sent on the next tick.
+
+    engine = RolloutEngine(fleet)          # or start(fleet): the thread
+    engine.tick()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from edge_agent.protocol import BundleRef, DesiredBundle, DesiredState
+from fleet_server.context import Fleet
+from fleet_server.db.tables import (
+    Alert,
+    Bundle,
+    Device,
+    DeviceEvent,
+    Model,
+    ModelVersion,
+    Rollout,
+    RolloutDevice,
+)
+from fleet_server.rollouts.gates import evaluate
+from fleet_server.rollouts.plan import Plan
+from fleet_server.rollouts.ports import Ports
+from fleet_server.rollouts.service import ACTIVE, aware, get_rollout
+
+__all__ = ["TICK_S", "RolloutEngine", "start"]
+
+log = logging.getLogger(__name__)
+TICK_S = 0.25
+_PROGRESS = ("update.downloading", "update.downloaded", "update.verified", "update.warmed_up")
+_TERMINAL = ("failed", "rolled_back", "incompatible")
+
+
+@dataclass
+class _Order:
+    device_id: str
+    desired: DesiredState
+    rollback: bool
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class RolloutEngine:
+    """Moves rollouts along; `tick` is all of it, the thread only calls it."""
+
+    def __init__(self, fleet: Fleet, ports: Ports | None = None) -> None:
+        self.fleet = fleet
+        self.ports = ports or Ports()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # the thread
+
+    def start(self) -> RolloutEngine:
+        self._thread = threading.Thread(target=self._run, name="rollout-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not (self._stop.is_set() or self.fleet.stopping.is_set()):
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not end the engine; the next one retries
+                log.exception("rollout engine tick failed")
+            self._stop.wait(TICK_S)
+
+    # the work
+
+    def tick(self) -> None:
+        """One pass over every active rollout."""
+        with self.fleet.db.session() as session:
+            ids = list(
+                session.scalars(
+                    select(Rollout.id).where(Rollout.status.in_(ACTIVE)).order_by(Rollout.id)
+                )
+            )
+        for rollout_id in ids:
+            self.step(rollout_id)
+
+    def step(self, rollout_id: int) -> None:
+        """Advance one rollout by what its rows and the devices' reports allow."""
+        orders = self._decide(rollout_id)
+        for order in orders:
+            self._send(order)
+        if any(order.rollback for order in orders):
+            with self.fleet.db.session() as session:
+                rollout = get_rollout(session, rollout_id, lock=True)
+                if rollout.status == "rolling_back" and not self._rollback_orders(
+                    session, rollout_id, self.fleet.clock()
+                ):
+                    rollout.status, rollout.updated_at = "rolled_back", self.fleet.clock()
+
+    def _send(self, order: _Order) -> None:
+        sent = self.ports.send_desired(self.fleet, order.desired) or order.desired
+        with self.fleet.db.session() as session:
+            row = session.get(RolloutDevice, (int(order.desired.rollout_id or 0), order.device_id))
+            if row is not None:
+                for name, value in order.fields.items():
+                    setattr(row, name, value)
+                row.desired_revision = sent.revision
+                row.updated_at = self.fleet.clock()
+
+    def _decide(self, rollout_id: int) -> list[_Order]:
+        now = self.fleet.clock()
+        with self.fleet.db.session() as session:
+            rollout = get_rollout(session, rollout_id, lock=True)
+            if rollout.status == "rolling_back":
+                orders = self._rollback_orders(session, rollout_id, now)
+                if not orders:
+                    rollout.status, rollout.updated_at = "rolled_back", now
+                return orders
+            plan = Plan.model_validate(rollout.plan)
+            if rollout.status == "pending":
+                rollout.status, rollout.stage = "running", 0
+                rollout.stage_started_at, rollout.updated_at = now, now
+            rows = list(
+                session.scalars(
+                    select(RolloutDevice).where(
+                        RolloutDevice.rollout_id == rollout_id,
+                        RolloutDevice.status != "incompatible",
+                    )
+                )
+            )
+            self._refresh(session, rows, since=aware(rollout.created_at), now=now)  # type: ignore[arg-type]
+            started = aware(rollout.stage_started_at) or now
+            verdict = evaluate(
+                session,
+                self.ports,
+                self.fleet.settings,
+                rollout=rollout,
+                plan=plan,
+                rows=rows,
+                started=started,
+                now=now,
+            )
+            rollout.gates = {
+                "stage": rollout.stage,
+                "evaluated_at": now.isoformat(),
+                **verdict.gates,
+            }
+            if rollout.status != "running":
+                return []
+            if (breach := verdict.breach) is not None:
+                rollout.updated_at = now
+                session.add(
+                    Alert(
+                        ts=now,
+                        kind="rollout_gate",
+                        severity="error",
+                        rollout_id=rollout_id,
+                        message=f"rollout {rollout_id} {rollout.name!r} stage {rollout.stage}: "
+                        f"{breach}",
+                        details={k: v for k, v in verdict.gates.items() if isinstance(v, dict)},
+                    )
+                )
+                if plan.on_breach == "pause":
+                    rollout.status, rollout.reason = "paused", f"gate breached: {breach}"
+                    return []
+                rollout.status = "rolling_back"
+                rollout.reason = f"gate breached, rolled back: {breach}"
+                return self._rollback_orders(session, rollout_id, now)
+            if verdict.passed:
+                rollout.updated_at = now
+                if rollout.stage + 1 < len(plan.stages):
+                    rollout.stage += 1
+                    rollout.stage_started_at = now
+                    rollout.reason = f"stage {rollout.stage - 1} passed"
+                else:
+                    rollout.status, rollout.reason = "completed", "every stage passed"
+                    return []
+            return self._dispatch_orders(session, rollout_id, rollout.stage, plan, rows, now)
+
+    def _refresh(
+        self, session: Session, rows: list[RolloutDevice], *, since: datetime, now: datetime
+    ) -> None:
+        """Per-device status from what the devices reported."""
+        live = [r for r in rows if r.desired_revision is not None and r.status not in _TERMINAL]
+        if not live:
+            return
+        ids = [r.device_id for r in live]
+        devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))}
+        events: dict[str, list[DeviceEvent]] = {}
+        for event in session.scalars(
+            select(DeviceEvent)
+            .where(
+                DeviceEvent.device_id.in_(ids),
+                DeviceEvent.type.like("update.%"),
+                DeviceEvent.ts >= since,
+            )
+            .order_by(DeviceEvent.ts, DeviceEvent.id)
+        ):
+            events.setdefault(event.device_id, []).append(event)
+        for row in live:
+            device = devices.get(row.device_id)
+            status, detail = self._status(row, device, events.get(row.device_id, []), now)
+            if (status, detail) != (row.status, row.detail):
+                row.status, row.detail, row.updated_at = status, detail, now
+
+    @staticmethod
+    def _status(
+        row: RolloutDevice, device: Device | None, events: list[DeviceEvent], now: datetime
+    ) -> tuple[str, str]:
+        status, detail = row.status, row.detail
+        if status in ("offline_pending",):
+            status = "pending"
+        for event in events:
+            if event.bundle_sha256 != row.bundle_sha256:
+                continue
+            reason = str((event.details or {}).get("reason") or event.message or "")
+            if event.type in _PROGRESS and status == "pending":
+                status, detail = "downloading", event.type
+            elif event.type in ("update.activated", "update.committed"):
+                status, detail = "active", event.type
+            elif event.type == "update.refused":
+                return "failed", f"refused: {reason}".rstrip(": ")
+            elif event.type == "update.rolled_back":
+                return "failed", f"rolled back by the device: {reason}".rstrip(": ")
+        active = (device.active_bundle or {}) if device else {}
+        if status != "active" and active.get("sha256") == row.bundle_sha256:
+            status, detail = "active", "reported active"
+        if status == "active":
+            return status, detail
+        deadline = aware(row.deadline)
+        if deadline is not None and now > deadline:
+            seen = aware(device.last_seen) if device else None
+            last = f"; last seen {seen.isoformat()}" if seen else "; never seen"
+            return "failed", f"not active by its deadline {deadline.isoformat()}{last}"
+        if status == "pending" and (device is None or not device.online):
+            return "offline_pending", "offline: gets the retained desired state when it connects"
+        return status, detail
+
+    def _desired(
+        self,
+        session: Session,
+        *,
+        device: Device,
+        rollout_id: int,
+        ref: dict[str, Any] | None,
+        rollback: bool,
+        now: datetime,
+    ) -> DesiredState:
+        bundle: DesiredBundle | None = None
+        if ref is not None:
+            bundle_ref = BundleRef.model_validate(ref)
+            row = session.get(Bundle, bundle_ref.sha256)
+            bundle = DesiredBundle(
+                ref=bundle_ref,
+                url=self.ports.download_url(self.fleet.settings, bundle_ref.sha256, device.id, now),
+                size=row.size if row is not None else 0,
+            )
+        return DesiredState(
+            device_id=device.id,
+            revision=(device.desired_revision or 0) + 1,
+            issued_at=now,
+            bundle=bundle,
+            rollback=rollback,
+            rollout_id=str(rollout_id),
+        )
+
+    def _dispatch_orders(
+        self,
+        session: Session,
+        rollout_id: int,
+        stage: int,
+        plan: Plan,
+        rows: list[RolloutDevice],
+        now: datetime,
+    ) -> list[_Order]:
+        todo = [r for r in rows if r.stage <= stage and r.desired_revision is None]
+        todo = [r for r in todo if r.status in ("pending", "offline_pending")]
+        orders = []
+        for row in todo:
+            device = session.get(Device, row.device_id)
+            bundle = session.get(Bundle, row.bundle_sha256) if row.bundle_sha256 else None
+            if device is None or bundle is None:
+                row.status, row.detail = "failed", "device or bundle deleted"
+                continue
+            version = session.get(ModelVersion, bundle.model_version_id)
+            model = session.get(Model, version.model_id) if version else None
+            ref = {
+                "model": model.name if model else "",
+                "version": version.version if version else "",
+                "profile": bundle.profile,
+                "sha256": bundle.sha256,
+            }
+            desired = self._desired(
+                session, device=device, rollout_id=rollout_id, ref=ref, rollback=False, now=now
+            )
+            orders.append(
+                _Order(
+                    device.id,
+                    desired,
+                    rollback=False,
+                    fields={
+                        "previous_bundle": device.active_bundle,
+                        "deadline": now + timedelta(seconds=plan.offline_deadline_s),
+                        "status": "pending" if device.online else "offline_pending",
+                        "detail": "sent" if device.online else "offline: sent as retained",
+                    },
+                )
+            )
+        return orders
+
+    def _rollback_orders(self, session: Session, rollout_id: int, now: datetime) -> list[_Order]:
+        rows = session.scalars(
+            select(RolloutDevice).where(
+                RolloutDevice.rollout_id == rollout_id,
+                RolloutDevice.desired_revision.is_not(None),
+                RolloutDevice.status.not_in(("rolled_back", "incompatible")),
+            )
+        )
+        orders = []
+        for row in rows:
+            device = session.get(Device, row.device_id)
+            if device is None:
+                continue
+            desired = self._desired(
+                session,
+                device=device,
+                rollout_id=rollout_id,
+                ref=row.previous_bundle,
+                rollback=True,
+                now=now,
+            )
+            was = f" (was {row.status}: {row.detail})" if row.status == "failed" else ""
+            orders.append(
+                _Order(
+                    device.id,
+                    desired,
+                    rollback=True,
+                    fields={
+                        "status": "rolled_back",
+                        "detail": "ordered back to its previous version" + was,
+                    },
+                )
+            )
+        return orders
+
+
+def start(fleet: Fleet, ports: Ports | None = None) -> RolloutEngine:
+    """Start the engine's thread; it ticks every `TICK_S` until `fleet.stopping` or `stop()`."""
+    return RolloutEngine(fleet, ports).start()

@@ -1,0 +1,94 @@
+"""What rollouts need from the other components, injected as plain callables.
+
+The defaults import the real implementations lazily (``fleet_server.bundles``,
+``fleet_server.devices``, ``fleet_server.drift``); tests pass their own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from edge_agent.protocol import DesiredState
+from fleet_server.context import Fleet
+from fleet_server.db.tables import Bundle, ModelVersion
+from fleet_server.settings import Settings
+
+__all__ = ["MaxPsi", "Ports"]
+
+
+class MaxPsi(Protocol):
+    def __call__(
+        self,
+        session: Session,
+        settings: Settings,
+        *,
+        bundle_sha256: str,
+        device_ids: Sequence[str],
+        since: datetime,
+    ) -> float | None: ...
+
+
+def _real(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def _bundle_for(session: Session, model: str, version: str, profile: str) -> Bundle | None:
+    found: Bundle | None = _real("fleet_server.bundles", "bundle_for")(
+        session, model, version, profile
+    )
+    return found
+
+
+def _version_by(session: Session, model: str, version: str) -> ModelVersion | None:
+    found: ModelVersion | None = _real("fleet_server.bundles", "version_by")(
+        session, model, version
+    )
+    return found
+
+
+def _download_url(settings: Settings, sha256: str, device_id: str, now: datetime) -> str:
+    url: str = _real("fleet_server.bundles", "signed_download_url")(
+        settings, sha256, device_id, now
+    )
+    return url
+
+
+def _send_desired(fleet: Fleet, desired: DesiredState) -> DesiredState | None:
+    sent: DesiredState | None = _real("fleet_server.devices", "send_desired")(fleet, desired)
+    return sent
+
+
+def _max_psi(
+    session: Session,
+    settings: Settings,
+    *,
+    bundle_sha256: str,
+    device_ids: Sequence[str],
+    since: datetime,
+) -> float | None:
+    value: float | None = _real("fleet_server.drift", "max_psi")(
+        session, settings, bundle_sha256=bundle_sha256, device_ids=device_ids, since=since
+    )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """The other components' functions the rollouts use.
+
+    `send_desired` stores and publishes a retained desired state in its own
+    transaction and returns what it sent (its revision may be raised), or None
+    when it sent the state as given.
+    """
+
+    bundle_for: Callable[[Session, str, str, str], Bundle | None] = _bundle_for
+    version_by: Callable[[Session, str, str], ModelVersion | None] = _version_by
+    download_url: Callable[[Settings, str, str, datetime], str] = _download_url
+    send_desired: Callable[[Fleet, DesiredState], DesiredState | None] = _send_desired
+    max_psi: MaxPsi = _max_psi
