@@ -1,1 +1,10 @@
-"""fleet_server.devices."""
+"""Devices: enrollment, device records, and what the fleet tells them.
+
+`send_desired` and `send_command` live in `fleet_server.ingest` (they publish
+through the broker link) and are re-exported here for the components that
+think of them as acting on a device.
+"""
+
+from fleet_server.ingest.commands import send_command, send_desired
+
+__all__ = ["send_command", "send_desired"]

@@ -16,6 +16,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from edge_agent.errors import MessageError, SpoofedMessageError, TopicError
 from edge_agent.protocol import Ack, DeviceState, Event, Telemetry, decode, topics
@@ -68,6 +69,7 @@ class Ingest:
         )
         self._writer = threading.Thread(target=self._write_loop, name="edgefleet-ingest")
         self._idle = threading.Event()
+        self._stop = threading.Event()
 
     def start(self) -> None:
         self._writer.start()
@@ -100,6 +102,7 @@ class Ingest:
         return out
 
     def stop(self) -> None:
+        self._stop.set()
         self.bridge.stop()
         self._queue.put(_STOP)
         self._writer.join(30)
@@ -148,8 +151,23 @@ class Ingest:
 
     def _write(self, raw: list[_Raw]) -> None:
         decoded = [m for m in (self._decode(r) for r in raw) if m is not None]
-        if not decoded:
-            return
+        delay = 0.5
+        while decoded:
+            try:
+                self._store(decoded)
+                return
+            except OperationalError:
+                # the database is away (restart, failover): keep the batch and wait for it
+                if self._stop.is_set():
+                    log.exception("database unavailable at shutdown: %d lost", len(decoded))
+                    for _ in decoded:
+                        self.stats.reject(Rejection.STORE_FAILED)
+                    return
+                log.warning("database unavailable; retrying in %.1f s", delay, exc_info=True)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _store(self, decoded: list[Incoming]) -> None:
         known = self._known({m.message.device_id for m in decoded})
         for m in decoded:
             if m.message.device_id not in known:
@@ -160,6 +178,8 @@ class Ingest:
         try:
             with self.fleet.db.session() as session:
                 store_batch(session, batch, self.stats)
+        except OperationalError:
+            raise
         except Exception:
             # one bad row (or a replica that stored the same window first) must not cost
             # the batch its other messages: store them one by one
@@ -175,6 +195,8 @@ class Ingest:
         try:
             with self.fleet.db.session() as session:
                 store_batch(session, [item], self.stats)
+        except OperationalError:
+            raise
         except Exception:
             log.exception("storing a message of %s failed", item.message.device_id)
             self.stats.reject(Rejection.STORE_FAILED)

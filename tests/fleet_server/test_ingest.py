@@ -287,16 +287,26 @@ def test_desired_states_and_commands_reach_the_device_and_the_timeline(
             issued_at=NOW,
             bundle=DesiredBundle(ref=REF, url="http://fleet/b/" + "a" * 64, size=10),
         )
-        with fleet.db.session() as session:
-            sent = send_desired(fleet, session, desired)
-            command = send_command(fleet, session, "dev-001", CommandName.PING)
+        sent = send_desired(fleet, desired)  # its own transaction
         assert sent.revision == 1
         got = dev.get()
         assert got.topic == topics.desired("dev-001")
         assert got.retain is False  # a live delivery; the broker keeps it retained
         assert decode(got.topic, got.payload) == sent
+
+        try:
+            with fleet.db.session() as session:
+                send_command(fleet, "dev-001", CommandName.SELFTEST, session=session)
+                raise RuntimeError("the caller's transaction fails")
+        except RuntimeError:
+            pass
+        with fleet.db.session() as session:
+            command = send_command(fleet, "dev-001", CommandName.PING, session=session)
+            assert dev.nothing_within(0.3)  # published only on commit
         got = dev.get()
+        assert got.topic == topics.commands("dev-001")
         assert decode(got.topic, got.payload).id == command.id  # type: ignore[union-attr]
+        assert dev.nothing_within(0.3)  # the rolled-back selftest was never sent
 
         info = client.get("/api/v1/devices/dev-001").json()
         assert info["desired_revision"] == 1
@@ -306,8 +316,7 @@ def test_desired_states_and_commands_reach_the_device_and_the_timeline(
             ("fleet", "command.ping"),
             ("fleet", "desired.set"),
         ]
-        with fleet.db.session() as session:
-            again = send_desired(fleet, session, desired)
+        again = send_desired(fleet, desired)
         assert again.revision == 2
 
     late = Client(mosquitto_auth.port, "late", username="dev-001", password=DEVICE_USERS["dev-001"])
