@@ -353,3 +353,32 @@ def test_the_embedded_broker_serves_devices_without_a_broker_url(
         info = client.get("/api/v1/devices/dev-001").json()
         assert info["online"] is True
         assert (info["windows_received"], info["windows_lost"]) == (2, 1)
+
+
+def test_two_replicas_split_the_telemetry_through_a_shared_subscription(
+    mosquitto_auth: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
+    with (
+        fleet_on(mosquitto_auth, tmp_path / "a", db_url) as first,
+        fleet_client(
+            tmp_path / "b",
+            db_url,
+            mqtt_url=f"mqtt://127.0.0.1:{mosquitto_auth.port}",
+            mqtt_password="pw-fleet",
+        ) as second,
+    ):
+        assert ingest_of(second).wait_subscribed(20)
+        with device(mosquitto_auth.port, "dev-001") as dev:
+            for seq in range(20):
+                dev.publish(topics.telemetry("dev-001"), window("dev-001", seq))
+        a, b = ingest_of(first), ingest_of(second)
+        eventually(lambda: a.stats.received + b.stats.received >= 20, "20 windows")
+        assert a.wait_idle(20)
+        assert b.wait_idle(20)
+        assert a.stats.received > 0
+        assert b.stats.received > 0  # the broker gave each replica a share
+        info = first.get("/api/v1/devices/dev-001").json()
+        assert (info["windows_received"], info["windows_lost"], info["duplicates"]) == (20, 0, 0)
+        assert [r["seq"] for r in first.get("/api/v1/devices/dev-001/telemetry").json()] == list(
+            range(20)
+        )
