@@ -206,6 +206,7 @@ class RolloutEngine:
             select(DeviceEvent)
             .where(
                 DeviceEvent.device_id.in_(ids),
+                DeviceEvent.source == "device",
                 DeviceEvent.type.like("update.%"),
                 DeviceEvent.ts >= since,
             )

@@ -124,7 +124,7 @@ def evaluate(
     )
     reporting = {w.device_id for w in windows}
     need = min(stage.min_reporting, len(active_ids))
-    judged = len(reporting) >= need and bool(windows or need == 0)
+    judged = len(reporting) >= need
     gates["reporting"] = _gate(
         "ok" if len(reporting) >= need else "held",
         f"{_n(len(reporting), 'device')} reporting on the new version (need {need})",
@@ -134,6 +134,8 @@ def evaluate(
     on = f"on {_n(len(reporting), 'device')}"
 
     def held(what: str) -> dict[str, Any]:
+        if need == 0:  # every updated device failed: the activation gate judges that
+            return _gate("ok", f"{what}: no device runs the new version to judge")
         return _gate(
             "held", f"{what}: waiting for {need} device(s) reporting ({len(reporting)} so far)"
         )
@@ -142,8 +144,10 @@ def evaluate(
         limit = limits.max_error_rate
         requests = sum(w.requests for w in windows)
         errors = sum(w.error_count for w in windows)
-        if not judged or not requests:
+        if not judged or need == 0:
             gates["error_rate"] = held("error rate")
+        elif not requests:
+            gates["error_rate"] = _gate("held", "error rate: no requests on the new version yet")
         else:
             rate = errors / requests
             words = f"error rate {rate:.2%} ({errors} of {requests} requests {on})"
@@ -246,7 +250,9 @@ def evaluate(
                         values.append(psi)
         if not values:
             gates["drift_psi"] = (
-                held("drift") if not judged else _gate("held", "no drift measurement yet")
+                held("drift")
+                if not judged or need == 0
+                else _gate("held", "no drift measurement yet")
             )
         else:
             psi = max(values)

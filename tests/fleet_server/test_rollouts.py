@@ -572,3 +572,99 @@ def test_engine_thread_stops_with_the_fleet(world: World) -> None:
     world.fleet.stopping.set()
     engine.stop()
     assert world.view(rid)["status"] == "running"
+
+
+class PahoPublisher:
+    """The fleet's `Publisher` over a real paho client (what the MQTT bridge does)."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self.client = client
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+
+def test_with_the_real_components(world: World) -> None:
+    """The default ports: fleet_server.bundles, fleet_server.devices' send_desired, drift."""
+    seed(world.fleet.db, world.clock, devices=2)
+    world.fleet.publisher = PahoPublisher(world.broker.pub)
+    ports = Ports()
+    req = RolloutRequest.model_validate(
+        {
+            "name": "real",
+            "model": "det",
+            "version": "2.0",
+            "selector": {"profile": "cpu"},
+            "plan": {**STAGED, "gates": {"max_p95_ms": 30, "max_psi": 0.5}},
+        }
+    )
+    with world.session() as s:
+        rid = service.create_rollout(s, ports, req, actor=OPERATOR, now=world.clock()).id
+    engine = RolloutEngine(world.fleet, ports)
+    engine.tick()
+    sent = world.broker.next()
+    assert sent.device_id == "dev-00"
+    assert sent.bundle is not None
+    assert "/dev-00" not in sent.bundle.url
+    assert "device=dev-00" in sent.bundle.url  # signed for this device
+    world.activate("dev-00")
+    world.report("dev-00", ms=50)
+    engine.tick()
+    order = world.broker.next()
+    assert order.rollback
+    assert order.bundle is not None
+    assert order.bundle.ref.sha256 == V1
+    view = world.view(rid)
+    assert view["status"] == "rolled_back"
+    assert view["gates"]["drift_psi"]["status"] == "held"  # no reference statistics stored
+    with world.session() as s:
+        kinds = list(
+            s.scalars(
+                select(DeviceEvent.type)
+                .where(DeviceEvent.device_id == "dev-00", DeviceEvent.source == "fleet")
+                .order_by(DeviceEvent.id)
+            )
+        )
+    assert kinds == ["desired.set", "desired.rollback"]
+
+
+def test_relative_latency_and_shadow_gates(world: World) -> None:
+    seed(world.fleet.db, world.clock, devices=3)
+    plan = {
+        **STAGED,
+        "gates": {"max_p95_ratio": 1.5, "min_shadow_agreement": 0.9},
+        "on_breach": "pause",
+    }
+    rid = world.create(plan)
+    engine = world.engine()
+    engine.tick()
+    world.broker.next()
+    with world.session() as s:  # dev-01, still on 1.0, shadows 2.0
+        s.add(
+            TelemetryWindow(
+                device_id="dev-01",
+                seq=1000,
+                window_start=world.clock(),
+                window_end=world.clock.advance(10),
+                bundle_sha256=V1,
+                requests=50,
+                error_count=0,
+                latency=[50 if i == bucket_index(10) else 0 for i in range(72)],
+                shadow={"bundle": ref(V2), "compared": 50, "agreed": 49},
+                received_at=world.clock(),
+            )
+        )
+    world.activate("dev-00")
+    world.report("dev-00", ms=30)
+    engine.tick()
+    view = world.view(rid)
+    assert view["gates"]["shadow_agreement"]["status"] == "ok"
+    assert view["gates"]["shadow_agreement"]["reason"] == (
+        "shadow agreement 98.0% (49 of 50 on 1 device) meets 90.0%"
+    )
+    ratio = view["gates"]["p95_ratio"]
+    assert ratio["status"] == "breached"
+    assert "the old version's" in ratio["reason"]
+    assert ratio["reason"].endswith("on 1 device, over 1.5x")
+    assert view["status"] == "paused"
+    assert world.broker.received.empty()
