@@ -148,7 +148,7 @@ def enroll(
     device = Device(
         id=device_id,
         profile=profile,
-        labels={**row.labels, **(labels or {})},
+        labels={**(labels or {}), **row.labels},  # the operator's labels win over the device's
         hardware=dict(hardware or {}),
         credential_hash=hash_password(password),
         public_key_fingerprint=public_key_fingerprint,

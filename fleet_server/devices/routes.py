@@ -126,9 +126,9 @@ def device_timeline(
     actor: ActorDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: int | None = None,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[EventInfo]:
-    rows = service.timeline(session, device_id, limit=limit, before_id=before_id)
+    rows = service.timeline(session, device_id, limit=limit, offset=offset)
     return [EventInfo.of(r) for r in rows]
 
 

@@ -107,14 +107,17 @@ def set_labels(
 
 
 def timeline(
-    session: Session, device_id: str, *, limit: int = 100, before_id: int | None = None
+    session: Session, device_id: str, *, limit: int = 100, offset: int = 0
 ) -> list[DeviceEvent]:
     """What the device was told and what it reported, newest first."""
     get_device(session, device_id)
-    query = select(DeviceEvent).where(DeviceEvent.device_id == device_id)
-    if before_id is not None:
-        query = query.where(DeviceEvent.id < before_id)
-    query = query.order_by(DeviceEvent.ts.desc(), DeviceEvent.id.desc()).limit(limit)
+    query = (
+        select(DeviceEvent)
+        .where(DeviceEvent.device_id == device_id)
+        .order_by(DeviceEvent.ts.desc(), DeviceEvent.id.desc())
+        .limit(limit)
+        .offset(offset)
+    )
     return list(session.scalars(query))
 
 

@@ -242,6 +242,8 @@ def test_state_last_will_events_and_acks_make_the_timeline(
             ("device", "state.online"),
         ]
         assert timeline[0]["details"] == {"command_id": "c1", "status": "succeeded"}
+        page = client.get("/api/v1/devices/dev-001/timeline", params={"limit": 1, "offset": 1})
+        assert [e["type"] for e in page.json()] == ["update.refused"]
         fleet = client.app.state.fleet  # type: ignore[attr-defined]
         from sqlalchemy import select
 
@@ -353,6 +355,11 @@ def test_the_embedded_broker_serves_devices_without_a_broker_url(
         info = client.get("/api/v1/devices/dev-001").json()
         assert info["online"] is True
         assert (info["windows_received"], info["windows_lost"]) == (2, 1)
+        enroll(client, new_token(client, name="later")["token"], "dev-000")  # never seen
+        recent = client.get("/api/v1/devices", params={"sort": "last_seen", "desc": "true"})
+        assert [d["id"] for d in recent.json()["items"]] == ["dev-001", "dev-000"]
+        oldest = client.get("/api/v1/devices", params={"sort": "last_seen"})
+        assert [d["id"] for d in oldest.json()["items"]] == ["dev-000", "dev-001"]
 
 
 def test_two_replicas_split_the_telemetry_through_a_shared_subscription(
