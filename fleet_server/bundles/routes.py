@@ -85,8 +85,7 @@ async def upload_bundle(
         )
     with store.stage(max_bytes=limit) as staged:
         try:
-            async for chunk in request.stream():
-                staged.write(chunk)
+            await staged.receive(request.stream())
         except ClientDisconnect:
             raise BundleRejectedError(
                 f"truncated upload: the client went away after {staged.size} bytes",

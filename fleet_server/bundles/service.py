@@ -219,6 +219,8 @@ def accept_upload(
             field="body",
         )
     size = staged.size
+    # A race loser's file may stay behind unreferenced: harmless, the name is the content
+    # (removing it could remove the winner's, the same file under the same name).
     store.keep(staged)
     bundle = Bundle(
         sha256=staged.sha256,
@@ -236,7 +238,7 @@ def accept_upload(
     except IntegrityError:
         raise ConflictError(
             f"another upload of {name} {version} for profile {profile!r} was stored at the "
-            "same time; list the version to see which",
+            "same time; list the version to see which (the same file again is accepted)",
             field="body",
         ) from None
     audit(

@@ -8,10 +8,13 @@ simply dropped: the name is the content.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import secrets
+import time
+from collections.abc import AsyncIterable
 from pathlib import Path
 
 from fleet_server.errors import InvalidInputError, TooLargeError
@@ -19,6 +22,8 @@ from fleet_server.errors import InvalidInputError, TooLargeError
 __all__ = ["BundleStore", "Staged"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_BATCH = 1 << 20  # bytes gathered before one write off the event loop
+STALE_AFTER_S = 24 * 3600  # a staging file this old belongs to an upload that died
 
 
 class Staged:
@@ -47,6 +52,19 @@ class Staged:
         self._fh.write(chunk)
         self._hash.update(chunk)
         self.size += len(chunk)
+
+    async def receive(self, chunks: AsyncIterable[bytes]) -> None:
+        """Write a request body as it arrives, the disk writes off the event loop."""
+        batch = bytearray()
+        async for chunk in chunks:
+            batch += chunk
+            if self.size + len(batch) > self.max_bytes:
+                self.write(bytes(batch))  # raises TooLargeError: the rest is never read
+            if len(batch) >= _BATCH:
+                await asyncio.to_thread(self.write, bytes(batch))
+                batch.clear()
+        if batch:
+            await asyncio.to_thread(self.write, bytes(batch))
 
     def finish(self) -> None:
         """Flush the file to disk (before it is verified and renamed into the store)."""
@@ -85,22 +103,30 @@ class BundleStore:
             )
         return self.root / sha256[:2] / f"{sha256}.efb"
 
-    def stage(self, *, max_bytes: int) -> Staged:
+    def stage(self, *, max_bytes: int, now: float | None = None) -> Staged:
+        """A new staging file; those of uploads that died long ago are removed first."""
         self.incoming.mkdir(parents=True, exist_ok=True)
+        cutoff = (time.time() if now is None else now) - STALE_AFTER_S
+        for old in self.incoming.glob("*.part"):
+            try:
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
+            except FileNotFoundError:
+                pass  # another request cleaned it
         return Staged(self.incoming / f"{secrets.token_hex(16)}.part", max_bytes=max_bytes)
 
-    def keep(self, staged: Staged) -> Path:
-        """Move a verified upload into the store (atomically); return its path."""
+    def keep(self, staged: Staged) -> bool:
+        """Move a verified upload into the store (atomically); False if it was there already."""
         staged.finish()
         target = self.path_of(staged.sha256)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             staged.discard()  # same name, same content
-            return target
+            return False
         os.replace(staged.path, target)
         fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)  # the rename itself
         finally:
             os.close(fd)
-        return target
+        return True

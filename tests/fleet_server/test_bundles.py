@@ -6,6 +6,7 @@ and the last test has the agent's own downloader fetch one from a real uvicorn.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +33,9 @@ from edge_agent.swap.download import download
 from fleet_server.app import create_app
 from fleet_server.bundles import bundle_for, signed_download_url, version_by
 from fleet_server.bundles.ranges import plan_range
+from fleet_server.bundles.storage import BundleStore
 from fleet_server.db import Database
+from fleet_server.errors import TooLargeError
 from fleet_server.settings import Settings
 from tests.edge_agent.agent_bundles import build
 from tests.edge_agent.bundles import bundle_files, make_manifest, regular, rewrite_tar
@@ -456,3 +459,33 @@ def test_agent_downloads_a_signed_url_and_resumes_a_part(
         stale.with_name("stale.efb.part.meta").write_text(json.dumps({**meta, "etag": '"old"'}))
         download(url, stale, size=len(content), sha256=sha)
         assert stale.read_bytes() == content
+
+
+def test_staging_receives_in_batches_and_cleans_up_after_dead_uploads(tmp_path: Path) -> None:
+    store = BundleStore(tmp_path / "bundles")
+    store.incoming.mkdir(parents=True)
+    dead, live = store.incoming / "dead.part", store.incoming / "live.part"
+    dead.write_bytes(b"half an upload from a server that was killed")
+    live.write_bytes(b"an upload still arriving")
+    long_ago = time.time() - 2 * 24 * 3600
+    os.utime(dead, (long_ago, long_ago))
+
+    body = os.urandom(3 * 1024 * 1024 + 17)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    with store.stage(max_bytes=len(body)) as staged:
+        assert not dead.exists()
+        assert live.exists()
+        asyncio.run(staged.receive(chunks()))
+        assert (staged.size, staged.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+        assert store.keep(staged) is True
+    assert store.path_of(hashlib.sha256(body).hexdigest()).read_bytes() == body
+    assert sorted(p.name for p in store.incoming.iterdir()) == ["live.part"]
+
+    with store.stage(max_bytes=len(body) - 1) as staged:
+        with pytest.raises(TooLargeError, match=f"limit of {len(body) - 1} bytes"):
+            asyncio.run(staged.receive(chunks()))
+        assert not staged.path.exists()
