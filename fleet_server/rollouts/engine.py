@@ -96,8 +96,15 @@ class RolloutEngine:
                     select(Rollout.id).where(Rollout.status.in_(ACTIVE)).order_by(Rollout.id)
                 )
             )
+        failure: Exception | None = None
         for rollout_id in ids:
-            self.step(rollout_id)
+            try:
+                self.step(rollout_id)
+            except Exception as exc:  # one broken rollout must not stall the others
+                log.warning("rollout %s: step failed: %s", rollout_id, exc)
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def step(self, rollout_id: int) -> None:
         """Advance one rollout by what its rows and the devices' reports allow."""

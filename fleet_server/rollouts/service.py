@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleet_server.auth import Actor, audit
@@ -249,6 +249,7 @@ def pause(
 def resume(
     session: Session, rollout_id: int, *, actor: Actor, reason: str, now: datetime
 ) -> Rollout:
+    """Run again; the current stage's soak and telemetry gates start over from `now`."""
     rollout = _transition(
         session,
         rollout_id,
@@ -261,6 +262,8 @@ def resume(
     )
     if rollout.stage_started_at is None:
         rollout.status = "pending"
+    else:  # judge the stage afresh: what made it pause is not held against it again
+        rollout.stage_started_at = now
     return rollout
 
 
@@ -330,13 +333,18 @@ def list_rollouts(session: Session, *, status: str | None = None) -> list[dict[s
         query = query.where(Rollout.status == status)
     rollouts = list(session.scalars(query))
     names = _names(session, {r.model_version_id for r in rollouts})
-    out = []
-    for r in rollouts:
-        counts = Counter(
-            session.scalars(select(RolloutDevice.status).where(RolloutDevice.rollout_id == r.id))
-        )
-        out.append({**_summary(r, names), "devices": dict(sorted(counts.items()))})
-    return out
+    counts: dict[int, dict[str, int]] = {}
+    if rollouts:
+        for rid, state, n in session.execute(
+            select(RolloutDevice.rollout_id, RolloutDevice.status, func.count())
+            .where(RolloutDevice.rollout_id.in_([r.id for r in rollouts]))
+            .group_by(RolloutDevice.rollout_id, RolloutDevice.status)
+        ):
+            counts.setdefault(rid, {})[state] = n
+    return [
+        {**_summary(r, names), "devices": dict(sorted(counts.get(r.id, {}).items()))}
+        for r in rollouts
+    ]
 
 
 def rollout_view(session: Session, rollout_id: int) -> dict[str, Any]:

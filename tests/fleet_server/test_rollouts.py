@@ -401,6 +401,11 @@ def test_error_breach_pauses_then_operator_resumes_and_rolls_back(world: World) 
 
     with world.session() as s:
         service.resume(s, rid, actor=OPERATOR, reason="a known spike", now=world.clock())
+    world.clock.advance(1)
+    engine.tick()  # the stage is judged afresh: the spike is before the new start
+    view = world.view(rid)
+    assert view["status"] == "running"
+    assert view["gates"]["error_rate"]["status"] == "held"
     with world.session() as s:
         service.pause(s, rid, actor=OPERATOR, reason="", now=world.clock())
     with world.session() as s, pytest.raises(ConflictError, match="is paused; pause needs"):
