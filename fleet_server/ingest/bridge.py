@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -25,11 +25,23 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.protocol import topics
 
-__all__ = ["DEVICE_CHANNELS", "BrokerKind", "MqttBridge"]
+__all__ = ["DEVICE_CHANNELS", "BrokerKind", "MqttBridge", "without_credentials"]
 
 log = logging.getLogger(__name__)
 
 DEVICE_CHANNELS = tuple(c for c in topics.Channel if c.from_device)
+
+
+def without_credentials(url: str) -> str:
+    """`url` without its ``user:password@`` part (for logs, and for devices to be told)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
 
 
 class BrokerKind(StrEnum):
@@ -60,7 +72,7 @@ class MqttBridge:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
             raise ValueError(f"MQTT URL {url!r} must look like mqtt://host:1883 or mqtts://host")
-        self.url = url
+        self.url = without_credentials(url)
         self.host = parts.hostname
         self.tls = parts.scheme in ("mqtts", "ssl")
         self.port = parts.port or (8883 if self.tls else 1883)
@@ -90,6 +102,9 @@ class MqttBridge:
         )
         if self.tls:
             self.client.tls_set()
+        # credentials in the URL (mqtt://fleet:secret@host) win over the separate settings
+        if parts.username:
+            username, password = unquote(parts.username), unquote(parts.password or "") or None
         if username:
             self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(min_delay=1, max_delay=10)

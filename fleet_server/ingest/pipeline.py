@@ -23,7 +23,7 @@ from edge_agent.protocol import Ack, DeviceState, Event, Telemetry, decode, topi
 from fleet_server.broker.embedded import EmbeddedBroker
 from fleet_server.context import Fleet
 from fleet_server.db.tables import Device
-from fleet_server.ingest.bridge import BrokerKind, MqttBridge
+from fleet_server.ingest.bridge import BrokerKind, MqttBridge, without_credentials
 from fleet_server.ingest.stats import IngestStats, Rejection
 from fleet_server.ingest.store import Incoming, store_batch
 
@@ -246,15 +246,23 @@ def start_ingest(fleet: Fleet, *, subscribe_timeout: float = 10.0) -> Ingest:
     settings = fleet.settings
     broker = None
     if settings.mqtt_url:
-        url, kind, device_url = settings.mqtt_url, BrokerKind.MQTT5, settings.mqtt_url
+        url, kind = settings.mqtt_url, BrokerKind.MQTT5
+        device_url = without_credentials(url)  # a device gets its own credentials
     else:
         broker = EmbeddedBroker(port=settings.embedded_mqtt_port)
         broker.start()
         host = urlsplit(settings.public_url).hostname or broker.host
         url, kind, device_url = broker.url, BrokerKind.MQTT311, f"mqtt://{host}:{broker.port}"
-    ingest = Ingest(fleet, url=url, kind=kind, device_url=device_url, broker=broker)
+    try:
+        ingest = Ingest(fleet, url=url, kind=kind, device_url=device_url, broker=broker)
+    except Exception:
+        if broker is not None:
+            broker.stop()
+        raise
     fleet.background.append(ingest)
     ingest.start()
     if not ingest.wait_subscribed(subscribe_timeout):
-        log.warning("MQTT broker %s not reachable yet; ingestion retries in the background", url)
+        log.warning(
+            "MQTT broker %s not reachable yet; ingestion retries in the background", device_url
+        )
     return ingest

@@ -114,12 +114,12 @@ def device(port: int, device_id: str, **kwargs: Any) -> Iterator[Client]:
 
 @contextmanager
 def fleet_on(mosq: Mosquitto, tmp_path: Path, db_url: str) -> Iterator[TestClient]:
-    with fleet_client(
-        tmp_path, db_url, mqtt_url=f"mqtt://127.0.0.1:{mosq.port}", mqtt_password="pw-fleet"
-    ) as client:
+    url = f"mqtt://fleet:pw-fleet@127.0.0.1:{mosq.port}"  # credentials in the URL, as the CLI
+    with fleet_client(tmp_path, db_url, mqtt_url=url) as client:
         assert ingest_of(client).wait_subscribed(20)
         token = new_token(client)["token"]
-        enroll(client, token, "dev-001")
+        enrolled = enroll(client, token, "dev-001")
+        assert enrolled["mqtt"]["url"] == f"mqtt://127.0.0.1:{mosq.port}"  # not the fleet's
         yield client
 
 
