@@ -15,7 +15,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,6 +126,7 @@ def test_upload_catalogue_and_lifecycle(
         assert figures["model_bytes"] > 0
         assert client.get(f"/api/v1/bundles/{sha}").json() == body
 
+        assert client.get("/api/v1/openapi.json").status_code == 200
         models = client.get("/api/v1/models").json()
         assert [(m["name"], m["versions"], m["latest_version"]) for m in models] == [
             ("tiny", 1, "1.0.0")
@@ -376,6 +377,13 @@ def test_range_plan(
     assert (plan.status, plan.start, plan.end) == expected
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.02)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -452,6 +460,22 @@ def test_agent_downloads_a_signed_url_and_resumes_a_part(
         assert dest.read_bytes() == content
         assert requests[0] > half  # the first chunk continued the part, nothing refetched
         assert not dest.with_name("resumed.efb.part").exists()
+
+        # an upload cut off mid-body (the client died): refused, nothing kept
+        port = int(urlsplit(base).port or 0)
+        incoming = settings.bundles_dir / ".incoming"
+        other = build(tmp_path / "b.efb", private, version="2.0.0").read_bytes()
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            head = (
+                f"POST /api/v1/bundles HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {ADMIN}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(other)}\r\n\r\n"
+            )
+            sock.sendall(head.encode() + other[: len(other) // 2])
+            wait_for(lambda: any(incoming.glob("*.part")), "the upload to be staged")
+        wait_for(lambda: not any(incoming.glob("*.part")), "the cut-off upload to be discarded")
+        versions = http.get("/api/v1/models/tiny", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert [v["version"] for v in versions.json()["versions"]] == ["1.0.0"]
 
         # a part of another file (stale ETag): the server sends it whole, the agent starts over
         stale = tmp_path / "dl" / "stale.efb"
