@@ -12,6 +12,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.requests import ClientDisconnect
 
+from edge_agent.keys import TrustedKey
 from fleet_server.auth import Actor
 from fleet_server.bundles import service
 from fleet_server.bundles.ranges import Slice, plan_range
@@ -43,9 +44,8 @@ StoreDep = Annotated[BundleStore, Depends(get_store)]
 
 
 def _accept(
-    fleet: Fleet, store: BundleStore, staged: Staged, actor: Actor
+    fleet: Fleet, store: BundleStore, staged: Staged, trust: list[TrustedKey], actor: Actor
 ) -> tuple[BundleView, bool]:
-    trust = service.trusted_keys(fleet.settings)
     # its own transaction, committed before the response says the bundle is stored
     with fleet.db.session() as session:
         return service.accept_upload(
@@ -83,6 +83,7 @@ async def upload_bundle(
             "(max_bundle_bytes)",
             field="body",
         )
+    trust = service.trusted_keys(fleet.settings)  # a server that trusts no key reads nothing
     with store.stage(max_bytes=limit) as staged:
         try:
             await staged.receive(request.stream())
@@ -98,7 +99,7 @@ async def upload_bundle(
             )
         if staged.size == 0:
             raise BundleRejectedError("empty upload: send the .efb file as the body", field="body")
-        view, created = await run_in_threadpool(_accept, fleet, store, staged, actor)
+        view, created = await run_in_threadpool(_accept, fleet, store, staged, trust, actor)
     response.status_code = 201 if created else 200
     return view
 
