@@ -29,7 +29,6 @@ class IngestStats:
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self.batches = 0
-        self.connects = 0
 
     def count(self, attr: str, n: int = 1) -> None:
         with self._lock:
@@ -51,5 +50,4 @@ class IngestStats:
                 "rejected": {r.value: self.rejected[r.value] for r in Rejection},
                 "duplicates": self.duplicates,
                 "batches": self.batches,
-                "connects": self.connects,
             }
