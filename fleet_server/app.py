@@ -23,6 +23,7 @@ from fleet_server.bundles.routes import router as bundles_router
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db import Database
 from fleet_server.devices.routes import router as devices_router
+from fleet_server.drift import DriftMonitor
 from fleet_server.drift.routes import router as drift_router
 from fleet_server.errors import FleetError
 from fleet_server.ingest import start_ingest
@@ -74,6 +75,9 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             # of desired states and commands unless the caller brought its own
             ingest = start_ingest(fleet)
             fleet.publisher = publisher or ingest
+            drift = DriftMonitor(fleet)  # drift alerts, checked once a minute
+            drift.start()
+            fleet.background.append(drift)
             yield
         finally:
             fleet.stopping.set()
