@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import BundleRef, DesiredBundle, DesiredState
@@ -109,29 +109,52 @@ class RolloutEngine:
     def step(self, rollout_id: int) -> None:
         """Advance one rollout by what its rows and the devices' reports allow."""
         orders = self._decide(rollout_id)
-        for order in orders:
-            self._send(order)
-        if any(order.rollback for order in orders):
-            with self.fleet.db.session() as session:
-                rollout = get_rollout(session, rollout_id, lock=True)
-                if rollout.status == "rolling_back" and not self._rollback_orders(
-                    session, rollout_id, self.fleet.clock()
-                ):
-                    rollout.status, rollout.updated_at = "rolled_back", self.fleet.clock()
+        if not orders:
+            return
+        sent: list[tuple[_Order, DesiredState]] = []
+        try:
+            for order in orders:
+                sent.append(
+                    (order, self.ports.send_desired(self.fleet, order.desired) or order.desired)
+                )
+        finally:  # record what went out in one transaction; what did not goes next tick
+            self._record(rollout_id, sent)
 
-    def _send(self, order: _Order) -> None:
-        sent = self.ports.send_desired(self.fleet, order.desired) or order.desired
+    def _record(self, rollout_id: int, sent: list[tuple[_Order, DesiredState]]) -> None:
+        now = self.fleet.clock()
         with self.fleet.db.session() as session:
-            row = session.get(RolloutDevice, (int(order.desired.rollout_id or 0), order.device_id))
-            if row is not None:
-                for name, value in order.fields.items():
-                    setattr(row, name, value)
-                row.desired_revision = sent.revision
-                row.updated_at = self.fleet.clock()
+            rollout = get_rollout(session, rollout_id, lock=True)
+            rows = {
+                r.device_id: r
+                for r in session.scalars(
+                    select(RolloutDevice).where(
+                        RolloutDevice.rollout_id == rollout_id,
+                        RolloutDevice.device_id.in_([o.device_id for o, _ in sent]),
+                    )
+                )
+            }
+            for order, desired in sent:
+                row = rows.get(order.device_id)
+                if row is not None:
+                    for name, value in order.fields.items():
+                        setattr(row, name, value)
+                    row.desired_revision, row.updated_at = desired.revision, now
+            if rollout.status == "rolling_back":
+                session.flush()
+                left = session.scalar(
+                    select(func.count()).where(
+                        RolloutDevice.rollout_id == rollout_id,
+                        RolloutDevice.desired_revision.is_not(None),
+                        RolloutDevice.status.not_in(("rolled_back", "incompatible")),
+                    )
+                )
+                if not left:
+                    rollout.status, rollout.updated_at = "rolled_back", now
 
     def _decide(self, rollout_id: int) -> list[_Order]:
         now = self.fleet.clock()
-        with self.fleet.db.session() as session:
+        # nothing written while deciding is read back before the commit
+        with self.fleet.db.session() as session, session.no_autoflush:
             rollout = get_rollout(session, rollout_id, lock=True)
             if rollout.status == "rolling_back":
                 orders = self._rollback_orders(session, rollout_id, now)
@@ -299,8 +322,9 @@ class RolloutEngine:
         todo = [r for r in rows if r.stage <= stage and r.desired_revision is None]
         todo = [r for r in todo if r.status in ("pending", "offline_pending")]
         orders = []
+        devices = _devices(session, [r.device_id for r in todo])
         for row in todo:
-            device = session.get(Device, row.device_id)
+            device = devices.get(row.device_id)
             bundle = session.get(Bundle, row.bundle_sha256) if row.bundle_sha256 else None
             if device is None or bundle is None:
                 row.status, row.detail = "failed", "device or bundle deleted"
@@ -332,16 +356,19 @@ class RolloutEngine:
         return orders
 
     def _rollback_orders(self, session: Session, rollout_id: int, now: datetime) -> list[_Order]:
-        rows = session.scalars(
-            select(RolloutDevice).where(
-                RolloutDevice.rollout_id == rollout_id,
-                RolloutDevice.desired_revision.is_not(None),
-                RolloutDevice.status.not_in(("rolled_back", "incompatible")),
+        rows = list(
+            session.scalars(
+                select(RolloutDevice).where(
+                    RolloutDevice.rollout_id == rollout_id,
+                    RolloutDevice.desired_revision.is_not(None),
+                    RolloutDevice.status.not_in(("rolled_back", "incompatible")),
+                )
             )
         )
         orders = []
+        devices = _devices(session, [r.device_id for r in rows])
         for row in rows:
-            device = session.get(Device, row.device_id)
+            device = devices.get(row.device_id)
             if device is None:
                 continue
             desired = self._desired(
@@ -365,6 +392,12 @@ class RolloutEngine:
                 )
             )
         return orders
+
+
+def _devices(session: Session, ids: list[str]) -> dict[str, Device]:
+    if not ids:
+        return {}
+    return {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))}
 
 
 def start(fleet: Fleet, ports: Ports | None = None) -> RolloutEngine:

@@ -166,6 +166,15 @@ class World:
         with self.session() as s:
             return service.rollout_view(s, rollout_id)
 
+    def stopped_at(self, rollout_id: int, status: str) -> bool:
+        """Wait (bounded) for the engine's thread to record `status`."""
+        done = threading.Event()
+        for _ in range(200):
+            if self.view(rollout_id)["status"] == status:
+                return True
+            done.wait(0.05)
+        return False
+
     def statuses(self, rollout_id: int) -> dict[str, str]:
         return {d["device_id"]: d["status"] for d in self.view(rollout_id)["devices"]}
 
@@ -569,14 +578,23 @@ def test_api_create_preview_conflict_and_actions(tmp_path: Path, db_url: str) ->
         ]
 
 
-def test_engine_thread_stops_with_the_fleet(world: World) -> None:
+def test_engine_thread_sends_the_rollback_by_itself_and_stops_with_the_fleet(
+    world: World,
+) -> None:
     seed(world.fleet.db, world.clock, devices=1)
-    rid = world.create({"strategy": "all_at_once"})
+    rid = world.create({**STAGED, "strategy": "all_at_once", "stages": [{"percent": 100}]})
     engine = start(world.fleet, world.ports)
-    assert world.broker.next().device_id == "dev-00"
-    world.fleet.stopping.set()
-    engine.stop()
-    assert world.view(rid)["status"] == "running"
+    try:
+        assert world.broker.next().device_id == "dev-00"
+        world.activate("dev-00")
+        world.report("dev-00", errors=50)  # as ingestion would record it
+        order = world.broker.next()  # the thread noticed and ordered it back
+        assert order.rollback
+        # the status is written after the order is out
+        assert world.stopped_at(rid, "rolled_back")
+    finally:
+        world.fleet.stopping.set()
+        engine.stop()
 
 
 class PahoPublisher:
