@@ -78,18 +78,26 @@ def evaluate(
     )
 
     in_stage = [r for r in rows if r.stage == rollout.stage]
-    waiting = [r for r in in_stage if r.status in WAITING]
+    last = rollout.stage == len(plan.stages) - 1
+    # an offline device converges later through its retained desired state: a stage goes on
+    # without it, but the rollout completes only once it is active or past its deadline
+    waiting = [r for r in (rows if last else in_stage) if r.status in WAITING]
     offline = sum(r.status == "offline_pending" for r in waiting)
-    gates["devices"] = (
-        _gate("ok", f"all {_n(len(in_stage), 'device')} of the stage settled", 0)
-        if not waiting
-        else _gate(
+    blocking = waiting if last else [r for r in waiting if r.status != "offline_pending"]
+    if blocking:
+        gates["devices"] = _gate(
             "held",
-            f"{_n(len(waiting), 'device')} of {len(in_stage)} not yet active"
-            + (f" ({offline} offline)" if offline else ""),
+            f"{_n(len(waiting), 'device')} of {len(rows if last else in_stage)} not yet active"
+            + (f" ({offline} offline, waited for until their deadline)" if offline else ""),
             len(waiting),
         )
-    )
+    else:
+        gates["devices"] = _gate(
+            "ok",
+            f"all {_n(len(in_stage), 'device')} of the stage settled"
+            + (f" but {offline} offline, converging later" if offline else ""),
+            len(waiting),
+        )
 
     updated = [r for r in rows if r.stage <= rollout.stage and r.desired_revision is not None]
     failed = [r for r in updated if r.status == "failed"]
@@ -123,7 +131,8 @@ def evaluate(
         else []
     )
     reporting = {w.device_id for w in windows}
-    need = min(stage.min_reporting, len(active_ids))
+    # offline devices count: a canary stage is not judged on nobody
+    need = min(stage.min_reporting, sum(r.status != "failed" for r in updated))
     judged = len(reporting) >= need
     gates["reporting"] = _gate(
         "ok" if len(reporting) >= need else "held",

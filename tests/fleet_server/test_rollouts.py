@@ -479,7 +479,9 @@ def test_offline_device_pending_then_failed_after_its_deadline(world: World) -> 
         "dev-01": "offline_pending",
         "npu-01": "incompatible",
     }
-    assert view["gates"]["devices"]["reason"] == "1 device of 2 not yet active (1 offline)"
+    assert view["gates"]["devices"]["reason"] == (
+        "1 device of 2 not yet active (1 offline, waited for until their deadline)"
+    )
     assert view["status"] == "running"
     deadline = next(d["deadline"] for d in view["devices"] if d["device_id"] == "dev-01")
     assert deadline == (T0 + timedelta(seconds=3600)).isoformat()
@@ -691,3 +693,33 @@ def test_relative_latency_and_shadow_gates(world: World) -> None:
     assert ratio["reason"].endswith("on 1 device, over 1.5x")
     assert view["status"] == "paused"
     assert world.broker.received.empty()
+
+
+def test_an_offline_device_does_not_hold_a_stage_and_converges_later(world: World) -> None:
+    seed(world.fleet.db, world.clock, devices=3)
+    rid = world.create({"stages": [{"count": 2}, {"percent": 100}]})
+    engine = world.engine()
+    engine.tick()
+    assert {world.broker.next().device_id for _ in range(2)} == {"dev-00", "dev-01"}
+    with world.session() as s:
+        s.get(Device, "dev-01").online = False
+    world.activate("dev-00")
+    world.report("dev-00")
+    engine.tick()  # stage 0 goes on without dev-01
+    view = world.view(rid)
+    assert view["stage"] == 1
+    assert world.statuses(rid)["dev-01"] == "offline_pending"
+    assert world.broker.next().device_id == "dev-02"
+    world.activate("dev-02")
+    world.report("dev-02")
+    engine.tick()
+    view = world.view(rid)
+    assert view["status"] == "running"  # the last stage waits for it, until its deadline
+    assert view["gates"]["devices"]["reason"].startswith("1 device of 3 not yet active (1 offline")
+
+    with world.session() as s:  # back online: it got the retained desired state
+        s.get(Device, "dev-01").online = True
+    world.activate("dev-01", event="update.committed")
+    engine.tick()
+    assert world.view(rid)["status"] == "completed"
+    assert set(world.statuses(rid).values()) == {"active", "incompatible"}
