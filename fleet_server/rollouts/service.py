@@ -286,7 +286,29 @@ def abort(
 def request_rollback(
     session: Session, rollout_id: int, *, actor: Actor, reason: str, now: datetime
 ) -> Rollout:
-    """Order every updated device back to its previous version (sent by the engine)."""
+    """Order every updated device back to its previous version (sent by the engine).
+
+    A finished rollout whose devices have since joined another active rollout is refused:
+    its "previous version" is no longer what those devices would go back from.
+    """
+    mine = select(RolloutDevice.device_id).where(
+        RolloutDevice.rollout_id == rollout_id, RolloutDevice.desired_revision.is_not(None)
+    )
+    other = session.execute(
+        select(Rollout.id, Rollout.name, RolloutDevice.device_id)
+        .join(RolloutDevice, RolloutDevice.rollout_id == Rollout.id)
+        .where(
+            Rollout.id != rollout_id,
+            Rollout.status.in_(ACTIVE),
+            RolloutDevice.device_id.in_(mine),
+            RolloutDevice.status != "incompatible",
+        )
+    ).first()
+    if other is not None:
+        raise ConflictError(
+            f"device {other.device_id} of rollout {rollout_id} is in active rollout {other.id} "
+            f"{other.name!r}: roll back or abort that one first"
+        )
     return _transition(
         session,
         rollout_id,

@@ -723,3 +723,7 @@ def test_an_offline_device_does_not_hold_a_stage_and_converges_later(world: Worl
     engine.tick()
     assert world.view(rid)["status"] == "completed"
     assert set(world.statuses(rid).values()) == {"active", "incompatible"}
+
+    newer = world.create({"strategy": "all_at_once"}, device_ids=["dev-01"])
+    with world.session() as s, pytest.raises(ConflictError, match=f"active rollout {newer}"):
+        service.request_rollback(s, rid, actor=OPERATOR, reason="", now=world.clock())
