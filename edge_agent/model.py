@@ -157,6 +157,16 @@ class _Binding:
             zero=np.asarray(q.zero_point, dtype=np.float32) if q else None,
         )
 
+    @property
+    def identity(self) -> bool:
+        """The runtime sees this tensor exactly as the caller does (no mapping needed)."""
+        return (
+            self.runtime_name == self.name
+            and self.runtime_dtype == self.dtype
+            and self.permutation is None
+            and self.scale is None
+        )
+
     def to_runtime(self, array: np.ndarray) -> np.ndarray:
         if self.permutation is not None:
             array = array.transpose(self.permutation)
@@ -189,6 +199,9 @@ class BundleModel:
         self._in = [_Binding.of(spec) for spec in m.inputs]
         self._out = [_Binding.of(spec) for spec in m.outputs]
         self._signature = _Signature(m.inputs)
+        # most bundles map nothing (ONNX float models): skip building two dicts per call
+        self._pass_in = all(b.identity for b in self._in)
+        self._pass_out = all(b.identity for b in self._out)
 
     @property
     def manifest(self) -> Manifest:
@@ -217,7 +230,13 @@ class BundleModel:
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model. Inputs are checked against the signature first (`InputError`)."""
         arrays = self._signature.check(inputs)
-        raw = self._backend.run({b.runtime_name: b.to_runtime(arrays[b.name]) for b in self._in})
+        if self._pass_in and all(a.flags.c_contiguous for a in arrays.values()):
+            feeds = arrays
+        else:
+            feeds = {b.runtime_name: b.to_runtime(arrays[b.name]) for b in self._in}
+        raw = self._backend.run(feeds)
+        if self._pass_out:
+            return raw
         return {b.name: b.from_runtime(raw[b.runtime_name]) for b in self._out}
 
     def selftest(self) -> SelfTestResult:

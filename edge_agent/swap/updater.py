@@ -219,7 +219,10 @@ class Updater:
     def _install_initial(self, path: Path, state: StoreState) -> None:
         try:
             sha = _sha256_file(path)
-            candidate = self._verify_and_warm(path, sha, allow_downgrade=True)
+            # the first bundle is all the device has: too slow is a warning, not a refusal
+            candidate = self._verify_and_warm(
+                path, sha, allow_downgrade=True, enforce_latency=False
+            )
         except (UpdateError, BundleError, ModelError) as exc:
             self.serving.switch(None)
             self.emit(
@@ -319,7 +322,13 @@ class Updater:
         return candidate
 
     def _verify_and_warm(
-        self, path: Path, sha256: str, *, allow_downgrade: bool, ref: BundleRef | None = None
+        self,
+        path: Path,
+        sha256: str,
+        *,
+        allow_downgrade: bool,
+        ref: BundleRef | None = None,
+        enforce_latency: bool = True,
     ) -> _Candidate:
         try:
             bundle = read_bundle(path, trust=self.trust)
@@ -356,10 +365,10 @@ class Updater:
             f"{m.model.name} {m.model.version}: signature and hashes verified",
             bundle=slot.ref,
         )
-        loaded = self._warm_up(bundle, slot)
+        loaded = self._warm_up(bundle, slot, enforce_latency=enforce_latency)
         return _Candidate(loaded, slot, path)
 
-    def _warm_up(self, bundle: Any, slot: Slot) -> Loaded:
+    def _warm_up(self, bundle: Any, slot: Slot, *, enforce_latency: bool = True) -> Loaded:
         m = bundle.manifest
         try:
             model = load_model(bundle, threads=self.threads)
@@ -405,18 +414,35 @@ class Updater:
                 model.predict(one)
                 times.append((time.perf_counter() - start) * 1000)
             times.sort()
+            p50 = times[len(times) // 2]
             p95 = times[min(len(times) - 1, int(0.95 * len(times)))]
-            if p95 > self.budget_ms:
+            # judged on the median: with 20 runs the p95 is the slowest one, and a single
+            # scheduler stall on a busy device is not the model's fault; live p95 is judged
+            # in probation, over many requests
+            if p50 > self.budget_ms and enforce_latency:
                 raise WarmupError(
-                    f"too slow: p95 latency {p95:.2f} ms over {len(times)} warm-up runs exceeds "
-                    f"the budget of {self.budget_ms:g} ms",
+                    f"too slow: median latency {p50:.2f} ms over {len(times)} warm-up runs "
+                    f"exceeds the budget of {self.budget_ms:g} ms",
                     reason="too_slow",
+                )
+            if p50 > self.budget_ms:
+                self.emit(
+                    "update.over_budget",
+                    f"{m.model.name} {m.model.version}: median latency {p50:.2f} ms exceeds the "
+                    f"budget of {self.budget_ms:g} ms; serving it anyway, it is all there is",
+                    severity=Severity.WARNING,
+                    bundle=slot.ref,
                 )
             self.emit(
                 "update.warmed_up",
-                f"{m.model.name} {m.model.version}: self-test passed, p95 {p95:.2f} ms",
+                f"{m.model.name} {m.model.version}: self-test passed, "
+                f"median {p50:.2f} ms, p95 {p95:.2f} ms",
                 bundle=slot.ref,
-                details={"latency_ms_p95": round(p95, 3), "budget_ms": self.budget_ms},
+                details={
+                    "latency_ms_p50": round(p50, 3),
+                    "latency_ms_p95": round(p95, 3),
+                    "budget_ms": self.budget_ms,
+                },
             )
         reference = parse_reference(bundle.read_member(m.reference)) if m.reference else None
         return Loaded(model=model, ref=slot.ref, reference=reference)

@@ -335,3 +335,19 @@ def test_shadow_runs_off_the_request_path_and_reports_agreement(
     assert message.shadow.bundle.version == "1.1.0"
     assert message.shadow.agreed == message.shadow.compared >= 30
     assert serves(v1_agent, "1.0.0")
+
+
+def test_a_slow_initial_bundle_still_serves_with_a_warning(device: Device) -> None:
+    """The first bundle is all a device has: too slow is reported, not a reason to serve
+    nothing."""
+    device.sections["paths"] = {"initial_bundle": str(device.bundle("1.0.0", kind="slow"))}
+    agent = start(device)
+    try:
+        active = agent.serving.active
+        assert active is not None
+        assert active.ref.version == "1.0.0"
+        warning = last_event(device, "update.over_budget")
+        assert warning is not None
+        assert "serving it anyway" in warning.message
+    finally:
+        agent.stop()
