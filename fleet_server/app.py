@@ -27,6 +27,7 @@ from fleet_server.drift import DriftMonitor
 from fleet_server.drift.routes import router as drift_router
 from fleet_server.errors import FleetError
 from fleet_server.ingest import start_ingest
+from fleet_server.rollouts import start as start_rollouts
 from fleet_server.rollouts.routes import router as rollouts_router
 from fleet_server.settings import Settings
 
@@ -78,6 +79,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             drift = DriftMonitor(fleet)  # drift alerts, checked once a minute
             drift.start()
             fleet.background.append(drift)
+            fleet.background.append(start_rollouts(fleet))  # the rollout engine's thread
             yield
         finally:
             fleet.stopping.set()

@@ -1,0 +1,237 @@
+"""The whole chain on one machine: a real fleet server (uvicorn, embedded broker, SQLite), real
+agents as separate processes enrolled through the API, real bundles uploaded, and a real
+staged rollout that the agents follow; then a broken version the gates roll back."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import numpy as np
+import pytest
+
+from edge_agent.server import LocalClient
+from fleet_server.app import create_app
+from fleet_server.settings import Settings
+from tests.edge_agent import agent_bundles
+from tests.edge_agent.agent_env import toml_value, wait_for
+from tests.harness.mosquitto import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN = "admin-token-for-the-e2e-test"
+
+
+@contextmanager
+def fleet_server(settings: Settings) -> Iterator[httpx2.Client]:
+    import uvicorn
+
+    port = int(settings.public_url.rsplit(":", 1)[1])
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="none"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn")
+    assert server.started, "the fleet server did not start"
+    try:
+        with httpx2.Client(
+            base_url=f"{settings.public_url}/api/v1",
+            headers={"Authorization": f"Bearer {ADMIN}"},
+            timeout=30,
+        ) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def ok(response: httpx2.Response) -> Any:
+    assert response.status_code < 300, f"{response.status_code}: {response.text}"
+    return response.json()
+
+
+@contextmanager
+def agents(configs: list[Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = []
+    for config in configs:
+        log = (config.parent / "agent.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "agent", "run", "--config", str(config)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+                env=dict(os.environ),
+            )
+        )
+        log.close()
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def device_versions(client: httpx2.Client) -> dict[str, str | None]:
+    items = ok(client.get("/devices", params={"limit": 100}))["items"]
+    return {
+        d["id"]: (d["active_bundle"] or {}).get("version") if d["online"] else None for d in items
+    }
+
+
+@pytest.mark.slow
+def test_agents_enroll_report_and_follow_a_staged_rollout_and_an_automatic_rollback(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
+    private, public = keypair
+    bundles = {
+        v: agent_bundles.build(tmp_path / f"tiny-{v}.efb", private, version=v, kind=kind)
+        for v, kind in (("1.0.0", "good"), ("2.0.0", "good"), ("3.0.0", "nan_on_live"))
+    }
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "fleet",
+        public_url=f"http://127.0.0.1:{port}",
+        embedded_mqtt_port=free_port(),
+        trusted_keys=(public,),
+        admin_token=ADMIN,
+    )
+    with fleet_server(settings) as fleet:
+        for path in bundles.values():
+            ok(
+                fleet.post(
+                    "/bundles",
+                    content=path.read_bytes(),
+                    headers={"Content-Type": "application/octet-stream"},
+                )
+            )
+        token = ok(
+            fleet.post(
+                "/enrollment-tokens", json={"name": "line-3", "max_uses": 4, "profile": "x86-64"}
+            )
+        )["token"]
+        configs = []
+        for n in range(4):
+            cred = ok(fleet.post("/enroll", json={
+                "token": token, "device_id": f"dev-{n}", "labels": {"line": "3"},
+            }))  # fmt: skip
+            root = tmp_path / f"dev-{n}"
+            root.mkdir()
+            sections = {
+                "device": {"id": cred["device_id"], "profile": "x86-64"},
+                "paths": {
+                    "state_dir": str(root / "state"),
+                    "trusted_keys": [str(public)],
+                    "initial_bundle": str(bundles["1.0.0"]),
+                },
+                "mqtt": {"url": cred["mqtt"]["url"], "password": cred["mqtt"]["password"],
+                         "reconnect_min_s": 1, "reconnect_max_s": 2},
+                "server": {"tcp": False, "unix_socket": str(root / "agent.sock")},
+                "telemetry": {"window_s": 0.5},
+                "update": {"probation_s": 1, "probation_inferences": 5, "backoff_s": 0.1},
+                "log": {"level": "info"},
+            }  # fmt: skip
+            text = "".join(
+                f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
+                for name, values in sections.items()
+            )
+            (root / "agent.toml").write_text(text)
+            configs.append(root / "agent.toml")
+
+        with agents(configs):
+            wait_for(
+                lambda: set(device_versions(fleet).values()) == {"1.0.0"},
+                timeout=60,
+                what="four agents online on 1.0.0",
+            )
+            stop = threading.Event()
+            x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+            live = x.copy()
+            live[0, 0] = agent_bundles.NAN_THRESHOLD + 1  # makes 3.0.0 answer NaN
+
+            def traffic() -> None:  # every device serves requests, as in the field
+                clients = [LocalClient(unix_socket=c.parent / "agent.sock") for c in configs]
+                try:
+                    while not stop.is_set():
+                        for client in clients:
+                            client.predict({"x": x})
+                            client.predict({"x": live})
+                        time.sleep(0.02)
+                finally:
+                    for client in clients:
+                        client.close()
+
+            sender = threading.Thread(target=traffic, daemon=True)
+            sender.start()
+            try:
+                plan = {
+                    "stages": [{"count": 1, "soak_s": 1}, {"percent": 100, "soak_s": 1}],
+                    "gates": {"max_error_rate": 0.05},
+                    "on_breach": "rollback",
+                }
+                v2 = ok(fleet.post("/rollouts", json={
+                    "name": "v2", "model": "tiny", "version": "2.0.0",
+                    "selector": {"labels": {"line": "3"}}, "plan": plan,
+                }))  # fmt: skip
+                done = wait_for(
+                    lambda: (
+                        (r := ok(fleet.get(f"/rollouts/{v2['id']}")))["status"]
+                        in ("completed", "paused", "rolled_back")
+                        and r
+                    ),
+                    timeout=90,
+                    what="the v2 rollout to finish",
+                )
+                assert done["status"] == "completed", done
+                wait_for(
+                    lambda: set(device_versions(fleet).values()) == {"2.0.0"},
+                    what="all devices reporting 2.0.0",
+                )
+
+                plan["gates"] = {"max_activation_failures": 0}
+                v3 = ok(fleet.post("/rollouts", json={
+                    "name": "v3", "model": "tiny", "version": "3.0.0",
+                    "selector": {"labels": {"line": "3"}}, "plan": plan,
+                }))  # fmt: skip
+                broken = wait_for(
+                    lambda: (
+                        (r := ok(fleet.get(f"/rollouts/{v3['id']}")))["status"]
+                        in ("completed", "rolled_back", "paused")
+                        and r
+                    ),
+                    timeout=90,
+                    what="the v3 rollout to stop",
+                )
+                assert broken["status"] == "rolled_back", broken
+                assert "failed to activate" in broken["reason"]
+                assert "nonfinite_outputs" in broken["reason"]  # what the device said
+                wait_for(
+                    lambda: set(device_versions(fleet).values()) == {"2.0.0"},
+                    what="every device back on 2.0.0",
+                )
+            finally:
+                stop.set()
+                sender.join(10)
+            first = ok(fleet.get("/devices/dev-0"))
+            assert first["windows_received"] > 0
+            assert first["windows_lost"] == 0
+            timeline = ok(fleet.get("/devices/dev-0/timeline", params={"limit": 500}))
+            assert any(e["type"] == "update.committed" for e in timeline)
