@@ -117,6 +117,8 @@ def _main() -> None:
         so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if model.suffix == ".ort":  # as the agent loads it (edge_agent/runtime/onnx.py)
+            so.add_session_config_entry("session.load_model_format", "ORT")
         session = ort.InferenceSession(
             str(model), sess_options=so, providers=["CPUExecutionProvider"]
         )

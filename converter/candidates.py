@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from converter.benchmark import BenchmarkResult, benchmark
+from converter.compile import CompileTarget, compile_model
 from converter.data import Dataset
-from converter.errors import QuantizationError, first_line
+from converter.errors import ExportError, QuantizationError, first_line
 from converter.quantize import build_candidate, compute_nodes
 from converter.validate import ValidationResult, compare, run_model
-from edge_agent.bundle import Precision, QuantizationRecipe
+from edge_agent.bundle import ModelFormat, Precision, QuantizationRecipe
 from edge_agent.profiles import HardwareProfile
 
 __all__ = ["Candidate", "choose", "evaluate_precisions"]
@@ -28,7 +29,7 @@ _CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 class Candidate:
     precision: Precision
     label: str
-    path: Path | None = None
+    path: Path | None = None  # compiled to the profile's format: validated, measured, shipped
     recipe: QuantizationRecipe | None = None
     validation: ValidationResult | None = None
     bench: BenchmarkResult | None = None
@@ -71,9 +72,10 @@ def _validated(
 ) -> Candidate:
     """Validate on a first slice (a broken variant is dropped after it), then on all."""
     assert cand.path is not None
+    ort_format = cand.path.suffix == ".ort"
     screen = validation.subset(SCREEN_SAMPLES)
     if len(screen) < len(validation.feeds):
-        got = run_model(cand.path, screen)
+        got = run_model(cand.path, screen, ort_format=ort_format)
         # the candidate ran the same feeds as the reference: its row counts give the prefix
         ref = {name: reference[name][: len(value)] for name, value in got.items()}
         first = next(iter(got.values()))
@@ -90,7 +92,7 @@ def _validated(
                 + "; ".join(result.failures)
             )
             return cand
-    got = run_model(cand.path, validation.feeds)
+    got = run_model(cand.path, validation.feeds, ort_format=ort_format)
     cand.validation = compare(reference, got, budget=profile.accuracy, labels=labels)
     if not cand.validation.passed:
         cand.rejected = "accuracy: " + "; ".join(cand.validation.failures)
@@ -103,15 +105,17 @@ def _cache_key(
     exclude: tuple[str, ...],
     profile: HardwareProfile,
     opset: int,
+    target: CompileTarget,
 ) -> tuple[object, ...]:
     """What determines a candidate: two profiles that agree on it share one build."""
     q = profile.quantization
     if precision in (Precision.FP32, Precision.FP16):
-        return (precision, opset)
+        return (precision, opset, target)
     if precision is Precision.INT8_DYNAMIC:
         return (
             precision,
             opset,
+            target,
             q.per_channel,
             q.reduce_range,
             q.weight_type,
@@ -121,6 +125,7 @@ def _cache_key(
     return (
         precision,
         opset,
+        target,
         method,
         exclude,
         q.per_channel,
@@ -168,12 +173,13 @@ def evaluate_precisions(
     progress: Progress,
     cache: dict[tuple[object, ...], Candidate],
     opset: int,
+    target: CompileTarget,
     calibration_cache: Path,
     fp32_is_source: bool,
 ) -> list[Candidate]:
-    """Build and validate each precision; an INT8 static candidate that misses the
-    accuracy budget is retried with other calibration methods, then with its most
-    sensitive nodes kept in float, before it is given up."""
+    """Build, compile to `target` and validate each precision; an INT8 static candidate
+    that misses the accuracy budget is retried with other calibration methods, then with
+    its most sensitive nodes kept in float, before it is given up."""
     out: list[Candidate] = []
     for precision in precisions:
         if precision is Precision.INT8_FULL:
@@ -197,7 +203,7 @@ def evaluate_precisions(
                 label += f" ({method}" + (f", {len(exclude)} node(s) in float" if exclude else "")
                 label += ", per-tensor" if channelwise != per_channel else ""
                 label += ")"
-            key = (*_cache_key(precision, method, exclude, profile, opset), channelwise)
+            key = (*_cache_key(precision, method, exclude, profile, opset, target), channelwise)
             if key in cache:
                 cand = copy.copy(cache[key])
                 cand.notes = list(cand.notes)
@@ -224,15 +230,21 @@ def evaluate_precisions(
                     per_channel=channelwise,
                     calibration_cache=calibration_cache,
                 )
-            except QuantizationError as exc:
+                # validated and measured as it ships, in the profile's format
+                cand.path = compile_model(build.path, target, build.path.with_suffix(""))
+            except (QuantizationError, ExportError) as exc:
                 cand.error = str(exc)
                 cache[key] = cand
                 out.append(cand)
                 break
-            cand.path, cand.recipe, cand.notes = build.path, build.recipe, build.notes
+            cand.recipe, cand.notes = build.recipe, build.notes
             progress(f"{label}: validating on {validation.samples} samples")
             try:
-                if precision is Precision.FP32 and fp32_is_source:
+                if (
+                    precision is Precision.FP32
+                    and fp32_is_source
+                    and target.format is ModelFormat.ONNX
+                ):
                     # the very model the reference outputs came from: nothing to measure
                     cand.validation = compare(
                         reference, reference, budget=profile.accuracy, labels=labels

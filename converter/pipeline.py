@@ -1,7 +1,10 @@
 """The conversion pipeline: one source model, one signed bundle per hardware profile.
 
-    load and check -> opset -> prepare -> candidates -> validate -> benchmark
-    -> choose -> compile -> pack
+    load and check -> opset -> prepare -> candidates, each compiled to the
+    profile's format -> validate -> benchmark -> choose -> pack
+
+Candidates are validated and benchmarked in the form they ship in, so the
+report's figures are the bundle's.
 
 Everything is written under a work directory next to the output directory and
 moved into place only when every profile succeeded, so a failure leaves no
@@ -10,6 +13,7 @@ partial bundle behind.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -21,7 +25,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from converter.candidates import Candidate, benchmark_all, choose, evaluate_precisions, host_threads
-from converter.compile import compile_model
+from converter.compile import CompileTarget
 from converter.data import Dataset, load_dataset, load_labels, synthetic_dataset
 from converter.errors import BudgetError, DataError, SourceModelError, first_line
 from converter.host import host_gaps
@@ -175,6 +179,7 @@ def _convert_profile(
     def say(text: str) -> None:
         progress(f"[{profile.name}] {text}")
 
+    target = CompileTarget.for_runtime(profile.runtime)  # a format we cannot make fails now
     precisions = [req.precision] if req.precision else list(profile.quantization.precisions)
     needs_int8 = any(p in _INT8 for p in precisions)
     fp32 = to_opset(
@@ -209,6 +214,7 @@ def _convert_profile(
         progress=say,
         cache=cache,
         opset=opset,
+        target=target,
         calibration_cache=work.parent / "calibration-cache",
         fp32_is_source=fp32 is source.model,
     )
@@ -240,15 +246,14 @@ def _convert_profile(
             "pass --allow-over-budget to accept the closest one anyway"
         )
     say(f"chose {chosen.label}")
-    assert chosen.path is not None
-    compiled_dir = work / "compiled"
-    compiled_dir.mkdir()
-    compiled = compile_model(chosen.path, profile.runtime.format, compiled_dir)
-    return compiled, chosen, candidates, gaps, notes
+    assert chosen.path is not None  # compiled to the profile's format, as benchmarked
+    notes.append(f"compiled to {target.describe()}; validated and benchmarked in that form")
+    return chosen.path, chosen, candidates, gaps, notes
 
 
 def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, list[ProfileResult]]:
     """Convert `req.model` for every profile; write bundles and reports into `req.out_dir`."""
+    req = _absolute(req)
     key = load_private_key(req.sign_key)
     req.out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".edgefleet-convert-", dir=req.out_dir.parent))
@@ -256,6 +261,24 @@ def convert(req: ConvertRequest, *, progress: Progress) -> tuple[SourceModel, li
         return _convert(req, key, staging, progress)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _absolute(req: ConvertRequest) -> ConvertRequest:
+    """`req` with every path absolute: later steps run tools inside the work directory
+    (`prepare.py` changes into it), where a relative path would point elsewhere."""
+
+    def absolute(path: Path | None) -> Path | None:
+        return None if path is None else path.absolute()
+
+    return dataclasses.replace(
+        req,
+        model=absolute(req.model),
+        sign_key=req.sign_key.absolute(),
+        out_dir=req.out_dir.absolute(),
+        calibration=absolute(req.calibration),
+        validation=absolute(req.validation),
+        labels=absolute(req.labels),
+    )
 
 
 def _convert(

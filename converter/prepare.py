@@ -81,6 +81,7 @@ def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
     moved = constants_to_initializers(model)
     if moved:
         notes.append(f"moved {moved} Constant-node weights into initializers")
+    work = work.absolute()  # the steps below run inside `work`: relative paths would break
     source = work / "source.onnx"
     onnx.save_model(model, str(source))
     target = work / "prepared.onnx"
@@ -102,7 +103,7 @@ def prepare_for_quantization(model: Any, work: Path) -> tuple[Path, list[str]]:
             # When symbolic inference gives up, ORT dumps `sym_shape_infer_temp.onnx` and
             # its weights into the working directory: keep that debris inside `work`.
             with contextlib.chdir(work):
-                quant_pre_process(str(source.resolve()), str(target.resolve()), **kwargs)
+                quant_pre_process(str(source), str(target), **kwargs)
         except Exception as exc:  # ORT raises plain Exceptions from these steps
             last = exc
             log.debug("quant_pre_process %s failed: %s", kwargs, exc)

@@ -252,3 +252,64 @@ def test_labels_without_validation_data_is_refused(files: dict[str, Path], digit
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert "--labels needs --validation" in one_error_line(done)
     assert_nothing_left(files)
+
+
+def test_a_relative_out_directory_and_relative_inputs(files: dict[str, Path]) -> None:
+    """Paths relative to the caller's directory, through the int8 path (whose
+    pre-processing runs inside the work directory)."""
+    base = files["out"].parent
+    args = [EDGEFLEET, "convert", "digits.onnx", "--profile", "x86-64", "--name", "digits"]
+    args += ["--version", "1.0.0", "--precision", "int8-static", "--quiet"]
+    args += ["--calibration", "cal.npy", "--validation", "val.npy"]
+    args += ["--sign-key", str(files["key"].relative_to(base)), "--out", "out"]
+    done = subprocess.run(args, cwd=base, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    (bundle,) = json.loads((files["out"] / "report.json").read_text())["bundles"]
+    assert bundle["precision"] == "int8-static"
+    assert (files["out"] / "digits-1.0.0-x86-64.efb").is_file()
+    assert not list(base.glob(".edgefleet-convert-*"))
+
+
+def executed_ops(model: bytes, *, ort_format: bool, feed: dict[str, np.ndarray]) -> list[str]:
+    """The op types a CPU session really runs for `model` (from ONNX Runtime's profiler)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "profile")
+        so.log_severity_level = 3
+        if ort_format:
+            so.add_session_config_entry("session.load_model_format", "ORT")
+        session = ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
+        session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    return [
+        e["args"]["op_name"]
+        for e in events
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    ]
+
+
+def test_the_shipped_ort_model_keeps_its_int8_fusions_and_is_what_was_measured(
+    files: dict[str, Path], digits: Digits, keypair: tuple[Path, Path]
+) -> None:
+    """x86-64 ships ORT format on the CPU provider alone: its int8 model runs fused
+    QLinear kernels, not QuantizeLinear/DequantizeLinear around float ops, and the
+    candidate the report measured is the very file in the bundle."""
+    from edge_agent.bundle import ModelFormat, read_bundle
+    from edge_agent.keys import load_trusted_keys
+
+    done = convert(files, "--precision", "int8-static")
+    assert done.returncode == 0, done.stderr
+    (report,) = json.loads((files["out"] / "report.json").read_text())["bundles"]
+    verified = read_bundle(Path(report["path"]), trust=load_trusted_keys([keypair[1]]))
+    assert verified.manifest.format is ModelFormat.ORT
+    model = verified.read_member(verified.manifest.entrypoint)
+    ops = executed_ops(model, ort_format=True, feed={"pixels": digits.x_test[:1]})
+    assert any(op.startswith("QLinear") or op in ("QGemm", "MatMulIntegerToFloat") for op in ops)
+    assert ops.count("DequantizeLinear") <= 1, ops  # at most the model's float output
+    chosen = next(c for c in report["candidates"] if c["chosen"])
+    assert chosen["size_bytes"] == len(model)
