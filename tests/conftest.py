@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.mosquitto import Mosquitto
-from tests.harness.postgres import fresh_database
+from tests.harness.postgres import fresh_database_or_skip
 
 
 @pytest.fixture
@@ -56,14 +56,5 @@ def amqtt_broker() -> Iterator[object]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh database on the local PostgreSQL server; skips when none is reachable."""
-    try:
-        import psycopg
-
-        cm = fresh_database()
-        url = cm.__enter__()
-    except (ImportError, psycopg.OperationalError) as exc:
-        pytest.skip(f"no PostgreSQL server reachable: {exc}")
-    try:
+    with fresh_database_or_skip() as url:
         yield url
-    finally:
-        cm.__exit__(None, None, None)

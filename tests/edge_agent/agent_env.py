@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ from edge_agent.protocol.codec import decode_as
 from edge_agent.protocol.messages import DesiredBundle, DesiredState, Event
 from edge_agent.telemetry.outbox import Outbox
 from tests.edge_agent import agent_bundles
+from tests.harness.files import FileServer
 
 DEVICE = "dev-001"
 
@@ -127,3 +129,17 @@ def spooled_events(state_dir: Path) -> list[Event]:
         return [decode_as(Event, e.payload) for e in outbox.pending(limit=10_000)]
     finally:
         outbox.close()
+
+
+@contextmanager
+def served_device(tmp_path: Path, keypair: tuple[Path, Path]) -> Iterator[Device]:
+    """A device directory under `tmp_path`, with the fleet's bundle directory served over HTTP."""
+    served = tmp_path / "served"
+    served.mkdir()
+    dev = Device(
+        root=tmp_path / "device", private_key=keypair[0], public_key=keypair[1], served=served
+    )
+    dev.root.mkdir()
+    with FileServer(served) as server:
+        dev.base_url = server.url
+        yield dev

@@ -22,22 +22,14 @@ from edge_agent.keys import write_keypair
 from edge_agent.protocol.messages import Event
 from edge_agent.swap.store import BundleStore, Probation, StoreState
 from tests.edge_agent import agent_bundles
-from tests.edge_agent.agent_env import Device, spooled_events, wait_for
-from tests.harness.files import FileServer
+from tests.edge_agent.agent_env import Device, served_device, spooled_events, wait_for
 
 X = np.random.default_rng(7).normal(size=(3, 4)).astype(np.float32)
 
 
 @pytest.fixture
 def device(tmp_path: Path, keypair: tuple[Path, Path]) -> Iterator[Device]:
-    served = tmp_path / "served"
-    served.mkdir()
-    dev = Device(
-        root=tmp_path / "device", private_key=keypair[0], public_key=keypair[1], served=served
-    )
-    dev.root.mkdir()
-    with FileServer(served) as server:
-        dev.base_url = server.url
+    with served_device(tmp_path, keypair) as dev:
         yield dev
 
 

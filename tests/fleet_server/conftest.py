@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.postgres import fresh_database
+from tests.harness.postgres import fresh_database_or_skip
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -17,14 +17,5 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fleet.db'}"
         return
-    try:
-        import psycopg
-
-        cm = fresh_database()
-        url = cm.__enter__()
-    except (ImportError, psycopg.OperationalError) as exc:
-        pytest.skip(f"no PostgreSQL server reachable: {exc}")
-    try:
+    with fresh_database_or_skip() as url:
         yield url
-    finally:
-        cm.__exit__(None, None, None)

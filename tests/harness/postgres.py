@@ -26,3 +26,20 @@ def fresh_database() -> Iterator[str]:
     finally:
         with psycopg.connect(base, autocommit=True, connect_timeout=3) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def fresh_database_or_skip() -> Iterator[str]:
+    """`fresh_database()`, or skip the test when no PostgreSQL server is reachable."""
+    import psycopg
+    import pytest
+
+    cm = fresh_database()
+    try:
+        url = cm.__enter__()
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server reachable: {exc}")
+    try:
+        yield url
+    finally:
+        cm.__exit__(None, None, None)

@@ -31,8 +31,7 @@ from edge_agent.protocol.messages import (
 )
 from edge_agent.server.client import LocalClient
 from tests.conftest import DEVICE_USERS
-from tests.edge_agent.agent_env import DEVICE, Device, wait_for
-from tests.harness.files import FileServer
+from tests.edge_agent.agent_env import DEVICE, Device, served_device, wait_for
 from tests.harness.mosquitto import Mosquitto
 from tests.harness.mqtt import Client, Received
 
@@ -99,14 +98,7 @@ class AgentProcess:
 
 @pytest.fixture
 def device(tmp_path: Path, keypair: tuple[Path, Path]) -> Iterator[Device]:
-    served = tmp_path / "served"
-    served.mkdir()
-    dev = Device(
-        root=tmp_path / "device", private_key=keypair[0], public_key=keypair[1], served=served
-    )
-    dev.root.mkdir()
-    with FileServer(served) as server:
-        dev.base_url = server.url
+    with served_device(tmp_path, keypair) as dev:
         yield dev
 
 
