@@ -23,6 +23,7 @@ a loop; the fleet issues a new revision to try again.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -47,7 +48,7 @@ from edge_agent.errors import (
     WarmupError,
 )
 from edge_agent.keys import TrustedKey
-from edge_agent.model import load_model
+from edge_agent.model import BundleModel, load_model
 from edge_agent.protocol.messages import BundleRef, DesiredBundle, DesiredState, Severity
 from edge_agent.serving import Loaded, Serving
 from edge_agent.swap.download import DownloadPolicy, download
@@ -260,8 +261,8 @@ class Updater:
                     state.model_copy(update={"desired_revision": desired.revision})
                 )
                 return
-            if state.probation is not None:
-                self._finish_probation_early(state)
+            if state.probation is not None:  # judge the current probation now
+                self.tick(force=True)
                 state = self.store.read_state()
             try:
                 candidate = self._fetch_verify_warm(target, allow_downgrade=desired.rollback)
@@ -282,10 +283,6 @@ class Updater:
                     bundle=target.ref,
                     details=_refusal(exc),
                 )
-
-    def _finish_probation_early(self, state: StoreState) -> None:
-        """A new desired state arrived mid-probation: judge the current one now."""
-        self.tick(force=True)
 
     def _fetch_verify_warm(self, target: DesiredBundle, *, allow_downgrade: bool) -> _Candidate:
         ref = target.ref
@@ -374,12 +371,9 @@ class Updater:
             model = load_model(bundle, threads=self.threads)
         except ModelError as exc:
             raise WarmupError(f"the model does not load: {exc}", reason="load_failed") from exc
-        sample: dict[str, np.ndarray] | None = None
-        if m.selftest is not None:
-            import io
-
-            with np.load(io.BytesIO(bundle.read_member(m.selftest.inputs))) as f:
-                sample = {k: f[k] for k in f.files}
+        vectors = model.selftest_vectors
+        if vectors is not None:
+            sample = vectors[0]
             try:
                 outputs = model.predict(sample)
             except ModelError as exc:
@@ -395,17 +389,15 @@ class Updater:
                     reason="nonfinite_outputs",
                 )
             try:
-                model.selftest()
+                model.selftest(outputs)
             except SelfTestError as exc:
                 raise WarmupError(f"self-test failed: {exc}", reason="selftest_failed") from exc
-        else:
-            log.warning("bundle %s %s has no self-test vectors", m.model.name, m.model.version)
-        if sample is not None:
+            # latency at batch 1 where the batch axis is dynamic
             one = {
-                k: v[:1] if spec.shape and not isinstance(spec.shape[0], int) else v
+                spec.name: sample[spec.name][:1]
+                if spec.shape and not isinstance(spec.shape[0], int)
+                else sample[spec.name]
                 for spec in m.inputs
-                for k, v in sample.items()
-                if k == spec.name
             }
             model.predict(one)  # the first run allocates; it is not what live requests see
             times = []
@@ -444,18 +436,15 @@ class Updater:
                     "budget_ms": self.budget_ms,
                 },
             )
-        reference = parse_reference(bundle.read_member(m.reference)) if m.reference else None
-        return Loaded(model=model, ref=slot.ref, reference=reference)
+        else:
+            log.warning("bundle %s %s has no self-test vectors", m.model.name, m.model.version)
+        return _loaded(model, slot)
 
     def _load_installed(self, slot: Slot) -> Loaded:
         path = self.store.path_of(slot)
         if not path.exists():
             raise UpdateError(f"{path} is missing", step="verify", reason="missing")
-        bundle = read_bundle(path, trust=self.trust)
-        model = load_model(bundle, threads=self.threads)
-        m = bundle.manifest
-        reference = parse_reference(bundle.read_member(m.reference)) if m.reference else None
-        return Loaded(model=model, ref=slot.ref, reference=reference)
+        return _loaded(load_model(read_bundle(path, trust=self.trust), threads=self.threads), slot)
 
     def _activate(
         self, candidate: _Candidate, state: StoreState, *, revision: int, probation: bool
@@ -616,9 +605,13 @@ class Updater:
         )
 
 
-def _sha256_file(path: Path) -> str:
-    import hashlib
+def _loaded(model: BundleModel, slot: Slot) -> Loaded:
+    m = model.manifest
+    reference = parse_reference(model.bundle.read_member(m.reference)) if m.reference else None
+    return Loaded(model=model, ref=slot.ref, reference=reference)
 
+
+def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1024 * 1024), b""):

@@ -90,6 +90,24 @@ def agents(configs: list[Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
                 proc.wait()
 
 
+def run_rollout(fleet: httpx2.Client, version: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Create a rollout of `version` to line 3 and wait until it stops moving; return it."""
+    rollout = ok(fleet.post("/rollouts", json={
+        "name": f"v{version}", "model": "tiny", "version": version,
+        "selector": {"labels": {"line": "3"}}, "plan": plan,
+    }))  # fmt: skip
+    result: dict[str, Any] = wait_for(
+        lambda: (
+            (r := ok(fleet.get(f"/rollouts/{rollout['id']}")))["status"]
+            in ("completed", "paused", "rolled_back")
+            and r
+        ),
+        timeout=90,
+        what=f"the {version} rollout to finish",
+    )
+    return result
+
+
 def device_versions(client: httpx2.Client) -> dict[str, str | None]:
     items = ok(client.get("/devices", params={"limit": 100}))["items"]
     return {
@@ -187,19 +205,7 @@ def test_agents_enroll_report_and_follow_a_staged_rollout_and_an_automatic_rollb
                     "gates": {"max_error_rate": 0.05},
                     "on_breach": "rollback",
                 }
-                v2 = ok(fleet.post("/rollouts", json={
-                    "name": "v2", "model": "tiny", "version": "2.0.0",
-                    "selector": {"labels": {"line": "3"}}, "plan": plan,
-                }))  # fmt: skip
-                done = wait_for(
-                    lambda: (
-                        (r := ok(fleet.get(f"/rollouts/{v2['id']}")))["status"]
-                        in ("completed", "paused", "rolled_back")
-                        and r
-                    ),
-                    timeout=90,
-                    what="the v2 rollout to finish",
-                )
+                done = run_rollout(fleet, "2.0.0", plan)
                 assert done["status"] == "completed", done
                 wait_for(
                     lambda: set(device_versions(fleet).values()) == {"2.0.0"},
@@ -207,19 +213,7 @@ def test_agents_enroll_report_and_follow_a_staged_rollout_and_an_automatic_rollb
                 )
 
                 plan["gates"] = {"max_activation_failures": 0}
-                v3 = ok(fleet.post("/rollouts", json={
-                    "name": "v3", "model": "tiny", "version": "3.0.0",
-                    "selector": {"labels": {"line": "3"}}, "plan": plan,
-                }))  # fmt: skip
-                broken = wait_for(
-                    lambda: (
-                        (r := ok(fleet.get(f"/rollouts/{v3['id']}")))["status"]
-                        in ("completed", "rolled_back", "paused")
-                        and r
-                    ),
-                    timeout=90,
-                    what="the v3 rollout to stop",
-                )
+                broken = run_rollout(fleet, "3.0.0", plan)
                 assert broken["status"] == "rolled_back", broken
                 assert "failed to activate" in broken["reason"]
                 assert "nonfinite_outputs" in broken["reason"]  # what the device said
