@@ -76,7 +76,9 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             # of desired states and commands unless the caller brought its own
             ingest = start_ingest(fleet)
             fleet.publisher = publisher or ingest
-            drift = DriftMonitor(fleet)  # drift alerts, checked once a minute
+            drift = DriftMonitor(
+                fleet, interval_s=settings.drift_interval_s, minutes=settings.drift_minutes
+            )
             drift.start()
             fleet.background.append(drift)
             fleet.background.append(start_rollouts(fleet))  # the rollout engine's thread

@@ -16,7 +16,8 @@ class Settings:
     embedded broker on `embedded_mqtt_port`. `trusted_keys` are the public keys
     bundles must be signed with. `admin_token`, when set, is ensured as an admin
     API token at start (first boot, tests); otherwise `edgefleet fleet token create`
-    makes one.
+    makes one. Drift alerts are evaluated every `drift_interval_s` over the last
+    `drift_minutes` of telemetry.
     """
 
     data_dir: Path
@@ -34,6 +35,8 @@ class Settings:
     subscription_group: str = "edgefleet"
     ingest_batch: int = 500
     ingest_flush_s: float = 0.2
+    drift_interval_s: float = 60.0
+    drift_minutes: int = 60
 
     @property
     def database_url(self) -> str:
