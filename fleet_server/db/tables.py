@@ -33,12 +33,14 @@ __all__ = [
     "AuditEntry",
     "Base",
     "Bundle",
+    "ClusterLeader",
     "Device",
     "DeviceEvent",
     "EnrollmentToken",
     "Model",
     "ModelVersion",
     "Rollout",
+    "RolloutAssignment",
     "RolloutDevice",
     "TelemetryWindow",
 ]
@@ -258,6 +260,40 @@ class RolloutDevice(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     deadline: Mapped[datetime | None] = mapped_column(Timestamp, default=None)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class RolloutAssignment(Base):
+    """A device taken by an active rollout: the primary key makes it one rollout at a time.
+
+    Written with the rollout's devices and removed when the rollout stops being active
+    (`fleet_server.rollouts.assignments`), so two replicas creating conflicting rollouts
+    at the same instant cannot both commit.
+    """
+
+    __tablename__ = "rollout_assignments"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    rollout_id: Mapped[int] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+
+
+class ClusterLeader(Base):
+    """Which replica runs the singleton loops (rollouts, drift alerts, staleness), for display.
+
+    The lock itself is a PostgreSQL advisory lock or a file lock beside the SQLite
+    database (`fleet_server.cluster`); the leader writes this row when it takes over
+    and renews `renewed_at` while it holds the lock.
+    """
+
+    __tablename__ = "cluster_leader"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    replica: Mapped[str] = mapped_column(String(128))
+    since: Mapped[datetime] = mapped_column(Timestamp)
+    renewed_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class Alert(Base):
