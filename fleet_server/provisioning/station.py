@@ -1,0 +1,313 @@
+"""A provisioning station's batch: plan, identities, agent layers, overlays, batch file, report.
+
+>>> result = provision_batch(BatchRequest(plan=read_csv(Path("line3.csv")), out=Path("out"),
+...     trust=[Path("fleet.pub")], bundles=[Path("digits-rpi4.efb")], mqtt_url="mqtts://fleet:8883",
+...     station_key=Path("station.key"), wheelhouse=Path("~/.cache/edgefleet/wheelhouse")))
+>>> result.report  # out/batch-<id>.report.json: device ids, serials, fingerprints; no secret
+
+The agent layer (``/opt/edgefleet``, some 190 MB installed) is built once per platform. With
+``agent_layer="embed"`` every device's archive and image hold it; with ``"shared"`` it is
+written once as ``OUT/layers/agent-<arch>.{tar.gz,ext4}`` for the line's base image and the
+devices' overlays hold the rest. Private keys and clear passwords are written into the
+overlays only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from secrets import token_hex
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge_agent.bundle import read_bundle
+from edge_agent.errors import EdgeAgentError
+from edge_agent.keys import key_id, load_private_key, load_trusted_keys, write_keypair
+from edge_agent.profiles import load_profile
+from fleet_server.provisioning.archive import (
+    entries_member,
+    file_member,
+    tree_member,
+    write_targz,
+)
+from fleet_server.provisioning.batchfile import BatchDevice, BatchManifest, write_batch
+from fleet_server.provisioning.errors import ImageError, PlanError
+from fleet_server.provisioning.ext4 import link_tree, make_ext4, stage_entries
+from fleet_server.provisioning.identity import DeviceIdentity, enroll_online, new_identity
+from fleet_server.provisioning.overlay import INITIAL_BUNDLE, device_entries
+from fleet_server.provisioning.plan import DevicePlan
+from fleet_server.provisioning.wheelhouse import (
+    AgentLayer,
+    agent_wheel,
+    build_layer,
+    fetch_wheelhouse,
+)
+
+__all__ = ["AgentLayerMode", "BatchRequest", "BatchResult", "ReportDevice", "provision_batch"]
+
+AgentLayerMode = Literal["embed", "shared"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRequest:
+    """A batch to provision. Offline: `station_key` and `mqtt_url`; online: `fleet_url`, `token`."""
+
+    plan: list[DevicePlan]
+    out: Path
+    trust: list[Path]
+    bundles: list[Path]
+    wheelhouse: Path
+    station_key: Path | None = None
+    mqtt_url: str = ""
+    fleet_url: str | None = None
+    token: str | None = None
+    python_version: str = "3.11"
+    agent_layer: AgentLayerMode = "embed"
+    agent_wheel: Path | None = None
+    force: bool = False
+    jobs: int = 0  # 0: one per CPU
+
+    @property
+    def online(self) -> bool:
+        return self.fleet_url is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportDevice:
+    device_id: str
+    serial: str
+    profile: str
+    labels: dict[str, str]
+    public_key_fingerprint: str
+    archive: str
+    image: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    batch_id: str
+    report: Path
+    batch_file: Path | None
+    devices: list[ReportDevice]
+    layers: list[Path]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _station_key(path: Path) -> tuple[Ed25519PrivateKey, str]:
+    if not path.exists():
+        write_keypair(path, path.with_suffix(".pub"))
+    key = load_private_key(path)
+    return key, key_id(key.public_key())
+
+
+def _bundles(request: BatchRequest, profiles: set[str]) -> dict[str, Path]:
+    try:
+        trusted = load_trusted_keys(request.trust)
+    except EdgeAgentError as exc:
+        raise PlanError(str(exc)) from None
+    found: dict[str, Path] = {}
+    for path in request.bundles:
+        try:
+            bundle = read_bundle(path, trust=trusted)
+        except EdgeAgentError as exc:
+            raise PlanError(f"--bundle {path}: {exc}") from None
+        profile = bundle.manifest.profile
+        if profile in found:
+            raise PlanError(
+                f"--bundle {path} and {found[profile]} are both for profile {profile!r}"
+            )
+        found[profile] = path
+    missing = sorted(profiles - set(found))
+    if missing:
+        raise PlanError(
+            f"no --bundle for profile(s) {', '.join(missing)}: every device ships with its "
+            "profile's first model (pass one bundle per profile)"
+        )
+    return found
+
+
+def _already(request: BatchRequest) -> None:
+    if request.force:
+        return
+    done = [
+        d.device_id
+        for d in request.plan
+        if (request.out / f"{d.device_id}.tar.gz").exists()
+        or (request.out / f"{d.device_id}.ext4").exists()
+    ]
+    if done:
+        raise PlanError(
+            f"{len(done)} device(s) were provisioned in {request.out} already "
+            f"({', '.join(done[:5])}{', ...' if len(done) > 5 else ''}); their overlays are the "
+            "ones to ship. Running them again would make new identities: pass --force to do so"
+        )
+
+
+def _identities(request: BatchRequest, jobs: int) -> list[DeviceIdentity]:
+    if request.online:
+        assert request.fleet_url is not None
+        assert request.token is not None
+        fleet, token = request.fleet_url, request.token
+        return [enroll_online(d, fleet_url=fleet, token=token) for d in request.plan]
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(lambda d: new_identity(d, mqtt_url=request.mqtt_url), request.plan))
+
+
+def provision_batch(request: BatchRequest) -> BatchResult:
+    """Provision every device of `request.plan`; see the module docstring."""
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = round(now - clock, 3)
+        clock = now
+
+    if not request.plan:
+        raise PlanError("the batch has no devices")
+    if not request.online and request.station_key is None:
+        raise PlanError("an offline batch is signed by the station: pass --station-key")
+    jobs = request.jobs or os.cpu_count() or 1
+    created = datetime.now(UTC).replace(microsecond=0)
+    batch_id = f"{created:%Y%m%dT%H%M%SZ}-{token_hex(3)}"
+    station = socket.gethostname()
+    mtime = int(created.timestamp())
+    out = request.out
+    out.mkdir(parents=True, exist_ok=True)
+    _already(request)
+    profiles = {d.profile for d in request.plan}
+    bundles = _bundles(request, profiles)
+    trusted = [(f"{i}-{p.stem}.pub", p.read_bytes()) for i, p in enumerate(request.trust)]
+    station_key = station_id = None
+    if not request.online:
+        assert request.station_key is not None
+        station_key, station_id = _station_key(request.station_key)
+    work = out / f".work-{batch_id}"
+    work.mkdir()
+    try:
+        arch = {p: load_profile(p).hardware.arch for p in profiles}
+        wheel = request.agent_wheel or agent_wheel(request.wheelhouse)
+        layers: dict[str, AgentLayer] = {}
+        for a in sorted(set(arch.values())):
+            house = fetch_wheelhouse(
+                request.wheelhouse, arch=a, python_version=request.python_version, wheel=wheel
+            )
+            layers[a] = build_layer(
+                work / f"agent-{a}", house=house, arch=a,
+                python_version=request.python_version, wheel=wheel,
+            )  # fmt: skip
+        lap("agent_layer")
+        shared_members: dict[str, list[Path]] = {}
+        written_layers: list[Path] = []
+        for name, layer in layers.items():
+            member = work / f"agent-{name}.gz"
+            tree_member(layer.root, member, mtime=mtime)
+            if request.agent_layer == "shared":
+                (out / "layers").mkdir(exist_ok=True)
+                target = out / "layers" / f"agent-{name}"
+                write_targz(target.with_suffix(".tar.gz"), b"", [member])
+                make_ext4(target.with_suffix(".ext4"), layer.root, label="edgefleet-agent")
+                written_layers += [target.with_suffix(".tar.gz"), target.with_suffix(".ext4")]
+        for profile, path in bundles.items():
+            member = work / f"bundle-{profile}.gz"
+            file_member(path, INITIAL_BUNDLE, member, mode=0o644, mtime=mtime)
+            shared_members[profile] = [member]
+            if request.agent_layer == "embed":
+                shared_members[profile].append(work / f"agent-{arch[profile]}.gz")
+        lap("shared_members")
+        identities = _identities(request, jobs)
+        lap("identities")
+
+        def one(identity: DeviceIdentity) -> ReportDevice:
+            plan = identity.plan
+            entries = device_entries(
+                identity, batch_id=batch_id, station=station, created_at=created, trusted=trusted
+            )
+            archive = out / f"{plan.device_id}.tar.gz"
+            write_targz(archive, entries_member(entries, mtime=mtime), shared_members[plan.profile])
+            stage = work / "stage" / plan.device_id
+            stage_entries(stage, entries, [(bundles[plan.profile], INITIAL_BUNDLE)])
+            if request.agent_layer == "embed":
+                link_tree(layers[arch[plan.profile]].root, stage)
+            image = out / f"{plan.device_id}.ext4"
+            make_ext4(image, stage)
+            shutil.rmtree(stage)
+            return ReportDevice(
+                device_id=plan.device_id,
+                serial=plan.serial,
+                profile=plan.profile,
+                labels=dict(plan.labels),
+                public_key_fingerprint=identity.fingerprint,
+                archive=archive.name,
+                image=image.name,
+            )
+
+        with ThreadPoolExecutor(jobs) as pool:
+            devices = list(pool.map(one, identities))
+        lap("overlays")
+    except OSError as exc:
+        raise ImageError(f"writing the batch into {out} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    batch_file = None
+    if station_key is not None and station_id is not None:
+        manifest = BatchManifest(
+            id=batch_id,
+            created_at=created,
+            station=station,
+            station_key_id=station_id,
+            devices=[
+                BatchDevice(
+                    id=i.plan.device_id,
+                    serial=i.plan.serial,
+                    profile=i.plan.profile,
+                    labels=dict(i.plan.labels),
+                    public_key=i.public_key,
+                    public_key_fingerprint=i.fingerprint,
+                    credential_hash=i.credential_hash or "",
+                )
+                for i in identities
+            ],
+        )
+        batch_file = out / f"batch-{batch_id}.json"
+        write_batch(batch_file, manifest, station_key)
+    report = out / f"batch-{batch_id}.report.json"
+    report.write_text(
+        json.dumps(
+            {
+                "batch_id": batch_id,
+                "created_at": created.isoformat(),
+                "station": station,
+                "mode": "online" if request.online else "offline",
+                "agent_layer": request.agent_layer,
+                "batch_file": batch_file.name if batch_file else None,
+                "layers": [p.relative_to(out).as_posix() for p in written_layers],
+                "devices": [_row(d) for d in devices],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    lap("batch_file")
+    return BatchResult(batch_id, report, batch_file, devices, written_layers, seconds)
+
+
+def _row(d: ReportDevice) -> dict[str, object]:
+    return {
+        "device_id": d.device_id,
+        "serial": d.serial,
+        "profile": d.profile,
+        "labels": d.labels,
+        "public_key_fingerprint": d.public_key_fingerprint,
+        "archive": d.archive,
+        "image": d.image,
+    }
