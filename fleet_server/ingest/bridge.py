@@ -6,6 +6,12 @@ the devices' messages. The embedded amqtt broker speaks only 3.1.1 and knows no
 ``$share``, so there the bridge uses plain subscriptions (one server). paho
 reconnects by itself; every CONNACK subscribes again, so a restarted broker that
 forgot the session still delivers.
+
+QoS 1 messages are acknowledged by the caller (`MqttBridge.ack`), not on receipt:
+the fleet server acknowledges a message once the batch holding it is committed.
+Against an MQTT 5 broker the session is persistent (a stable client id, no clean
+start, an hour's expiry), so what a crashed server received but never acknowledged
+is delivered again when it comes back; dedup by (device, seq) makes that harmless.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -25,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from edge_agent.protocol import topics
 
-__all__ = ["DEVICE_CHANNELS", "BrokerKind", "MqttBridge", "without_credentials"]
+__all__ = ["DEVICE_CHANNELS", "BrokerKind", "Delivery", "MqttBridge", "without_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +58,22 @@ class BrokerKind(StrEnum):
     MQTT311 = "mqtt311"
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message off the broker, and what acknowledging it takes."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    connection: int  # the bridge's `connects` when it arrived: a mid is only valid on it
+
+
 class MqttBridge:
-    """One paho client; `on_message(topic, payload)` runs on paho's network thread.
+    """One paho client; `on_message(delivery)` runs on paho's network thread.
+
+    Every QoS 1 delivery must be handed back to `ack` once it is safely stored (or
+    refused for good), in the order they arrived, as MQTT requires.
 
     >>> bridge = MqttBridge("mqtt://127.0.0.1:1883", on_message=print)  # doctest: +SKIP
     >>> bridge.start(); bridge.wait_subscribed(10)  # doctest: +SKIP
@@ -62,12 +83,13 @@ class MqttBridge:
         self,
         url: str,
         *,
-        on_message: Callable[[str, bytes], None],
+        on_message: Callable[[Delivery], None],
         kind: BrokerKind = BrokerKind.MQTT5,
         username: str | None = None,
         password: str | None = None,
         group: str = "edgefleet",
         client_id: str | None = None,
+        receive_maximum: int = 5000,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
@@ -79,6 +101,8 @@ class MqttBridge:
         self.kind = kind
         self.on_message = on_message
         self.connects = 0
+        self.receive_maximum = receive_maximum
+        self.stale_acks = 0  # deliveries of an earlier connection: the broker sends them again
         self._subscribed = threading.Event()
         self._stopped = False
         fleet_filters = [topics.fleet_subscription(c) for c in DEVICE_CHANNELS]
@@ -99,6 +123,7 @@ class MqttBridge:
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"edgefleet-fleet-{uuid.uuid4().hex[:12]}",
             protocol=protocol,
+            manual_ack=True,
         )
         if self.tls:
             self.client.tls_set()
@@ -117,13 +142,25 @@ class MqttBridge:
     def connected(self) -> bool:
         return self.client.is_connected()
 
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
+
     def start(self) -> None:
         """Connect in the background; paho keeps retrying until `stop()`."""
-        properties = None
         if self.kind is BrokerKind.MQTT5:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 3600  # keep queued messages over a short outage
-        self.client.connect_async(self.host, self.port, keepalive=30, properties=properties)
+            # unacknowledged messages the broker may have out to us at once: acks wait for a
+            # commit, so this must cover what arrives while a batch is being written
+            properties.ReceiveMaximum = self.receive_maximum
+            # clean_start=False even on the first connect: a restarted server takes up the
+            # session it left, with the messages it had received but not acknowledged
+            self.client.connect_async(
+                self.host, self.port, keepalive=30, clean_start=False, properties=properties
+            )
+        else:
+            self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
 
     def wait_subscribed(self, timeout: float) -> bool:
@@ -135,6 +172,22 @@ class MqttBridge:
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        """Acknowledge `deliveries` (in arrival order) to the broker.
+
+        Deliveries of an earlier connection are skipped: their message ids mean nothing on
+        this one, and a broker that kept the session has sent them again (stored twice is
+        counted once, by dedup); one that lost it will not ask.
+        """
+        current = self.connects
+        for d in deliveries:
+            if d.qos == 0:
+                continue
+            if d.connection != current:
+                self.stale_acks += 1
+                continue
+            self.client.ack(d.mid, d.qos)
 
     def stop(self) -> None:
         if self._stopped:
@@ -168,7 +221,9 @@ class MqttBridge:
             log.warning("lost the MQTT broker %s (%s); reconnecting", self.url, reason)
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        delivery = Delivery(msg.topic, bytes(msg.payload), msg.mid, msg.qos, self.connects)
         try:
-            self.on_message(msg.topic, bytes(msg.payload))
+            self.on_message(delivery)
         except Exception:  # never let one message stop paho's network thread
             log.exception("handling a message on %s failed", msg.topic)
+            self.ack([delivery])  # it would fail the same way again

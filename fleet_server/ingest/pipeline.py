@@ -3,12 +3,20 @@
 `start_ingest(fleet)` is what the app's lifespan calls: it starts the embedded
 broker when no broker URL is configured, connects the bridge, starts the writer
 thread, makes the bridge the fleet's publisher and registers itself to be stopped.
+
+The writer acknowledges each QoS 1 message to the broker only after the batch
+holding it is committed (or refused for good: malformed, unknown device), so a
+server killed mid-batch loses nothing: the broker keeps the session and delivers
+what was never acknowledged again when the server reconnects under the same
+client id (derived from the host name and the data directory).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -23,7 +31,7 @@ from edge_agent.protocol import Ack, DeviceState, Event, Telemetry, decode, topi
 from fleet_server.broker.embedded import EmbeddedBroker
 from fleet_server.context import Fleet
 from fleet_server.db.tables import Device
-from fleet_server.ingest.bridge import BrokerKind, MqttBridge, without_credentials
+from fleet_server.ingest.bridge import BrokerKind, Delivery, MqttBridge, without_credentials
 from fleet_server.ingest.stats import IngestStats, Rejection
 from fleet_server.ingest.store import Incoming, store_batch
 
@@ -34,9 +42,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _Raw:
-    topic: str
-    payload: bytes
+    delivery: Delivery
     received_at: datetime
+
+    @property
+    def topic(self) -> str:
+        return self.delivery.topic
+
+
+def _client_id(fleet: Fleet) -> str:
+    """The same on every start of one server (so it resumes its broker session), different
+    for replicas on other hosts or with other data directories."""
+    where = f"{socket.gethostname()}:{fleet.settings.data_dir.resolve()}"
+    return f"edgefleet-fleet-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
 
 _STOP = object()
@@ -66,6 +84,8 @@ class Ingest:
             username=fleet.settings.mqtt_username,
             password=fleet.settings.mqtt_password,
             group=fleet.settings.subscription_group,
+            client_id=_client_id(fleet),
+            receive_maximum=min(65535, 10 * fleet.settings.ingest_batch),
         )
         self._writer = threading.Thread(target=self._write_loop, name="edgefleet-ingest")
         self._idle = threading.Event()
@@ -95,25 +115,29 @@ class Ingest:
         out = self.stats.snapshot()
         out.update(
             connected=self.bridge.connected,
+            subscribed=self.bridge.subscribed,
             connects=self.bridge.connects,
             queued=self._queue.qsize(),
+            stale_acks=self.bridge.stale_acks,
             subscriptions=list(self.bridge.filters),
         )
         return out
 
     def stop(self) -> None:
+        # the writer finishes (and acknowledges) what is queued before the link goes; what
+        # arrives meanwhile stays unacknowledged, for the broker to deliver on the next start
         self._stop.set()
-        self.bridge.stop()
         self._queue.put(_STOP)
         self._writer.join(30)
+        self.bridge.stop()
         if self.broker is not None:
             self.broker.stop()
 
     # -- the paho thread --------------------------------------------------------------------
 
-    def _received(self, topic: str, payload: bytes) -> None:
+    def _received(self, delivery: Delivery) -> None:
         self.stats.count("received")
-        self._queue.put(_Raw(topic, payload, self.fleet.clock()))
+        self._queue.put(_Raw(delivery, self.fleet.clock()))
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -140,32 +164,42 @@ class Ingest:
                     break
                 assert isinstance(item, _Raw)
                 batch.append(item)
+            settled = True
             try:
-                self._write(batch)
+                settled = self._write(batch)
             except Exception:  # the writer must outlive any one batch
                 log.exception("ingesting a batch of %d messages failed", len(batch))
+                for _ in batch:
+                    self.stats.reject(Rejection.STORE_FAILED)
             finally:
+                if settled:
+                    # only now: a crash before this line leaves them to be delivered again
+                    self.bridge.ack([r.delivery for r in batch])
                 for _ in batch:
                     self._queue.task_done()
                 self._idle.set()
 
-    def _write(self, raw: list[_Raw]) -> None:
+    def _write(self, raw: list[_Raw]) -> bool:
+        """Store `raw`; False if it could not be and must stay unacknowledged."""
         decoded = [m for m in (self._decode(r) for r in raw) if m is not None]
         delay = 0.5
         while decoded:
             try:
                 self._store(decoded)
-                return
+                return True
             except OperationalError:
                 # the database is away (restart, failover): keep the batch and wait for it
                 if self._stop.is_set():
-                    log.exception("database unavailable at shutdown: %d lost", len(decoded))
-                    for _ in decoded:
-                        self.stats.reject(Rejection.STORE_FAILED)
-                    return
+                    log.exception(
+                        "database unavailable at shutdown: %d messages left unacknowledged "
+                        "for the broker to deliver again",
+                        len(decoded),
+                    )
+                    return False
                 log.warning("database unavailable; retrying in %.1f s", delay, exc_info=True)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
+        return True
 
     def _store(self, decoded: list[Incoming]) -> None:
         known = self._known({m.message.device_id for m in decoded})
@@ -211,7 +245,7 @@ class Ingest:
         try:
             if not topics.parse(raw.topic).channel.from_device:
                 raise TopicError(f"devices do not publish on {raw.topic!r}", topic=raw.topic)
-            message = decode(raw.topic, raw.payload)
+            message = decode(raw.topic, raw.delivery.payload)
         except TopicError:
             self.stats.reject(Rejection.BAD_TOPIC)
         except SpoofedMessageError:
