@@ -1,5 +1,5 @@
 # The few commands everyone uses. Each installs what it needs first.
-#   make demo    the end-to-end slice on this machine
+#   make demo    the whole kit on this machine (edgefleet demo; Ctrl-C stops it)
 #   make test    lint, types and the whole test suite
 #   make bench   benchmarks into BENCHMARKS.md
 
@@ -34,7 +34,7 @@ system-deps:
 	fi
 
 demo: $(STAMP)
-	$(PY) examples/foundation_demo.py
+	$(VENV)/bin/edgefleet demo
 
 bench: $(STAMP)
 	$(PY) -m bench.run

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -202,12 +204,75 @@ def provision(args: tuple[str, ...]) -> None:
     raise click.UsageError("`edgefleet provision` arrives with factory provisioning (issue #8)")
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def demo(args: tuple[str, ...]) -> None:
-    """Run the end-to-end demo on this machine.
+@click.command()
+@click.option("--devices", default=20, show_default=True, help="Agents to start.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("edgefleet-demo"),
+    show_default=True,
+    help="Models, bundles, the fleet's data and each device's files.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, help="The fleet API and console (0: any).")
+@click.option(
+    "--mqtt-url",
+    default="",
+    help="A real broker (mqtt://fleet:PASSWORD@host:1883); default: embedded.",
+)
+@click.option("--rate", default=10.0, show_default=True, help="Requests per second per device.")
+@click.option(
+    "--headless", is_flag=True, help="Run to completion and exit; do not wait for Ctrl-C."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def demo(
+    devices: int,
+    work_dir: Path,
+    host: str,
+    port: int,
+    mqtt_url: str,
+    rate: float,
+    headless: bool,
+    as_json: bool,
+) -> None:
+    """Run the whole kit on this machine: train, convert, serve, enroll agents, roll out.
 
-    Not available yet: arrives with the end-to-end demo issue (#9); until then
-    `make demo` runs the slice that exists (examples/foundation_demo.py).
+    A fleet server with its console, DEVICES real agent processes with live
+    traffic (one cohort drifting), a staged rollout of v2 and a broken v3 that
+    the gates roll back. Without --headless it then keeps running until Ctrl-C.
     """
-    raise click.UsageError("`edgefleet demo` arrives with the end-to-end demo (issue #9)")
+    import json
+    import signal
+    import threading
+
+    from fleet_server.demo import DemoOptions, run_demo
+
+    if devices < 2:
+        raise click.BadParameter("the demo needs at least 2 devices", param_hint="--devices")
+
+    def say(line: str) -> None:
+        click.echo(line, err=as_json)
+
+    def emit(report: dict[str, Any]) -> None:
+        if as_json:
+            click.echo(json.dumps(report, sort_keys=True))
+
+    def hold(report: dict[str, Any]) -> None:
+        emit(report)
+        click.echo(
+            f"\nconsole: {report['console']}  (log in with the token in "
+            f"{report['admin_token_file']})\neverything keeps running; Ctrl-C stops it all",
+            err=as_json,
+        )
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+        click.echo("stopping the agents and the fleet server", err=True)
+
+    options = DemoOptions(
+        work_dir=work_dir, devices=devices, host=host, port=port, mqtt_url=mqtt_url, rate_hz=rate
+    )
+    report = run_demo(options, say=say, hold=None if headless else hold)
+    if headless:
+        emit(report)

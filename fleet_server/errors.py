@@ -7,7 +7,8 @@
     ├── AuthError             no token, or an unknown or revoked one (401)
     ├── ForbiddenError        a role that may not do this (403)
     ├── BundleRejectedError   an upload that is not a valid, trusted bundle (422)
-    └── TooLargeError         an upload over the size limit (413)
+    ├── TooLargeError         an upload over the size limit (413)
+    └── DemoError             a step of `edgefleet demo` failed (fleet_server.demo; CLI only)
 
 The API turns them into ``{"error": code, "detail": message}`` in one place
 (`fleet_server.app`); services raise them and import nothing from FastAPI.

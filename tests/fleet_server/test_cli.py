@@ -93,7 +93,7 @@ def test_token_command_prints_a_working_secret(tmp_path: Path) -> None:
     assert again.stderr.strip() == "Error: an API token named 'ci' exists already"
 
 
-@pytest.mark.parametrize("command", ["provision", "demo"])
+@pytest.mark.parametrize("command", ["provision"])
 def test_commands_not_built_yet_say_which_issue(command: str) -> None:
     done = edgefleet(command)
     assert done.returncode == 2
