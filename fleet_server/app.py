@@ -20,8 +20,11 @@ from fastapi.responses import JSONResponse
 from fleet_server.auth import Role, ensure_api_token
 from fleet_server.auth.routes import router as auth_router
 from fleet_server.bundles.routes import router as bundles_router
+from fleet_server.cluster import start_leadership
+from fleet_server.cluster.routes import router as cluster_router
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db import Database
+from fleet_server.devices.presence import start_presence_sweep
 from fleet_server.devices.routes import router as devices_router
 from fleet_server.drift import DriftMonitor
 from fleet_server.drift.routes import router as drift_router
@@ -72,6 +75,9 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         fleet = Fleet(settings=settings, db=db, publisher=publisher)
         app.state.fleet = fleet
         try:
+            # of the replicas sharing this database, the leader runs the loops that follow
+            # (rollouts, drift alerts, staleness); every replica ingests and serves the API
+            start_leadership(fleet)
             # the broker link: the embedded broker when no --mqtt-url; it is the publisher
             # of desired states and commands unless the caller brought its own
             ingest = start_ingest(fleet)
@@ -82,6 +88,8 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             drift.start()
             fleet.background.append(drift)
             fleet.background.append(start_rollouts(fleet))  # the rollout engine's thread
+            if (presence := start_presence_sweep(fleet)) is not None:
+                fleet.background.append(presence)
             yield
         finally:
             fleet.stopping.set()
@@ -106,9 +114,19 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         return _validation(exc)
 
     @app.get(f"{API}/health", tags=["health"])
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health(request: Request) -> dict[str, Any]:
+        fleet: Fleet | None = getattr(request.app.state, "fleet", None)
+        if fleet is None:
+            return {"status": "ok"}
+        return {"status": "ok", "replica": fleet.leader.replica, "leading": fleet.leader.leading()}
 
-    for router in (auth_router, devices_router, bundles_router, rollouts_router, drift_router):
+    for router in (
+        auth_router,
+        devices_router,
+        bundles_router,
+        rollouts_router,
+        drift_router,
+        cluster_router,
+    ):
         app.include_router(router, prefix=API)
     return app

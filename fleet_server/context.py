@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
+from sqlalchemy.orm import Session
+
 from fleet_server.db import Database
 from fleet_server.settings import Settings
 
-__all__ = ["Fleet", "Publisher", "Stoppable"]
+__all__ = ["Fleet", "Leader", "Publisher", "Solo", "Stoppable"]
 
 
 class Publisher(Protocol):
@@ -24,17 +26,41 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
+class Leader(Protocol):
+    """Whether this replica runs the singleton loops (`fleet_server.cluster.Leadership`)."""
+
+    replica: str
+
+    def leading(self) -> bool: ...
+
+    def fence(self, session: Session) -> bool: ...
+
+
+class Solo:
+    """The leader of a fleet of one: tests and tools that drive the loops themselves."""
+
+    replica = "solo"
+
+    def leading(self) -> bool:
+        return True
+
+    def fence(self, session: Session) -> bool:
+        return True
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
 @dataclass
 class Fleet:
-    """The settings, the database, the broker link and the clock of one server."""
+    """The settings, the database, the broker link, the clock and the leadership of one
+    server (the app's lifespan makes `leader` a `fleet_server.cluster.Leadership`)."""
 
     settings: Settings
     db: Database
     publisher: Publisher | None = None
     clock: Callable[[], datetime] = _utcnow
+    leader: Leader = field(default_factory=Solo)
     background: list[Stoppable] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)

@@ -18,6 +18,11 @@ class Settings:
     API token at start (first boot, tests); otherwise `edgefleet fleet token create`
     makes one. Drift alerts are evaluated every `drift_interval_s` over the last
     `drift_minutes` of telemetry.
+
+    Replicas sharing one database (docs/scaling.md): `replica_id` names this one
+    (default ``<host>:<pid>:<random>``); a follower tries to take the leader lock
+    every `leader_retry_s`. A device still marked online that has sent nothing for
+    `stale_after_s` is shown offline (0 turns the sweep off).
     """
 
     data_dir: Path
@@ -35,6 +40,9 @@ class Settings:
     subscription_group: str = "edgefleet"
     ingest_batch: int = 500
     ingest_flush_s: float = 0.2
+    replica_id: str = ""
+    leader_retry_s: float = 2.0
+    stale_after_s: float = 90.0
     drift_interval_s: float = 60.0
     drift_minutes: int = 60
 

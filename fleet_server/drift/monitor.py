@@ -56,7 +56,8 @@ class DriftMonitor:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.run_once()
+                if self.fleet.leader.leading():  # one replica evaluates, for the whole fleet
+                    self.run_once()
             except Exception:  # one bad evaluation must not end the monitor
                 log.exception("drift: evaluating alerts failed")
 

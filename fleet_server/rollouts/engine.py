@@ -9,6 +9,12 @@ and what is sent is recorded after (``desired_revision``), so a server
 restarted at any point resumes: unsent dispatches and rollback orders are
 simply sent on the next tick.
 
+Of several replicas sharing the database only the leader's engine ticks
+(`fleet.leader`, see `fleet_server.cluster`): it confirms its lock before each
+rollout, and again inside the transaction that records a decision, so a leader
+that lost its lock (its database connection died) decides nothing more; the
+replica that takes over resumes from the rows as a restarted server would.
+
     engine = RolloutEngine(fleet)          # or start(fleet): the thread
     engine.tick()
 """
@@ -36,6 +42,7 @@ from fleet_server.db.tables import (
     Rollout,
     RolloutDevice,
 )
+from fleet_server.rollouts.assignments import set_status
 from fleet_server.rollouts.gates import evaluate
 from fleet_server.rollouts.plan import Plan
 from fleet_server.rollouts.ports import Ports
@@ -81,7 +88,8 @@ class RolloutEngine:
     def _run(self) -> None:
         while not (self._stop.is_set() or self.fleet.stopping.is_set()):
             try:
-                self.tick()
+                if self.fleet.leader.leading():  # followers' engines idle
+                    self.tick()
             except Exception:  # a bad tick must not end the engine; the next one retries
                 log.exception("rollout engine tick failed")
             self._stop.wait(TICK_S)
@@ -98,6 +106,8 @@ class RolloutEngine:
             )
         failure: Exception | None = None
         for rollout_id in ids:
+            if not self.fleet.leader.leading():
+                break  # lost the lead mid-tick: the new leader carries on from the rows
             try:
                 self.step(rollout_id)
             except Exception as exc:  # one broken rollout must not stall the others
@@ -119,6 +129,16 @@ class RolloutEngine:
                 )
         finally:  # record what went out in one transaction; what did not goes next tick
             self._record(rollout_id, sent)
+            if sent:
+                ids = [o.device_id for o, _ in sent]
+                log.info(
+                    "rollout %s: replica %s sent %d %s order(s): %s",
+                    rollout_id,
+                    self.fleet.leader.replica,
+                    len(ids),
+                    "rollback" if sent[0][0].rollback else "update",
+                    ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else ""),
+                )
 
     def _record(self, rollout_id: int, sent: list[tuple[_Order, DesiredState]]) -> None:
         now = self.fleet.clock()
@@ -149,17 +169,22 @@ class RolloutEngine:
                     )
                 )
                 if not left:
-                    rollout.status, rollout.updated_at = "rolled_back", now
+                    set_status(session, rollout, "rolled_back")
+                    rollout.updated_at = now
 
     def _decide(self, rollout_id: int) -> list[_Order]:
         now = self.fleet.clock()
         # nothing written while deciding is read back before the commit
         with self.fleet.db.session() as session, session.no_autoflush:
             rollout = get_rollout(session, rollout_id, lock=True)
+            if not self.fleet.leader.fence(session):
+                log.warning("rollout %s: not the leader any more; deciding nothing", rollout_id)
+                return []
             if rollout.status == "rolling_back":
                 orders = self._rollback_orders(session, rollout_id, now)
                 if not orders:
-                    rollout.status, rollout.updated_at = "rolled_back", now
+                    set_status(session, rollout, "rolled_back")
+                    rollout.updated_at = now
                 return orders
             plan = Plan.model_validate(rollout.plan)
             if rollout.status == "pending":
@@ -188,6 +213,7 @@ class RolloutEngine:
             rollout.gates = {
                 "stage": rollout.stage,
                 "evaluated_at": now.isoformat(),
+                "evaluated_by": self.fleet.leader.replica,
                 **verdict.gates,
             }
             if rollout.status != "running":
@@ -218,7 +244,8 @@ class RolloutEngine:
                     rollout.stage_started_at = now
                     rollout.reason = f"stage {rollout.stage - 1} passed"
                 else:
-                    rollout.status, rollout.reason = "completed", "every stage passed"
+                    set_status(session, rollout, "completed")
+                    rollout.reason = "every stage passed"
                     return []
             return self._dispatch_orders(session, rollout_id, rollout.stage, plan, rows, now)
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from fleet_server.auth import Actor, audit
 from fleet_server.db.tables import Bundle, Device, Model, ModelVersion, Rollout, RolloutDevice
 from fleet_server.errors import ConflictError, InvalidInputError, NotFoundError
+from fleet_server.rollouts.assignments import ACTIVE, Conflicts, claim, conflicts, set_status
 from fleet_server.rollouts.plan import Plan, RolloutRequest, Selector, stage_targets
 from fleet_server.rollouts.ports import Ports
 
@@ -41,8 +42,6 @@ __all__ = [
     "resume",
     "rollout_view",
 ]
-
-ACTIVE = ("pending", "running", "paused", "rolling_back")
 
 
 def aware(ts: datetime | None) -> datetime | None:
@@ -72,7 +71,7 @@ class _Selection:
     version: ModelVersion
     compatible: list[tuple[Device, Bundle]]
     incompatible: list[Device]
-    conflicts: dict[int, tuple[str, list[str]]]
+    conflicts: Conflicts
 
 
 def _select(session: Session, ports: Ports, req: RolloutRequest) -> _Selection:
@@ -93,21 +92,8 @@ def _select(session: Session, ports: Ports, req: RolloutRequest) -> _Selection:
             incompatible.append(device)
         else:
             compatible.append((device, bundle))
-    conflicts: dict[int, tuple[str, list[str]]] = {}
-    ids = [d.id for d, _ in compatible]
-    if ids:
-        rows = session.execute(
-            select(Rollout.id, Rollout.name, RolloutDevice.device_id)
-            .join(RolloutDevice, RolloutDevice.rollout_id == Rollout.id)
-            .where(
-                Rollout.status.in_(ACTIVE),
-                RolloutDevice.device_id.in_(ids),
-                RolloutDevice.status != "incompatible",
-            )
-        )
-        for rid, name, device_id in rows:
-            conflicts.setdefault(rid, (name, []))[1].append(device_id)
-    return _Selection(version, compatible, incompatible, conflicts)
+    held = conflicts(session, [d.id for d, _ in compatible])
+    return _Selection(version, compatible, incompatible, held)
 
 
 def preview(session: Session, ports: Ports, req: RolloutRequest) -> dict[str, Any]:
@@ -126,18 +112,31 @@ def preview(session: Session, ports: Ports, req: RolloutRequest) -> dict[str, An
     }
 
 
+def _busy(held: Conflicts) -> ConflictError:
+    rid, (name, ids) = min(held.items())
+    if rid < 0:  # taken and freed again while this request ran
+        return ConflictError(
+            f"{len(ids)} selected device(s) were taken by another rollout at the same moment: "
+            "try again"
+        )
+    return ConflictError(
+        f"{len(ids)} selected device(s) ({', '.join(sorted(ids)[:5])}) are in active rollout "
+        f"{rid} {name!r}; a device takes part in one active rollout at a time: "
+        "wait for it, abort it, or narrow the selector"
+    )
+
+
 def create_rollout(
     session: Session, ports: Ports, req: RolloutRequest, *, actor: Actor, now: datetime
 ) -> Rollout:
-    """Record a rollout and its devices; the engine starts it on its next tick."""
+    """Record a rollout and its devices; the engine starts it on its next tick.
+
+    The devices are claimed in the database (`fleet_server.rollouts.assignments`): of two
+    conflicting rollouts created at once, on one replica or two, one is refused.
+    """
     sel = _select(session, ports, req)
     if sel.conflicts:
-        rid, (name, ids) = min(sel.conflicts.items())
-        raise ConflictError(
-            f"{len(ids)} selected device(s) ({', '.join(sorted(ids)[:5])}) are in active rollout "
-            f"{rid} {name!r}; a device takes part in one active rollout at a time: "
-            "wait for it, abort it, or narrow the selector"
-        )
+        raise _busy(sel.conflicts)
     if not sel.compatible:
         if sel.incompatible:
             profiles = ", ".join(sorted({d.profile for d in sel.incompatible}))
@@ -162,6 +161,8 @@ def create_rollout(
     )
     session.add(rollout)
     session.flush()
+    if held := claim(session, rollout.id, [d.id for d, _ in sel.compatible]):
+        raise _busy(held)
     targets = stage_targets(req.plan, len(sel.compatible))
     for i, (device, bundle) in enumerate(sel.compatible):
         stage = next(s for s, target in enumerate(targets) if i < target)
@@ -225,7 +226,8 @@ def _transition(
         raise ConflictError(
             f"rollout {rollout_id} is {rollout.status}; {action} needs it " + " or ".join(allowed)
         )
-    rollout.status, rollout.updated_at = to, now
+    set_status(session, rollout, to)
+    rollout.updated_at = now
     rollout.reason = f"{action} by {actor.name}" + (f": {reason}" if reason else "")
     audit(session, actor, f"rollout.{action}", f"rollout:{rollout_id}", reason=reason)
     return rollout
@@ -291,25 +293,25 @@ def request_rollback(
     A finished rollout whose devices have since joined another active rollout is refused:
     its "previous version" is no longer what those devices would go back from.
     """
-    mine = select(RolloutDevice.device_id).where(
-        RolloutDevice.rollout_id == rollout_id, RolloutDevice.desired_revision.is_not(None)
+    mine = list(
+        session.scalars(
+            select(RolloutDevice.device_id).where(
+                RolloutDevice.rollout_id == rollout_id,
+                RolloutDevice.desired_revision.is_not(None),
+            )
+        )
     )
-    other = session.execute(
-        select(Rollout.id, Rollout.name, RolloutDevice.device_id)
-        .join(RolloutDevice, RolloutDevice.rollout_id == Rollout.id)
-        .where(
-            Rollout.id != rollout_id,
-            Rollout.status.in_(ACTIVE),
-            RolloutDevice.device_id.in_(mine),
-            RolloutDevice.status != "incompatible",
+
+    def refuse(held: Conflicts) -> ConflictError:
+        rid, (name, ids) = min(held.items())
+        return ConflictError(
+            f"device {min(ids)} of rollout {rollout_id} is in active rollout {rid} "
+            f"{name!r}: roll back or abort that one first"
         )
-    ).first()
-    if other is not None:
-        raise ConflictError(
-            f"device {other.device_id} of rollout {rollout_id} is in active rollout {other.id} "
-            f"{other.name!r}: roll back or abort that one first"
-        )
-    return _transition(
+
+    if held := conflicts(session, mine, besides=rollout_id):
+        raise refuse(held)
+    rollout = _transition(
         session,
         rollout_id,
         actor=actor,
@@ -319,6 +321,11 @@ def request_rollback(
         reason=reason,
         now=now,
     )
+    # a finished rollout takes its updated devices back (or is refused, if another
+    # replica's rollout took one since the check above)
+    if held := claim(session, rollout_id, mine):
+        raise refuse(held)
+    return rollout
 
 
 def _names(session: Session, version_ids: set[int]) -> dict[int, tuple[str, str]]:

@@ -1,0 +1,220 @@
+"""Leadership on SQLite and PostgreSQL: one leader among replicas sharing a database, a
+takeover when it stops, dies or loses its lock's connection, and the rollout engine and
+the app acting on it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from fleet_server.cluster import FileLock, Leadership
+from fleet_server.context import Fleet
+from fleet_server.db import Database
+from fleet_server.db.tables import ClusterLeader, Rollout
+from fleet_server.rollouts import service
+from fleet_server.rollouts.engine import RolloutEngine
+from fleet_server.rollouts.plan import Plan, RolloutRequest, Selector
+from fleet_server.rollouts.ports import Ports
+from fleet_server.settings import Settings
+from tests.fleet_server.app import fleet_client
+from tests.fleet_server.test_rollouts import OPERATOR, Clock, bundle_for, seed, version_by
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    database = Database(db_url)
+    database.migrate()
+    yield database
+    database.dispose()
+
+
+def replica(db_url: str, name: str) -> Leadership:
+    """A replica's leadership with its own engine and pool, as another process would have."""
+    return Leadership(Database(db_url), replica=name, retry_s=3600)  # rounds run by hand
+
+
+def stop(*replicas: Leadership) -> None:
+    for r in replicas:
+        r.stop()
+        r.db.dispose()
+
+
+def leader_row(db: Database) -> tuple[str, object] | None:
+    with db.session() as s:
+        row = s.get(ClusterLeader, "fleet")
+        return (row.replica, row.since) if row else None
+
+
+def test_one_replica_leads_and_the_other_takes_over_when_it_steps_down(
+    db: Database, db_url: str
+) -> None:
+    a, b = replica(db_url, "fleet-a").start(), replica(db_url, "fleet-b").start()
+    try:
+        assert (a.leading(), b.leading()) == (True, False)
+        b.attempt()  # a follower's round while the leader holds the lock changes nothing
+        assert not b.leading()
+        assert leader_row(db) is not None
+        assert leader_row(db)[0] == "fleet-a"  # type: ignore[index]
+        with db.session() as s:
+            assert (a.fence(s), b.fence(s)) == (True, False)
+            info = b.info(s)
+        assert info["replica"] == "fleet-b"
+        assert info["leading"] is False
+        assert info["leader"]["replica"] == "fleet-a"
+        assert info["leader"]["stale"] is False
+
+        a.stop()  # a clean stop releases the lock at once
+        assert not a.leading()
+        b.attempt()
+        assert b.leading()
+        assert leader_row(db)[0] == "fleet-b"  # type: ignore[index]
+        with db.session() as s:
+            assert (a.fence(s), b.fence(s)) == (False, True)
+    finally:
+        stop(a, b)
+
+
+@pytest.mark.postgres
+def test_a_leader_whose_lock_connection_dies_stops_leading_and_another_takes_over() -> None:
+    from tests.harness.postgres import fresh_database_or_skip
+
+    with fresh_database_or_skip() as url:
+        setup = Database(url)
+        setup.migrate()
+        setup.dispose()
+        a, b = replica(url, "fleet-a").start(), replica(url, "fleet-b").start()
+        try:
+            assert a.leading()
+            # what a network partition or a restarted database does to the lock's session
+            with a.db.session() as s:
+                killed = s.scalar(
+                    text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE application_name = 'edgefleet leader lock fleet-a'"
+                    )
+                )
+            assert killed == 1
+            b.attempt()  # the server released the lock with the session
+            assert b.leading()
+            with b.db.session() as s:
+                assert not a.fence(s), "a decision of the old leader would still commit"
+            assert not a.leading()  # it finds out before its next unit of work
+            a.attempt()
+            assert not a.leading()  # and cannot take the lock back while b holds it
+        finally:
+            stop(a, b)
+
+
+def test_the_file_lock_is_one_hosts_processes_and_dies_with_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db.leader"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from fleet_server.cluster import FileLock\n"
+            f"assert FileLock(Path({str(path)!r})).try_acquire()\n"
+            "print('held', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == b"held"
+        mine = FileLock(path)
+        assert not mine.try_acquire()
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(10)
+        assert mine.try_acquire()  # released by the kernel with the dead process's files
+        assert FileLock(path).try_acquire() is False
+        mine.release()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def ports() -> Ports:
+    return Ports(
+        bundle_for=bundle_for,
+        version_by=version_by,
+        download_url=lambda settings, sha, device, now: f"http://fleet/b/{sha}?d={device}",
+        send_desired=lambda fleet, desired: desired,
+    )
+
+
+def create(db: Database, clock: Clock) -> int:
+    req = RolloutRequest(
+        name="v2 out",
+        model="det",
+        version="2.0",
+        selector=Selector(labels={"site": "a"}),
+        plan=Plan(),
+    )
+    with db.session() as s:
+        return service.create_rollout(s, ports(), req, actor=OPERATOR, now=clock()).id
+
+
+def status(db: Database, rollout_id: int) -> str:
+    with db.session() as s:
+        return str(s.scalar(select(Rollout.status).where(Rollout.id == rollout_id)))
+
+
+def test_only_the_leaders_engine_decides(db: Database, db_url: str, tmp_path: Path) -> None:
+    clock = Clock()
+    seed(db, clock, devices=2)
+    rollout_id = create(db, clock)
+    a, b = replica(db_url, "fleet-a").start(), replica(db_url, "fleet-b").start()
+    try:
+        settings = Settings(data_dir=tmp_path, db_url=db_url)
+        follower = RolloutEngine(Fleet(settings=settings, db=b.db, clock=clock, leader=b), ports())
+        follower.step(rollout_id)  # even asked directly, a follower's decision is fenced off
+        assert status(db, rollout_id) == "pending"
+
+        leader = RolloutEngine(Fleet(settings=settings, db=a.db, clock=clock, leader=a), ports())
+        leader.step(rollout_id)
+        assert status(db, rollout_id) == "running"
+        with db.session() as s:
+            assert service.rollout_view(s, rollout_id)["gates"]["evaluated_by"] == "fleet-a"
+    finally:
+        stop(a, b)
+
+
+def test_two_apps_on_one_database_agree_on_the_leader_and_hand_over(
+    db_url: str, tmp_path: Path
+) -> None:
+    settings = {"leader_retry_s": 0.2, "stale_after_s": 0}
+    with fleet_client(tmp_path / "a", db_url, replica_id="fleet-a", **settings) as a:
+        with fleet_client(tmp_path / "b", db_url, replica_id="fleet-b", **settings) as b:
+            health = b.get("/api/v1/health").json()
+            assert health == {"status": "ok", "replica": "fleet-b", "leading": False}
+            assert a.get("/api/v1/health").json()["leading"] is True
+            for client in (a, b):
+                cluster = client.get("/api/v1/cluster").json()
+                assert cluster["leader"]["replica"] == "fleet-a"
+            assert "lock" in cluster["lock"]
+        # b stopped (a follower leaving changes nothing); a still leads
+        assert a.get("/api/v1/cluster").json()["leading"] is True
+
+    with fleet_client(tmp_path / "b", db_url, replica_id="fleet-b", **settings) as b:
+        deadline = time.monotonic() + 30  # a stopped; b takes over within a retry or two
+        while not b.get("/api/v1/cluster").json()["leading"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        cluster = b.get("/api/v1/cluster").json()
+        assert cluster["leading"] is True
+        assert cluster["leader"]["replica"] == "fleet-b"
