@@ -78,57 +78,70 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
 
 
 class _Signature:
-    """`check_inputs` compiled once per model: the common case (right names, dtypes and
-    shapes) costs a few attribute reads; anything else goes to `check_inputs` for its
-    message."""
+    """`check_inputs` compiled once per model: the common case (a dict of arrays with the
+    right names, dtypes and shapes) costs a few attribute reads and comparisons and hands
+    the caller's dict back; anything else goes to `check_inputs` for its message."""
 
     __slots__ = ("_checks", "_count", "_specs", "_symbolic")
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self._specs = list(specs)
         self._count = len(self._specs)
+        # per input: name, dtype, rank, and how its fixed dims are compared: the whole shape
+        # (all fixed), the shape past the batch axis (only that one dynamic), or axis by axis
         self._checks = [
-            (
-                s.name,
-                np.dtype(s.dtype),
-                len(s.shape),
-                tuple((axis, d) for axis, d in enumerate(s.shape) if isinstance(d, int)),
-            )
-            for s in self._specs
+            (s.name, np.dtype(s.dtype), len(s.shape), *_shape_check(s.shape)) for s in self._specs
         ]
         # symbolic dims shared between inputs (a batch size) must agree
-        seen: dict[str, int] = {}
-        shared: list[tuple[int, int, int, int]] = []
-        for index, s in enumerate(self._specs):
+        seen: dict[str, tuple[str, int]] = {}
+        shared: list[tuple[str, int, str, int]] = []
+        for s in self._specs:
             for axis, d in enumerate(s.shape):
                 if isinstance(d, str):
                     if d in seen:
-                        shared.append((seen[d] >> 8, seen[d] & 0xFF, index, axis))
+                        shared.append((*seen[d], s.name, axis))
                     else:
-                        seen[d] = index << 8 | axis
+                        seen[d] = (s.name, axis)
         self._symbolic = shared
 
-    def check(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if len(inputs) != self._count:
+    def check(self, inputs: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
+        if type(inputs) is not dict or len(inputs) != self._count:
             return check_inputs(self._specs, inputs)
-        arrays: dict[str, np.ndarray] = {}
-        for name, dtype, ndim, fixed in self._checks:
+        for name, dtype, ndim, whole, tail, fixed in self._checks:
             array = inputs.get(name)
             if type(array) is not np.ndarray:
                 return check_inputs(self._specs, inputs)
-            if array.dtype != dtype or array.ndim != ndim:
+            have = array.dtype
+            if (have is not dtype and have != dtype) or array.ndim != ndim:
                 return check_inputs(self._specs, inputs)
             shape = array.shape
-            for axis, size in fixed:
-                if shape[axis] != size:
+            if whole is not None:
+                if shape != whole:
                     return check_inputs(self._specs, inputs)
-            arrays[name] = array
-        if self._symbolic:
-            values = list(arrays.values())
-            for i, a, j, b in self._symbolic:
-                if values[i].shape[a] != values[j].shape[b]:
+            elif tail is not None:
+                if shape[1:] != tail:
                     return check_inputs(self._specs, inputs)
-        return arrays
+            else:
+                for axis, size in fixed:
+                    if shape[axis] != size:
+                        return check_inputs(self._specs, inputs)
+        for a, i, b, j in self._symbolic:
+            if inputs[a].shape[i] != inputs[b].shape[j]:
+                return check_inputs(self._specs, inputs)
+        return inputs
+
+
+def _shape_check(
+    shape: Sequence[int | str | None],
+) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None, tuple[tuple[int, int], ...]]:
+    """(the whole shape if every dim is fixed, else the shape past axis 0 if only axis 0 is
+    dynamic, else the fixed (axis, size) pairs): the cheapest comparison that checks them."""
+    fixed = tuple((axis, d) for axis, d in enumerate(shape) if isinstance(d, int))
+    if len(fixed) == len(shape):
+        return tuple(d for _, d in fixed), None, fixed
+    if shape and not isinstance(shape[0], int) and len(fixed) == len(shape) - 1:
+        return None, tuple(d for _, d in fixed), fixed
+    return None, None, fixed
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +212,10 @@ class BundleModel:
         m = bundle.manifest
         self._in = [_Binding.of(spec) for spec in m.inputs]
         self._out = [_Binding.of(spec) for spec in m.outputs]
-        self._signature = _Signature(m.inputs)
-        # most bundles map nothing (ONNX float models): skip building two dicts per call
+        self._check = _Signature(m.inputs).check
+        self._run = backend.run
+        # most bundles map nothing (ONNX float models): their checked inputs go to the runtime
+        # as they are (onnxruntime copies a non-contiguous array itself), its outputs back
         self._pass_in = all(b.identity for b in self._in)
         self._pass_out = all(b.identity for b in self._out)
 
@@ -230,12 +245,11 @@ class BundleModel:
 
     def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Run the model. Inputs are checked against the signature first (`InputError`)."""
-        arrays = self._signature.check(inputs)
-        if self._pass_in and all(a.flags.c_contiguous for a in arrays.values()):
-            feeds = arrays
+        arrays = self._check(inputs)
+        if self._pass_in:
+            raw = self._run(arrays)
         else:
-            feeds = {b.runtime_name: b.to_runtime(arrays[b.name]) for b in self._in}
-        raw = self._backend.run(feeds)
+            raw = self._run({b.runtime_name: b.to_runtime(arrays[b.name]) for b in self._in})
         if self._pass_out:
             return raw
         return {b.name: b.from_runtime(raw[b.runtime_name]) for b in self._out}

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # a runtime import would run edge_agent.swap, which imports u
 __all__ = ["Loaded", "Serving", "outputs_agree"]
 
 log = logging.getLogger(__name__)
+_clock = time.perf_counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class Serving:
         shadow_queue: int = 64,
     ) -> None:
         self.aggregator = aggregator
+        self._record = aggregator.record
         self._close_window = close_window
         self.started = time.monotonic()
         self._active: Loaded | None = None
@@ -141,31 +143,37 @@ class Serving:
             self.aggregator.record_error("no_model")
             raise NoModelError("no verified bundle is active yet; the agent is waiting for one")
         probation = self.probation
-        start = time.perf_counter()
+        start = _clock()
         try:
             outputs = active.model.predict(inputs)
         except InputError:
-            self.aggregator.record_error("invalid_input", time.perf_counter() - start)
+            self.aggregator.record_error("invalid_input", _clock() - start)
             raise
         except Exception as exc:
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
             self.aggregator.record_error("model_error", elapsed)
             if probation is not None:
                 probation.record(elapsed, error=True)
             if isinstance(exc, ModelError):
                 raise
             raise ModelError(f"the model failed on this input: {exc}") from exc
-        elapsed = time.perf_counter() - start
-        self.aggregator.record(elapsed, inputs, outputs)
+        elapsed = _clock() - start
+        self._record(elapsed, inputs, outputs)
         if probation is not None:
             probation.record(elapsed, nonfinite=_nonfinite(outputs))
+        if self._shadow is not None:
+            self._maybe_shadow(inputs, outputs)
+        return outputs
+
+    def _maybe_shadow(
+        self, inputs: Mapping[str, np.ndarray], outputs: dict[str, np.ndarray]
+    ) -> None:
         shadow = self._shadow
         if shadow is not None and random.random() < shadow[1]:  # noqa: S311 sampling, not secrets
             try:
                 self._shadow_queue.put_nowait((shadow[0], inputs, outputs))
             except queue.Full:
                 self.shadow_skipped += 1
-        return outputs
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         active = self._active

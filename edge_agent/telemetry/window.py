@@ -1,15 +1,16 @@
 """Per-window telemetry: what the agent serves, aggregated into one `Telemetry` per window.
 
-The request path calls `WindowAggregator.record` (or `record_error`,
-`record_shadow`): a lock, a few counters, a bisect for the latency bucket and a
-list append: about a microsecond, a few right after an inference has
-evicted the caches. Binning the tensors against the bundle's
-reference statistics (for drift) happens off that path: the samples wait in a
-bounded queue, a worker thread owned by the aggregator bins them in batches
-once the queue is half full, and `rotate` bins whatever is left of the window
-it closes. Under overload, when `max_queued` samples are already waiting, a
-sample is not binned (counted as ``skipped``); requests, errors and latency
-stay exact whatever the load.
+The request path calls `WindowAggregator.record`: no lock, one append of
+(latency, inputs, outputs) to a deque (atomic under the GIL), a fraction of a
+microsecond. A worker thread owned by the aggregator takes them off in
+batches once `max_queued` / 2 are waiting: it counts each latency into the
+open window's histogram and bins the tensors against the bundle's reference
+statistics (for drift); `rotate` and `totals` take whatever is still waiting
+first, so their counts are exact. Under overload, when `max_queued` samples
+are already waiting, a request keeps only its latency and its tensors are not
+binned (counted as ``skipped``); requests, errors and latency stay exact
+whatever the load. `record_error` and `record_shadow` (rarer) count under a
+lock.
 
 Every `rotate` closes the current window (start .. now) and opens the next at
 the same instant, so windows tile time; an empty window still makes a message
@@ -33,6 +34,7 @@ import re
 import threading
 import time
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -250,10 +252,11 @@ class WindowAggregator:
 
     Tensors are binned only when the current model has reference statistics
     (`set_model`). `record` keeps references to the arrays it is given until
-    they are binned (at most `max_queued` requests' worth): do not modify them
-    in place afterwards. When `max_queued` requests are already waiting, a
-    request's tensors are not binned, and it is counted as ``skipped``; that is
-    how memory stays bounded under overload.
+    they are binned (at most `max_queued` requests' worth waiting for the
+    worker, and as many taken off by `totals` before the worker bins them): do
+    not modify them in place afterwards. When `max_queued` requests are already
+    waiting, a request's tensors are not binned, and it is counted as
+    ``skipped``; that is how memory stays bounded under overload.
 
     `clock` gives the window boundaries, in seconds since the epoch (tests
     inject one). `close` stops the worker thread; after it, windows are still
@@ -262,11 +265,13 @@ class WindowAggregator:
 
     __slots__ = (
         "_bin_lock",
+        "_binning",
         "_clock",
         "_closed",
         "_closing",
         "_lock",
         "_max_queued",
+        "_pending",
         "_queue",
         "_wake",
         "_wake_at",
@@ -280,10 +285,16 @@ class WindowAggregator:
         self._clock = clock
         self._max_queued = max_queued
         self._wake_at = max(1, max_queued // 2)
-        self._lock = threading.Lock()  # counters, the open window, the queue
+        self._lock = threading.Lock()  # counters, the open window, taking off _pending, _queue
         self._bin_lock = threading.Lock()  # bins; taken before _lock, never after
         self._window = _Window(clock(), None, None)
         self._closed = _Counts()
+        # what `record` appends (request threads, no lock) and `_take` takes off (under _lock):
+        # (latency_s, inputs, outputs), the tensors None when they are not to be binned
+        self._pending: deque[tuple[float, Mapping[str, Any] | None, Mapping[str, Any] | None]]
+        self._pending = deque()
+        self._binning = False  # the open window has a binner: record keeps the tensors
+        # samples taken off, waiting for binning, with the window they count in
         self._queue: list[tuple[_Window, Mapping[str, Any], Mapping[str, Any]]] = []
         self._wake = threading.Event()
         self._closing = False
@@ -297,20 +308,37 @@ class WindowAggregator:
     def record(
         self, latency_s: float, inputs: Mapping[str, Any], outputs: Mapping[str, Any]
     ) -> None:
-        """Count one served request, its latency in seconds, and queue its tensors for binning."""
-        bucket = bisect_left(LATENCY_BOUNDS_MS, latency_s * 1000.0)
-        with self._lock:
-            w = self._window
-            w.latency[bucket] += 1  # counts the request too (see _Counts.requests)
+        """Count one served request, its latency in seconds, and queue its tensors for binning.
+
+        Lock-free: `deque.append` and `len` are atomic under the GIL; the worker does the
+        counting (`_take`).
+        """
+        pending = self._pending
+        if self._binning and len(pending) < self._max_queued:
+            pending.append((latency_s, inputs, outputs))
+        else:
+            pending.append((latency_s, None, None))
+        # every `_wake_at`-th waiting request wakes the worker: a multiple that a race
+        # between two request threads steps over is followed by the next one
+        if not len(pending) % self._wake_at:
+            self._wake.set()
+
+    def _take(self) -> None:
+        """Count the requests `record` left waiting into the open window, and queue their
+        tensors for binning (at most `max_queued`; the others are ``skipped``). The caller
+        holds `_lock`; only it pops, so the `len` it reads only grows under it."""
+        pending, w, queue = self._pending, self._window, self._queue
+        latency, bounds, binner = w.latency, LATENCY_BOUNDS_MS, w.binner
+        for _ in range(len(pending)):
+            latency_s, inputs, outputs = pending.popleft()
+            latency[bisect_left(bounds, latency_s * 1000.0)] += 1  # counts the request too
             w.latency_sum += latency_s
-            if w.binner is not None:
-                queue = self._queue
-                if len(queue) < self._max_queued:
-                    queue.append((w, inputs, outputs))
-                    if len(queue) == self._wake_at:
-                        self._wake.set()
-                else:
-                    w.skipped += 1
+            if binner is None:
+                continue
+            if inputs is not None and outputs is not None and len(queue) < self._max_queued:
+                queue.append((w, inputs, outputs))
+            else:
+                w.skipped += 1
 
     def record_error(self, kind: str, latency_s: float | None = None) -> None:
         """Count one failed request by `kind` (``invalid_input``, ``model_error``,
@@ -358,6 +386,7 @@ class WindowAggregator:
         """
         binner = Binner(reference) if reference is not None else None
         with self._bin_lock, self._lock:
+            self._take()
             w = self._window
             w.bundle = bundle
             same = w.binner is not None and w.binner.reference is reference
@@ -367,12 +396,14 @@ class WindowAggregator:
                 w.binner = binner
                 w.bins = binner.empty() if binner is not None else None
                 w.binned = 0
+                self._binning = binner is not None
 
     def rotate(self) -> WindowSnapshot:
         """Close the open window (its start .. now), open the next one, and return the closed
         one with all its queued samples binned. Thread-safe; not for the request path."""
         with self._bin_lock:
             with self._lock:
+                self._take()
                 old = self._window
                 end = max(self._clock(), old.start)  # a clock stepped back: an empty span
                 self._window = _Window(end, old.bundle, old.binner)
@@ -384,6 +415,7 @@ class WindowAggregator:
     def totals(self) -> Totals:
         """Counts since the aggregator started (closed windows and the open one)."""
         with self._lock:
+            self._take()
             return self._closed.totals(self._window)
 
     def close(self) -> None:
@@ -400,6 +432,7 @@ class WindowAggregator:
             self._wake.clear()
             with self._bin_lock:
                 with self._lock:
+                    self._take()
                     queued, self._queue = self._queue, []
                 self._bin(queued)
 

@@ -169,3 +169,54 @@ def test_the_compiled_signature_check_agrees_with_check_inputs() -> None:
         assert got == want
         outcomes.add(isinstance(want, list))
     assert outcomes == {True, False}  # both accepted and refused cases were tried
+
+
+def test_each_compiled_shape_check_agrees_with_check_inputs() -> None:
+    """All dims fixed, only the batch dynamic, a dim named twice in one input, a mapping
+    that is not a dict: the compiled check accepts and refuses what check_inputs does."""
+    from types import MappingProxyType
+
+    from edge_agent.bundle import TensorSpec
+    from edge_agent.errors import InputError
+    from edge_agent.model import _Signature, check_inputs
+
+    specs = [
+        TensorSpec(name="fixed", dtype="float32", shape=[2, 3]),
+        TensorSpec(name="batched", dtype="uint8", shape=[None, 2, 2]),
+        TensorSpec(name="square", dtype="float32", shape=[1, "n", "n"]),
+    ]
+    compiled = _Signature(specs)
+    rng = np.random.default_rng(1)
+    outcomes = set()
+    for _ in range(300):
+        n, m = (int(v) for v in rng.integers(1, 3, size=2))
+        case: dict[str, object] = {
+            "fixed": np.zeros((2, int(rng.choice([3, 3, 3, 4]))), np.float32),
+            "batched": np.zeros((int(rng.integers(1, 4)), 2, int(rng.choice([2, 2, 3]))), "u1"),
+            "square": np.zeros((1, n, m if rng.random() < 0.3 else n), np.float32),
+        }
+        mapping = MappingProxyType(case) if rng.random() < 0.1 else case
+        try:
+            want: object = sorted(check_inputs(specs, mapping))
+        except InputError as exc:
+            want = str(exc)
+        try:
+            got: object = sorted(compiled.check(mapping))
+        except InputError as exc:
+            got = str(exc)
+        assert got == want
+        outcomes.add(isinstance(want, list))
+    assert outcomes == {True, False}
+
+
+def test_non_contiguous_inputs_give_the_same_outputs(
+    bundle: Path, keypair: tuple[Path, Path]
+) -> None:
+    """predict hands checked arrays to onnxruntime as they are; strided and Fortran-ordered
+    arrays must still be read element by element, not as raw memory."""
+    model = open_bundle(bundle, trust=[keypair[1]])
+    x = np.random.default_rng(4).normal(size=(6, 8)).astype(np.float32)
+    for strange in (x[:, ::2], np.asfortranarray(x[:, :4]), x[::-1, 1::2]):
+        assert not strange.flags.c_contiguous
+        want = run_onnx(tiny_onnx_model(), np.ascontiguousarray(strange))
+        np.testing.assert_allclose(model.predict({"x": strange})["y"], want, rtol=1e-6)
