@@ -136,6 +136,9 @@ class Agent:
             self._threads.append(thread)
         if self.link is not None:
             self.link.start()
+        from edge_agent.firstboot import start_first_boot  # once, on a provisioned device
+
+        start_first_boot(self)
 
     def stop(self) -> None:
         """Close the current window into the outbox, say offline, and stop every thread."""

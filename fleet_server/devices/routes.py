@@ -11,6 +11,7 @@ from edge_agent.protocol import topics
 from fleet_server.auth import Role
 from fleet_server.deps import ActorDep, FleetDep, OperatorDep, SessionDep
 from fleet_server.devices import enrollment, service
+from fleet_server.devices.provisioning import provisioning_records
 from fleet_server.devices.schemas import (
     DeviceInfo,
     DevicePage,
@@ -103,21 +104,27 @@ def list_devices(
     rows, total = service.list_devices(
         session, where, sort=sort, descending=desc, limit=limit, offset=offset
     )
-    return DevicePage(
-        total=total, limit=limit, offset=offset, items=[DeviceInfo.of(d) for d in rows]
-    )
+    records = provisioning_records(session, [d.id for d in rows])
+    items = [DeviceInfo.of(d, provisioning=records.get(d.id)) for d in rows]
+    return DevicePage(total=total, limit=limit, offset=offset, items=items)
 
 
 @router.get("/devices/{device_id}")
 def get_device(device_id: str, actor: ActorDep, session: SessionDep) -> DeviceInfo:
-    return DeviceInfo.of(service.get_device(session, device_id))
+    device = service.get_device(session, device_id)
+    return DeviceInfo.of(
+        device, provisioning=provisioning_records(session, [device_id]).get(device_id)
+    )
 
 
 @router.patch("/devices/{device_id}")
 def patch_labels(
     device_id: str, body: LabelsPatch, actor: OperatorDep, session: SessionDep
 ) -> DeviceInfo:
-    return DeviceInfo.of(service.set_labels(session, actor, device_id, labels=body.labels))
+    device = service.set_labels(session, actor, device_id, labels=body.labels)
+    return DeviceInfo.of(
+        device, provisioning=provisioning_records(session, [device_id]).get(device_id)
+    )
 
 
 @router.get("/devices/{device_id}/timeline")

@@ -115,9 +115,15 @@ class DeviceInfo(BaseModel):
     windows_lost: int
     duplicates: int
     dropped_on_device: int
+    provisioned: bool = Field(
+        default=False, description="the device reported its first-boot provisioning record"
+    )
+    provisioning: dict[str, Any] | None = Field(
+        default=None, description="that record: self-test, latency, hardware facts, batch"
+    )
 
     @classmethod
-    def of(cls, d: Device) -> DeviceInfo:
+    def of(cls, d: Device, *, provisioning: dict[str, Any] | None = None) -> DeviceInfo:
         return cls(
             id=d.id,
             profile=d.profile,
@@ -141,6 +147,8 @@ class DeviceInfo(BaseModel):
             windows_lost=d.windows_lost,
             duplicates=d.duplicates,
             dropped_on_device=d.windows_dropped_on_device,
+            provisioned=provisioning is not None,
+            provisioning=provisioning,
         )
 
 
