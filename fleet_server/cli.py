@@ -194,14 +194,244 @@ def token(data_dir: Path, db_url: str, name: str, role: str) -> None:
     click.echo(secret)
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def provision(args: tuple[str, ...]) -> None:
-    """Provision devices in bulk (identity, agent, first model).
+@fleet.command("import-batch")
+@click.argument("batch_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_DATA_DIR
+@_DB
+@click.option(
+    "--trust-station",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="EDGEFLEET_FLEET_STATION_KEYS",
+    help="Public key of a provisioning station whose batches this fleet accepts (repeatable).",
+)
+def import_batch(
+    batch_file: Path, data_dir: Path, db_url: str, trust_station: tuple[Path, ...]
+) -> None:
+    """Register the devices of an offline provisioning batch (its signature checked).
 
-    Not available yet: arrives with the factory provisioning issue (#8).
+    Importing a batch twice changes nothing; a tampered or unsigned batch is refused.
     """
-    raise click.UsageError("`edgefleet provision` arrives with factory provisioning (issue #8)")
+    from datetime import UTC, datetime
+
+    from edge_agent.keys import load_trusted_keys
+    from fleet_server.auth import Actor, Role
+    from fleet_server.db import Database
+    from fleet_server.provisioning import import_batch as register
+    from fleet_server.settings import Settings
+
+    trusted = load_trusted_keys(list(trust_station))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(Settings(data_dir=data_dir, db_url=db_url).database_url)
+    try:
+        db.migrate()
+        with db.session() as session:
+            result = register(
+                session,
+                batch_file,
+                trusted=trusted,
+                actor=Actor(name=f"cli:{os.environ.get('USER', 'unknown')}", role=Role.ADMIN),
+                now=datetime.now(UTC),
+            )
+    finally:
+        db.dispose()
+    click.echo(
+        f"batch {result.batch_id}: {len(result.created)} devices registered, "
+        f"{len(result.unchanged)} registered already"
+    )
+
+
+def _home(*parts: str) -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")).joinpath(*parts)
+
+
+def _cache(*parts: str) -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).joinpath(*parts)
+
+
+@click.command()
+@click.option(
+    "--csv",
+    "csv_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Devices to make: columns serial,profile,labels (labels as key=value;key=value).",
+)
+@click.option("--count", type=int, help="Or this many devices of --profile, with new serials.")
+@click.option("--profile", help="The hardware profile of --count devices.")
+@click.option("--labels", default="", help="Labels of --count devices (key=value;key=value).")
+@click.option(
+    "--trust",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key the fleet signs bundles with (repeatable); devices trust these.",
+)
+@click.option(
+    "--bundle",
+    "bundles",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The first bundle, one per profile of the batch (repeatable).",
+)
+@click.option("--offline", is_flag=True, help="Record credentials in a signed batch file.")
+@click.option("--fleet", "fleet_url", help="Online: the fleet server's URL (enrolls each device).")
+@click.option("--token", envvar="EDGEFLEET_ENROLLMENT_TOKEN", help="Online: an enrollment token.")
+@click.option(
+    "--mqtt-url",
+    default="",
+    envvar="EDGEFLEET_PROVISION_MQTT_URL",
+    help="Offline: the broker the devices connect to (mqtts://fleet.example:8883).",
+)
+@click.option(
+    "--station-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: _home("edgefleet", "station.key"),
+    envvar="EDGEFLEET_STATION_KEY",
+    show_default="~/.config/edgefleet/station.key, created on first use",
+    help="Offline: the station's Ed25519 key the batch file is signed with.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where each DEVICE.tar.gz, DEVICE.ext4, the report and the batch file go.",
+)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda: _cache("edgefleet", "wheelhouse"),
+    envvar="EDGEFLEET_WHEELHOUSE",
+    show_default="~/.cache/edgefleet/wheelhouse",
+    help="The agent's wheels per target platform, downloaded once.",
+)
+@click.option(
+    "--python-version",
+    default="3.11",
+    show_default=True,
+    help="The devices' Python (the wheels are picked for it).",
+)
+@click.option(
+    "--agent-layer",
+    type=click.Choice(["embed", "shared"]),
+    default="embed",
+    show_default=True,
+    help="embed: /opt/edgefleet in every overlay; shared: once, in OUT/layers/.",
+)
+@click.option(
+    "--agent-wheel",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An edgefleet wheel to install (default: built from this source tree).",
+)
+@click.option("--force", is_flag=True, help="Make new identities for devices made already.")
+@click.option("--jobs", default=0, help="Devices written in parallel (0: one per CPU).")
+def provision(
+    csv_file: Path | None,
+    count: int | None,
+    profile: str | None,
+    labels: str,
+    trust: tuple[Path, ...],
+    bundles: tuple[Path, ...],
+    offline: bool,
+    fleet_url: str | None,
+    token: str | None,
+    mqtt_url: str,
+    station_key: Path,
+    out: Path,
+    wheelhouse: Path,
+    python_version: str,
+    agent_layer: str,
+    agent_wheel: Path | None,
+    force: bool,
+    jobs: int,
+) -> None:
+    """Provision devices in bulk: identity, agent and first model, online or offline.
+
+    \b
+    edgefleet provision --csv line3.csv --trust fleet.pub --bundle digits-rpi4.efb \\
+        --offline --mqtt-url mqtts://fleet.example:8883 --out out/
+    edgefleet provision --count 20 --profile raspberry-pi-4 --trust fleet.pub \\
+        --bundle digits-rpi4.efb --fleet https://fleet.example --token efe_... --out out/
+
+    Writes OUT/DEVICE.tar.gz and OUT/DEVICE.ext4 per device, OUT/batch-ID.report.json
+    (device ids, serials, public-key fingerprints) and, offline, the signed
+    OUT/batch-ID.json for `edgefleet fleet import-batch`. See docs/provisioning.md.
+    """
+    from fleet_server.provisioning import BatchRequest, plan_count, provision_batch, read_csv
+    from fleet_server.provisioning.plan import parse_labels
+
+    if (csv_file is None) == (count is None):
+        raise click.UsageError("give either --csv FILE or --count N --profile P")
+    if count is not None and not profile:
+        raise click.UsageError("--count needs --profile")
+    online = fleet_url is not None or token is not None
+    if offline == online:
+        raise click.UsageError("give either --offline or --fleet URL --token TOKEN")
+    if online and not (fleet_url and token):
+        raise click.UsageError("online provisioning needs both --fleet URL and --token TOKEN")
+    plan = (
+        read_csv(csv_file)
+        if csv_file is not None
+        else plan_count(
+            count or 0, profile=profile or "", labels=parse_labels(labels, where="--labels")
+        )
+    )
+    if offline and not mqtt_url:
+        click.echo(
+            "warning: no --mqtt-url: the devices will stay offline until mqtt.url is set",
+            err=True,
+        )
+    result = provision_batch(
+        BatchRequest(
+            plan=plan,
+            out=out,
+            trust=list(trust),
+            bundles=list(bundles),
+            wheelhouse=wheelhouse,
+            station_key=station_key if offline else None,
+            mqtt_url=mqtt_url,
+            fleet_url=fleet_url,
+            token=token,
+            python_version=python_version,
+            agent_layer="shared" if agent_layer == "shared" else "embed",
+            agent_wheel=agent_wheel,
+            force=force,
+            jobs=jobs,
+        )
+    )
+    click.echo(f"provisioned {len(result.devices)} devices in {out} (batch {result.batch_id})")
+    click.echo(f"report: {result.report}")
+    for layer in result.layers:
+        click.echo(f"shared agent layer: {layer}")
+    if result.batch_file is not None:
+        click.echo(
+            f"batch file: {result.batch_file}; on the fleet: edgefleet fleet import-batch "
+            f"{result.batch_file.name} --trust-station {station_key.with_suffix('.pub')}"
+        )
+
+
+@click.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A block device (/dev/sdX, /dev/mmcblk0) or a file.",
+)
+def flash(image: Path, target: Path) -> None:
+    """Write IMAGE to a block device or a file and verify it by reading it back.
+
+    A mounted target (or one with a mounted partition) and the disk the running
+    system is on are refused before anything is written.
+    """
+    from fleet_server.provisioning import flash as write_image
+
+    result = write_image(image, target)
+    click.echo(
+        f"wrote {result.size} bytes to {target} in {result.seconds:.1f} s; "
+        f"read back sha256 {result.sha256} (matches {image.name})"
+    )
 
 
 @click.command()
