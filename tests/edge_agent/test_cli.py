@@ -45,6 +45,7 @@ def test_help_lists_every_command_and_loads_no_heavy_module() -> None:
         "predict",
         "profiles",
         "provision",
+        "flash",
     ):
         assert f"  {command} " in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "[]"
@@ -173,10 +174,10 @@ def test_missing_trust_key_file_is_a_clear_error(
     assert "this is a private key" in one_error_line(result)
 
 
-def test_commands_of_later_issues_say_so_and_fail() -> None:
-    result = run("provision", "--count", "3")
+def test_provision_says_what_a_batch_needs() -> None:
+    result = run("provision", "--count", "3", "--trust", __file__, "--offline", "--out", "x")
     assert result.returncode == 2
-    assert "issue #8" in result.stderr
+    assert "--count needs --profile" in result.stderr
 
 
 def test_the_cli_default_member_limit_matches_the_reader() -> None:

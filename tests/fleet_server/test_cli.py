@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 
 from fleet_server.broker.mosquitto import hash_password
 from fleet_server.db import Database
@@ -91,10 +90,3 @@ def test_token_command_prints_a_working_secret(tmp_path: Path) -> None:
     )
     assert again.returncode == 1
     assert again.stderr.strip() == "Error: an API token named 'ci' exists already"
-
-
-@pytest.mark.parametrize("command", ["provision"])
-def test_commands_not_built_yet_say_which_issue(command: str) -> None:
-    done = edgefleet(command)
-    assert done.returncode == 2
-    assert "issue #" in done.stderr
