@@ -55,6 +55,12 @@ def fleet() -> None:
     default="",
     help="The URL devices reach this server at (for bundle download links).",
 )
+@click.option(
+    "--replica-id",
+    default="",
+    envvar="EDGEFLEET_REPLICA_ID",
+    help="This replica's name among those sharing the database (default: host:pid:random).",
+)
 def serve(
     data_dir: Path,
     db_url: str,
@@ -64,12 +70,16 @@ def serve(
     port: int,
     trust: tuple[Path, ...],
     public_url: str,
+    replica_id: str,
 ) -> None:
     """Serve the fleet API (and the embedded broker unless --mqtt-url is given).
 
     On first start with no API token in the database, an admin token is created,
-    printed once and written to DATA_DIR/admin-token (mode 0600).
+    printed once and written to DATA_DIR/admin-token (mode 0600). Several replicas
+    may share one PostgreSQL database and broker: see docs/scaling.md.
     """
+    import logging
+
     import uvicorn
 
     from fleet_server.app import create_app
@@ -94,7 +104,15 @@ def serve(
         public_url=public_url or f"http://{host}:{port}",
         trusted_keys=trust,
         admin_token=admin,
+        replica_id=replica_id,
     )
+    # the server's own log (leadership, rollout orders, ingestion) next to uvicorn's
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    server_log = logging.getLogger("fleet_server")
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
 
 
