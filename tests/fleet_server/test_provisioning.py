@@ -1,0 +1,335 @@
+"""fleet_server.provisioning's parts on their own: plans, the signed batch file and its import,
+the overlay archive, the ext4 writer and flash (on files and, where the machine allows, a
+real loop block device)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from edge_agent.keys import key_id, load_private_key, load_trusted_keys, write_keypair
+from fleet_server.auth import Actor, Role
+from fleet_server.db import Database
+from fleet_server.db.tables import Device
+from fleet_server.errors import ConflictError
+from fleet_server.provisioning import (
+    BatchDevice,
+    BatchFileError,
+    BatchManifest,
+    BatchSignatureError,
+    DevicePlan,
+    FlashError,
+    PlanError,
+    flash,
+    import_batch,
+    plan_count,
+    read_batch,
+    read_csv,
+    write_batch,
+)
+from fleet_server.provisioning.archive import entries_member, file_member, write_targz
+from fleet_server.provisioning.ext4 import make_ext4, stage_entries
+from fleet_server.provisioning.flash import refusal
+from fleet_server.provisioning.identity import new_identity
+from fleet_server.provisioning.overlay import Entry
+
+ACTOR = Actor(name="test", role=Role.ADMIN)
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- plans -----------------------------------------------------------------------------
+
+
+def test_a_csv_becomes_one_device_per_row_with_its_labels(tmp_path: Path) -> None:
+    plan = read_csv(
+        write_csv(
+            tmp_path / "b.csv",
+            "serial,profile,labels\nSN-1,raspberry-pi-4,line=3;site=lyon\n\nSN-2,x86-64,\n",
+        )
+    )
+    assert [(d.device_id, d.serial, d.profile, d.labels) for d in plan] == [
+        ("SN-1", "SN-1", "raspberry-pi-4", {"line": "3", "site": "lyon"}),
+        ("SN-2", "SN-2", "x86-64", {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("serial,profile\nSN-1,x86-64\n", "the header must be 'serial,profile,labels'"),
+        ("serial,profile,labels\nSN/1,x86-64,\n", "b.csv:2: serial 'SN/1' cannot be a device id"),
+        ("serial,profile,labels\nSN-1,x86-64,\nSN-1,x86-64,\n",
+         "b.csv:3: serial 'SN-1' is also on line 2"),
+        ("serial,profile,labels\nSN-1,x86-64,line\n", "b.csv:2: label 'line' must be key=value"),
+        ("serial,profile,labels\nSN-1,raspbery-pi-4,\n", "raspberry-pi-4"),
+        ("serial,profile,labels\n", "lists no devices"),
+    ],
+)  # fmt: skip
+def test_a_bad_csv_is_refused_naming_the_row(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(PlanError) as caught:
+        read_csv(write_csv(tmp_path / "b.csv", text))
+    assert message in str(caught.value)
+
+
+def test_a_count_makes_distinct_serials_of_one_profile() -> None:
+    plan = plan_count(25, profile="x86-64", labels={"line": "3"})
+    assert len({d.serial for d in plan}) == 25
+    assert {d.profile for d in plan} == {"x86-64"}
+    with pytest.raises(PlanError, match="at least 1"):
+        plan_count(0, profile="x86-64")
+
+
+# --- the batch file and its import ------------------------------------------------------
+
+
+@pytest.fixture
+def station(tmp_path: Path) -> tuple[Path, Path]:
+    private, public = tmp_path / "station.key", tmp_path / "station.pub"
+    write_keypair(private, public)
+    return private, public
+
+
+def make_batch(path: Path, station_key: Path, serials: list[str]) -> tuple[Path, list[str]]:
+    identities = [
+        new_identity(DevicePlan(s, s, "x86-64", {"line": "3"}), mqtt_url="") for s in serials
+    ]
+    key = load_private_key(station_key)
+    batch = BatchManifest(
+        id="20261123T120000Z-abcdef",
+        created_at=NOW,
+        station="line3",
+        station_key_id=key_id(key.public_key()),
+        devices=[
+            BatchDevice(
+                id=i.plan.device_id,
+                serial=i.plan.serial,
+                profile=i.plan.profile,
+                labels=i.plan.labels,
+                public_key=i.public_key,
+                public_key_fingerprint=i.fingerprint,
+                credential_hash=i.credential_hash or "",
+            )
+            for i in identities
+        ],
+    )
+    write_batch(path, batch, key)
+    return path, [i.mqtt_password for i in identities]
+
+
+def test_a_signed_batch_reads_back_and_holds_no_secret(
+    tmp_path: Path, station: tuple[Path, Path]
+) -> None:
+    path, passwords = make_batch(tmp_path / "batch.json", station[0], ["SN-1", "SN-2"])
+    batch = read_batch(path, trusted=load_trusted_keys([station[1]]))
+    assert [d.id for d in batch.devices] == ["SN-1", "SN-2"]
+    text = path.read_text()
+    assert "PRIVATE KEY" not in text
+    assert not any(p in text for p in passwords)
+    assert all(d.credential_hash.startswith("$7$") for d in batch.devices)
+
+
+def tamper(path: Path, change: object) -> Path:
+    doc = json.loads(path.read_text())
+    change(doc)  # type: ignore[operator]
+    out = path.with_name("tampered.json")
+    out.write_text(json.dumps(doc))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        (lambda d: d["batch"]["devices"][0]["labels"].update(line="4"), BatchSignatureError,
+         "altered after it was signed"),
+        (lambda d: d["batch"]["devices"].pop(), BatchSignatureError, "altered after it was signed"),
+        (lambda d: d["batch"]["devices"][1].update(credential_hash=d["batch"]["devices"][0]
+                                                   ["credential_hash"]),
+         BatchSignatureError, "altered"),
+        (lambda d: d.pop("signature"), BatchFileError, "is not signed"),
+        (lambda d: d["batch"]["devices"][0].update(password="x"), BatchFileError, "password"),
+    ],
+)  # fmt: skip
+def test_a_tampered_or_unsigned_batch_is_refused(
+    tmp_path: Path, station: tuple[Path, Path], change: object, error: type[Exception], message: str
+) -> None:
+    path, _ = make_batch(tmp_path / "batch.json", station[0], ["SN-1", "SN-2"])
+    with pytest.raises(error) as caught:
+        read_batch(tamper(path, change), trusted=load_trusted_keys([station[1]]))
+    assert message in str(caught.value)
+
+
+def test_a_batch_of_a_station_the_fleet_does_not_trust_is_refused(
+    tmp_path: Path, station: tuple[Path, Path]
+) -> None:
+    path, _ = make_batch(tmp_path / "batch.json", station[0], ["SN-1"])
+    other = tmp_path / "other"
+    write_keypair(other / "k", other / "k.pub")
+    with pytest.raises(BatchFileError, match="does not trust; pass the station's public key"):
+        read_batch(path, trusted=load_trusted_keys([other / "k.pub"]))
+
+
+def test_import_registers_once_and_refuses_a_serial_made_twice(
+    tmp_path: Path, db_url: str, station: tuple[Path, Path]
+) -> None:
+    trusted = load_trusted_keys([station[1]])
+    path, _ = make_batch(tmp_path / "batch.json", station[0], ["SN-1", "SN-2"])
+    db = Database(db_url)
+    db.migrate()
+    try:
+        with db.session() as session:
+            first = import_batch(session, path, trusted=trusted, actor=ACTOR, now=NOW)
+        with db.session() as session:
+            again = import_batch(session, path, trusted=trusted, actor=ACTOR, now=NOW)
+            devices = {d.id: d for d in session.query(Device)}
+            assert devices["SN-1"].labels == {"line": "3"}
+            assert devices["SN-1"].hardware == {"serial": "SN-1"}
+            assert devices["SN-1"].credential_hash.startswith("$7$")  # type: ignore[union-attr]
+            assert devices["SN-1"].enrolled_by == "batch:20261123T120000Z-abcdef"
+        assert (first.created, first.unchanged) == (["SN-1", "SN-2"], [])
+        assert (again.created, again.unchanged) == ([], ["SN-1", "SN-2"])
+        remade, _ = make_batch(tmp_path / "remade.json", station[0], ["SN-2", "SN-3"])
+        with pytest.raises(ConflictError, match="SN-2"), db.session() as session:
+            import_batch(session, remade, trusted=trusted, actor=ACTOR, now=NOW)
+        with db.session() as session:
+            assert session.get(Device, "SN-3") is None  # nothing of a refused batch
+    finally:
+        db.dispose()
+
+
+# --- archives and images ----------------------------------------------------------------
+
+
+def test_an_overlay_archive_of_several_gzip_members_is_one_tar_owned_by_root(
+    tmp_path: Path,
+) -> None:
+    bundle = tmp_path / "b.efb"
+    bundle.write_bytes(os.urandom(3000))
+    shared = tmp_path / "bundle.gz"
+    file_member(bundle, "var/lib/edgefleet/initial.efb", shared, mode=0o644, mtime=1)
+    own = entries_member(
+        [Entry("etc/edgefleet/device.key", 0o600, b"secret"), Entry("etc/x", link="device.key")],
+        mtime=1,
+    )
+    out = tmp_path / "dev.tar.gz"
+    write_targz(out, own, [shared])
+    with gzip.open(out) as fh:  # several members, read as one stream
+        assert len(fh.read()) % 512 == 0
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        assert members["etc/edgefleet/device.key"].mode == 0o600
+        assert members["etc/x"].issym()
+        assert {(m.uid, m.gid) for m in members.values()} == {(0, 0)}
+        assert members["var/lib/edgefleet"].isdir()
+        extracted = tar.extractfile("var/lib/edgefleet/initial.efb")
+        assert extracted is not None
+        assert extracted.read() == bundle.read_bytes()
+    listing = subprocess.run(["tar", "tzvf", str(out)], capture_output=True, text=True, check=True)
+    assert "var/lib/edgefleet/initial.efb" in listing.stdout
+    assert "-rw------- root/root" in listing.stdout
+
+
+def debugfs(image: Path, command: str) -> str:
+    done = subprocess.run(
+        ["debugfs", "-R", command, str(image)], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def test_an_ext4_image_is_clean_owned_by_root_and_keeps_modes(tmp_path: Path) -> None:
+    stage = tmp_path / "stage"
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(5 << 20))
+    stage_entries(
+        stage,
+        [Entry("etc/edgefleet/device.key", 0o600, b"k"), Entry("etc/l", link="edgefleet")],
+        [(big, "var/lib/edgefleet/initial.efb")],
+    )
+    image = tmp_path / "dev.ext4"
+    make_ext4(image, stage)
+    fsck = subprocess.run(["e2fsck", "-fn", str(image)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    stat = debugfs(image, "stat /etc/edgefleet/device.key")
+    assert "Mode:  0600" in stat
+    assert "User:     0   Group:     0" in stat
+    assert "Size: 5242880" in debugfs(image, "stat /var/lib/edgefleet/initial.efb")
+    dumped = tmp_path / "out.bin"
+    debugfs(image, f"dump /var/lib/edgefleet/initial.efb {dumped}")
+    assert dumped.read_bytes() == big.read_bytes()
+
+
+# --- flash ------------------------------------------------------------------------------
+
+
+def test_flash_writes_a_file_and_reads_it_back(tmp_path: Path) -> None:
+    image = tmp_path / "dev.img"
+    image.write_bytes(os.urandom(9 << 20))
+    target = tmp_path / "card.img"
+    target.write_bytes(b"old contents" * 1000)
+    result = flash(image, target)
+    assert target.read_bytes() == image.read_bytes()
+    assert result.size == 9 << 20
+
+
+def test_flash_refuses_a_mounted_target_and_the_systems_disk(tmp_path: Path) -> None:
+    image, target = tmp_path / "dev.img", tmp_path / "card.img"
+    image.write_bytes(b"x" * 4096)
+    target.write_bytes(b"untouched")
+    # a mount table that names the target (as a loop-mounted image would)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"{target} /mnt/card ext4 rw 0 0\n")
+    with pytest.raises(FlashError, match="mounted at /mnt/card; unmount it first"):
+        flash(image, target, mounts=mounts)
+    mounts.write_text(f"{target} / ext4 rw 0 0\n")
+    with pytest.raises(FlashError, match="mounted at the running system's root"):
+        flash(image, target, mounts=mounts)
+    assert target.read_bytes() == b"untouched"
+    # the real disk under / (when it is a block device this machine shows)
+    root_source = next(
+        (line.split()[0] for line in Path("/proc/self/mounts").read_text().splitlines()
+         if line.split()[1] == "/" and line.startswith("/dev/")),
+        None,
+    )  # fmt: skip
+    if root_source is not None and Path(root_source).exists():
+        reason = refusal(Path(root_source), mounts=Path("/proc/self/mounts").read_text())
+        assert reason is not None
+        assert "running system" in reason or "mounted at" in reason
+
+
+def test_flash_to_a_real_loop_block_device(tmp_path: Path) -> None:
+    losetup = shutil.which("losetup")
+    if losetup is None or os.geteuid() != 0:
+        pytest.skip("needs losetup and root to attach a loop block device")
+    backing = tmp_path / "disk.bin"
+    backing.write_bytes(b"\0" * (16 << 20))
+    attach = subprocess.run(
+        [losetup, "--find", "--show", str(backing)], capture_output=True, text=True
+    )
+    if attach.returncode != 0:
+        pytest.skip(f"no loop device here: {attach.stderr.strip()}")
+    device = Path(attach.stdout.strip())
+    try:
+        image = tmp_path / "dev.img"
+        image.write_bytes(os.urandom(5 << 20))
+        result = flash(image, device)
+        assert result.size == 5 << 20
+        with device.open("rb") as fh:
+            assert fh.read(5 << 20) == image.read_bytes()
+        mounts = tmp_path / "mounts"
+        mounts.write_text(f"{device} /mnt/card ext4 rw 0 0\n")
+        with pytest.raises(FlashError, match="mounted at /mnt/card"):
+            flash(image, device, mounts=mounts)
+    finally:
+        subprocess.run([losetup, "-d", str(device)], check=False)
