@@ -12,6 +12,8 @@ the fleet server acknowledges a message once the batch holding it is committed.
 Against an MQTT 5 broker the session is persistent (a stable client id, no clean
 start, an hour's expiry), so what a crashed server received but never acknowledged
 is delivered again when it comes back; dedup by (device, seq) makes that harmless.
+A clean stop ends the session instead (`leave`, then `stop`): a replica scaled down
+must not keep its share of a shared subscription queued for an hour.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class MqttBridge:
         self.receive_maximum = receive_maximum
         self.stale_acks = 0  # deliveries of an earlier connection: the broker sends them again
         self._subscribed = threading.Event()
+        self._unsubscribed = threading.Event()
         self._stopped = False
         fleet_filters = [topics.fleet_subscription(c) for c in DEVICE_CHANNELS]
         if kind is BrokerKind.MQTT5:
@@ -136,6 +139,7 @@ class MqttBridge:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_unsubscribe = self._on_unsubscribe
         self.client.on_message = self._on_message
 
     @property
@@ -189,11 +193,24 @@ class MqttBridge:
                 continue
             self.client.ack(d.mid, d.qos)
 
+    def leave(self, timeout: float) -> bool:
+        """Unsubscribe (the broker sends no more); True once it confirmed within `timeout`."""
+        if not self.client.is_connected():
+            return False
+        self._unsubscribed.clear()
+        self.client.unsubscribe(list(self.filters))
+        return self._unsubscribed.wait(timeout)
+
     def stop(self) -> None:
+        """Disconnect for good: an MQTT 5 session ends with it (expiry 0)."""
         if self._stopped:
             return
         self._stopped = True
-        self.client.disconnect()
+        properties = None
+        if self.kind is BrokerKind.MQTT5:
+            properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = 0
+        self.client.disconnect(properties=properties)
         self.client.loop_stop()
         # paho's wake-up socket pair would otherwise wait for garbage collection
         self.client._reset_sockets()
@@ -212,6 +229,11 @@ class MqttBridge:
             log.error("MQTT broker %s refused subscriptions: %s", self.url, refused)
             return
         self._subscribed.set()
+
+    def _on_unsubscribe(
+        self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any
+    ) -> None:
+        self._unsubscribed.set()
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any

@@ -111,6 +111,17 @@ class Ingest:
             self._idle.wait(0.05)
         return False
 
+    def _quiet(self, quiet_s: float, *, timeout: float) -> None:
+        """Wait until all received is written and nothing more arrived for `quiet_s`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            seen = self.stats.received
+            if not self.wait_idle(max(0.0, deadline - time.monotonic())):
+                return
+            time.sleep(quiet_s)
+            if self.stats.received == seen:
+                return
+
     def snapshot(self) -> dict[str, object]:
         out = self.stats.snapshot()
         out.update(
@@ -124,8 +135,11 @@ class Ingest:
         return out
 
     def stop(self) -> None:
-        # the writer finishes (and acknowledges) what is queued before the link goes; what
-        # arrives meanwhile stays unacknowledged, for the broker to deliver on the next start
+        # a clean stop: the broker sends no more, the writer stores and acknowledges what came
+        # (until nothing has for a moment), then the session ends; a crash skips all of this
+        # and the broker keeps the session, with what was never acknowledged, for the restart
+        if self.bridge.leave(timeout=5.0):
+            self._quiet(0.2, timeout=10.0)
         self._stop.set()
         self._queue.put(_STOP)
         self._writer.join(30)

@@ -189,10 +189,16 @@ def test_a_killed_server_loses_no_telemetry(
                 page = server.api.get("/devices", params={"limit": 100}).json()
                 return [d for d in page["items"] if d["id"] in DEVICES]
 
-            wait_until(
-                lambda: sum(d["windows_received"] for d in stored()) >= len(DEVICES) * WINDOWS,
-                "every window stored",
-            )
+            def all_stored() -> bool:
+                got = int(sum(d["windows_received"] for d in stored()))
+                progress.append(f"{got} stored, ingest {server.stats()}")
+                return got >= len(DEVICES) * WINDOWS
+
+            progress: list[str] = []
+            try:
+                wait_until(all_stored, "every window stored", timeout=180)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last seen: {progress[-1]}") from None
             counts = {
                 row["id"]: (row["windows_received"], row["windows_lost"], row["last_seq"])
                 for row in stored()
