@@ -218,3 +218,30 @@ def test_two_apps_on_one_database_agree_on_the_leader_and_hand_over(
         cluster = b.get("/api/v1/cluster").json()
         assert cluster["leading"] is True
         assert cluster["leader"]["replica"] == "fleet-b"
+
+
+def test_replicas_starting_together_migrate_one_after_another(db_url: str) -> None:
+    script = (
+        "import sys\n"
+        "from fleet_server.db import Database\n"
+        "db = Database(sys.argv[1])\n"
+        "db.migrate()\n"
+        "db.dispose()\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, db_url],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=120)[0].decode(errors="replace") for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    check = Database(db_url)
+    try:
+        with check.session() as s:
+            assert s.scalar(text("SELECT count(*) FROM rollout_assignments")) == 0
+    finally:
+        check.dispose()
