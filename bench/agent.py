@@ -394,10 +394,24 @@ mark("import numpy")
 import onnxruntime
 mark("import onnxruntime")
 import edge_agent.cli.main
-mark("import edge_agent.cli.main (click)")
+mark("import edge_agent.cli.main (click, importlib.metadata)")
+import pydantic
+mark("import pydantic (pydantic_core)")
+import edge_agent.protocol
+mark("import edge_agent.protocol (pydantic's schema builder, the message models)")
+import cryptography.hazmat.primitives.asymmetric.ed25519
+mark("import cryptography (Ed25519: OpenSSL in its Rust extension)")
+import edge_agent.bundle
+mark("import edge_agent.bundle (manifest and reference models, tar reader)")
+import edge_agent.config, edge_agent.profiles
+mark("import edge_agent.config, .profiles (their models, tomllib)")
+import edge_agent.telemetry, edge_agent.model
+mark("import edge_agent.telemetry, .model (sqlite3 outbox, windows, bins)")
+import edge_agent.server
+mark("import edge_agent.server (http.server, socketserver, email)")
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-mark("import edge_agent.agent (pydantic models, cryptography, http.server, sqlite3)")
+mark("import edge_agent.agent (swap: updater, download, store)")
 agent = Agent(load_config(Path(sys.argv[1])))
 mark("Agent(config): profile, keys, outboxes, server")
 agent.start()
@@ -733,6 +747,7 @@ def _footprint_section(
             f"| {what} | {(first[i][1] - first[i - 1][1]) * 1e3:.0f} | {(t - t0) * 1e3:.0f} | "
             f"{_mb(rss)} | +{(rss - rss0) / 1e6:.1f} |"
         )
+    summary = _memory_summary(chosen, dict(footprint)[chosen], restart)
     return [
         "### Footprint",
         "",
@@ -766,7 +781,60 @@ def _footprint_section(
         "| --- | --- | --- | --- | --- |",
         *stage_rows,
         "",
+        *summary,
+        "",
     ]
+
+
+def _memory_summary(
+    chosen: Model, footprint: dict[str, Any], restart: list[tuple[str, float, int]]
+) -> list[str]:
+    """Where the agent's memory over bare onnxruntime goes, by the rows of the step table,
+    and what the RSS goal would take."""
+    added: dict[str, float] = {}
+    for (what, _, rss), (_, _, before) in zip(restart[1:], restart, strict=False):
+        added[what] = rss - before
+
+    def rows(*prefixes: str) -> float:
+        return sum(v for k, v in added.items() if k.startswith(prefixes))
+
+    def rows_until(step: str) -> int:
+        return next(rss for what, _, rss in restart if what == step)
+
+    pydantic = rows(
+        "import pydantic", "import edge_agent.protocol", "import edge_agent.bundle",
+        "import edge_agent.config",
+    )  # fmt: skip
+    crypto = rows("import cryptography")
+    ours = rows(
+        "import edge_agent.cli", "import edge_agent.telemetry", "import edge_agent.server",
+        "import edge_agent.agent",
+    )  # fmt: skip
+    over = footprint["rss_max"] - MAX_IDLE_RSS_BYTES
+    held = footprint["rss"]["VmRSS"] - footprint["bare_rss"]["VmRSS"]
+    lines = [
+        f"Each row is what that step added, in this order (a module two steps need counts "
+        f"where it is first imported). Of the {_mb(held)} the agent process holds over bare "
+        f"onnxruntime ({chosen.label}), the rows give {_mb(pydantic)} to pydantic and the "
+        "models built with it (the pydantic, edge_agent.protocol, edge_agent.bundle and "
+        "edge_agent.config rows: its compiled core, its schema builder, the message, "
+        f"manifest and config models), {_mb(crypto)} to cryptography (its Rust extension, "
+        f"for Ed25519), and {_mb(ours)} to the CLI, the telemetry outbox, the local HTTP "
+        "server and the update machinery with the standard library they use (click, "
+        f"sqlite3, http.server, email, tarfile). Starting (verify, load, warm up, serve) "
+        f"added {_mb(rows('agent.start()'))}; the bare process's session and first run add "
+        f"{_mb(footprint['bare_rss']['VmRSS'] - rows_until('import onnxruntime'))} to what "
+        "python, numpy and onnxruntime hold after their import (the table's row)."
+    ]
+    if over > 0:
+        lines[0] += f" The RSS goal needs {_mb(over)} less than the largest process: " + (
+            "more than everything besides pydantic and cryptography holds, so it is out of "
+            "reach while the device validates its config, bundle manifests and messages "
+            "with pydantic and verifies signatures with cryptography."
+            if over > ours
+            else "less than the CLI, outbox, server and update machinery hold."
+        )
+    return lines
 
 
 def _main() -> None:
