@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from fleet_server.cluster import FileLock, Leadership
+from fleet_server.cluster import FileLock, LeaderLoop, Leadership
 from fleet_server.context import Fleet
 from fleet_server.db import Database
 from fleet_server.db.tables import ClusterLeader, Rollout
@@ -24,6 +24,7 @@ from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.rollouts.plan import Plan, RolloutRequest, Selector
 from fleet_server.rollouts.ports import Ports
 from fleet_server.settings import Settings
+from tests.edge_agent.agent_env import wait_for
 from tests.fleet_server.app import fleet_client
 from tests.fleet_server.test_rollouts import OPERATOR, Clock, bundle_for, seed, version_by
 
@@ -245,3 +246,36 @@ def test_replicas_starting_together_migrate_one_after_another(db_url: str) -> No
             assert s.scalar(text("SELECT count(*) FROM rollout_assignments")) == 0
     finally:
         check.dispose()
+
+
+class Switch:
+    """A leader that leads when told, counting how often it was asked."""
+
+    replica = "switch"
+
+    def __init__(self) -> None:
+        self.on = False
+        self.asked = 0
+
+    def leading(self) -> bool:
+        self.asked += 1
+        return self.on
+
+    def fence(self, session: object) -> bool:
+        return self.on
+
+
+def test_a_leader_loop_works_only_while_its_replica_leads(tmp_path: Path) -> None:
+    switch = Switch()
+    db = Database("sqlite://")
+    fleet = Fleet(settings=Settings(data_dir=tmp_path), db=db, leader=switch)
+    rounds: list[int] = []
+    loop = LeaderLoop(fleet, name="test", interval_s=0.01, work=lambda: rounds.append(1)).start()
+    try:
+        wait_for(lambda: switch.asked >= 5, what="five rounds as a follower")
+        assert rounds == []
+        switch.on = True
+        wait_for(lambda: len(rounds) >= 3, what="rounds as the leader")
+    finally:
+        loop.stop()
+        db.dispose()
