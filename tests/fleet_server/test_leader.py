@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -213,9 +212,8 @@ def test_two_apps_on_one_database_agree_on_the_leader_and_hand_over(
         assert a.get("/api/v1/cluster").json()["leading"] is True
 
     with fleet_client(tmp_path / "b", db_url, replica_id="fleet-b", **settings) as b:
-        deadline = time.monotonic() + 30  # a stopped; b takes over within a retry or two
-        while not b.get("/api/v1/cluster").json()["leading"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # a stopped; b takes over within a retry or two
+        wait_for(lambda: b.get("/api/v1/cluster").json()["leading"], what="b leading")
         cluster = b.get("/api/v1/cluster").json()
         assert cluster["leading"] is True
         assert cluster["leader"]["replica"] == "fleet-b"
