@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -59,6 +60,7 @@ class EmbeddedBroker:
 
         async def boot() -> None:
             self._broker = Broker(config, loop=loop)
+            self._broker._subscriptions = _Snapshots()  # see _Snapshots
             await self._broker.start()
 
         def run() -> None:
@@ -99,6 +101,29 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _Snapshots(dict[str, Any]):
+    """amqtt's subscription table, iterated over snapshots.
+
+    amqtt 0.12 loops over its live table across awaits (the retained messages sent
+    to a connecting client, each broadcast): a client subscribing meanwhile makes
+    the loop raise "dictionary changed size during iteration", which drops the
+    connecting client. With 20 agents connecting at once that happened to a dozen
+    of them in a measurement here. A snapshot is what those loops mean.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        return list(super().keys())
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return list(super().values())
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return list(super().items())
 
 
 async def _close_leftovers(loop: asyncio.AbstractEventLoop) -> None:
