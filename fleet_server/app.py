@@ -22,6 +22,7 @@ from fleet_server.auth.routes import router as auth_router
 from fleet_server.bundles.routes import router as bundles_router
 from fleet_server.cluster import start_leadership
 from fleet_server.cluster.routes import router as cluster_router
+from fleet_server.console import install as install_console
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db import Database
 from fleet_server.devices.presence import start_presence_sweep
@@ -129,4 +130,5 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         cluster_router,
     ):
         app.include_router(router, prefix=API)
+    install_console(app, api_prefix=API)  # the web console at /, over the same API
     return app

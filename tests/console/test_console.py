@@ -1,0 +1,288 @@
+"""The console in a real browser against a real fleet: log in, read every page, drive a staged
+rollout through the form while real agents report, pause and resume it, and watch a gate
+breach roll the next one back, with the reason on the page. Screenshots go to docs/console/."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.console.conftest import DEVICES, Fleet, login, shot
+
+pytestmark = pytest.mark.slow
+
+SLOW = 90_000  # ms: rollouts wait on real agents and soak times
+
+
+def expect() -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect
+
+
+def fill_rollout_form(page: Any, *, name: str, version: str, first_soak_s: int) -> None:
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Version", exact=True).select_option(version)
+    page.get_by_label("Labels (key=value, comma-separated)").fill("line=3")
+    page.locator("#s1-soak").fill(str(first_soak_s))
+    page.locator("#s2-soak").fill("1")
+
+
+def confirm(page: Any, button: str, reason: str) -> None:
+    page.get_by_role("button", name=button, exact=True).click()
+    dialog = page.get_by_role("dialog")
+    expect()(dialog).to_be_visible()
+    dialog.get_by_label("Reason (goes to the audit log)").fill(reason)
+    dialog.get_by_role("button", name="Confirm").click()
+    expect()(dialog).to_be_hidden()
+
+
+def nav(page: Any, name: str) -> Any:
+    return page.get_by_role("navigation", name="Main").get_by_role("link", name=name)
+
+
+def status_badge(page: Any) -> Any:
+    return page.locator("#sum-h .badge")
+
+
+def test_a_bad_token_is_refused_with_a_clear_message(page: Any) -> None:
+    page.goto("/")
+    page.get_by_label("API token").fill("eft_not-a-real-token")
+    page.get_by_role("button", name="Log in").click()
+    alert = page.get_by_role("alert")
+    expect()(alert).to_contain_text("The server refused this token: unknown API token")
+    expect()(page.get_by_role("navigation", name="Main")).to_be_hidden()
+    shot(page, "login-refused")
+
+
+def test_every_asset_comes_from_the_fleet_server(page: Any, fleet: Fleet) -> None:
+    hosts: set[str] = set()
+    page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
+    login(page, fleet.tokens["admin"])
+    for where in ("#/devices", "#/models", "#/rollouts", "#/drift"):
+        page.goto(f"/{where}")
+        page.locator("h1").first.wait_for()
+    assert hosts == {fleet.url.split("/")[2]}
+    csp = httpx2.get(f"{fleet.url}/").headers["content-security-policy"]
+    assert "default-src 'self'" in csp
+
+
+def test_overview_devices_and_models_pages(page: Any, fleet: Fleet) -> None:
+    login(page, fleet.tokens["viewer"])
+    tiles = page.locator(".tiles")
+    expect()(tiles).to_contain_text(f"{len(DEVICES) + 1}Devices")
+    expect()(tiles).to_contain_text(f"{len(DEVICES)}Online")
+    expect()(tiles).to_contain_text("1Offline")
+    expect()(page.locator("section", has_text="Versions running")).to_contain_text("tiny")
+    shot(page, "overview")
+
+    nav(page, "Devices").click()
+    table = page.locator("table.devices")
+    expect()(table.locator("tbody tr")).to_have_count(len(DEVICES) + 1)
+    page.get_by_label("Label").fill("line=4")
+    page.get_by_role("button", name="Filter").click()
+    expect()(table.locator("tbody tr")).to_have_count(1)
+    expect()(table).to_contain_text("oven-01")
+    page.get_by_label("Label").fill("")
+    page.get_by_label("State").select_option("offline")
+    page.get_by_role("button", name="Filter").click()
+    expect()(table.locator("tbody tr")).to_have_count(1)
+    expect()(table).to_contain_text("pi-07")
+    page.get_by_label("State").select_option("")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name=re.compile("^Device")).click()  # by id, now descending
+    expect()(table.locator("tbody tr").first).to_contain_text("press-02")
+    expect()(page.locator("th[aria-sort=descending]")).to_contain_text("Device")
+    page.get_by_role("button", name="State").click()  # offline first
+    expect()(table.locator("tbody tr").first).to_contain_text("pi-07")
+    expect()(page.locator("th[aria-sort=ascending]")).to_contain_text("State")
+    shot(page, "devices")
+
+    table.get_by_role("link", name="press-01").click()
+    expect()(page.get_by_role("heading", name="Device press-01")).to_be_visible()
+    expect()(page.locator("dl.facts")).to_contain_text("tiny 1.0.0")
+    expect()(page.locator(".chart canvas").first).to_be_visible()  # uPlot drew latency
+    expect()(page.locator("section", has_text="Timeline")).to_contain_text("agent")
+    expect()(page.locator("section", has_text="Drift per feature")).to_contain_text("PSI")
+    shot(page, "device")
+
+    nav(page, "Models").click()
+    version = page.locator("h3", has_text="2.0.0")
+    expect()(version).to_be_visible()
+    figures = page.locator("table").nth(1)  # versions newest first: 3.0.0, then 2.0.0
+    expect()(figures).to_contain_text("int8")  # the converter chose a precision
+    expect()(figures).to_contain_text(re.compile(r"\d+(\.\d+)? / \d+(\.\d+)? ms"))
+    expect()(figures).to_contain_text("passed")
+    shot(page, "models")
+
+
+def test_a_staged_rollout_from_the_form_paused_resumed_and_a_breach_rolled_back(
+    page: Any, fleet: Fleet
+) -> None:
+    login(page, fleet.tokens["operator"])
+    nav(page, "Rollouts").click()
+    fill_rollout_form(page, name="tiny 2.0.0 to line 3", version="2.0.0", first_soak_s=8)
+    # the live count: two presses and the Pi on line 3; the Pi has no bundle
+    preview = page.locator("#r-preview")
+    expect()(preview).to_contain_text("3 matching, 2 compatible, 1 incompatible")
+    expect()(preview).to_contain_text("no bundle for raspberry-pi-4")
+    shot(page, "rollout-create")
+    page.get_by_role("button", name="Create rollout").click()
+
+    expect()(page.get_by_role("heading", name=re.compile("tiny 2.0.0 to line 3"))).to_be_visible()
+    stage_one = page.locator("section", has_text="Progress per stage").locator("tbody tr").first
+    # the canary device takes the new version and reports it: stage 1 shows it active
+    expect()(stage_one.locator("td[data-col=active]")).to_have_text("1", timeout=SLOW)
+    expect()(page.locator("section", has_text="Gates")).to_contain_text("soaking")
+    shot(page, "rollout-progress")
+
+    confirm(page, "Pause", "checking the canary by hand")
+    expect()(status_badge(page)).to_have_text("paused")
+    expect()(page.locator("#rollout-reason")).to_contain_text(
+        "pause by console-operator: checking the canary by hand"
+    )
+    expect()(page.get_by_role("button", name="Resume")).to_be_visible()
+    confirm(page, "Resume", "canary looks fine")
+    expect()(status_badge(page)).to_have_text(re.compile("running|completed"))
+    expect()(status_badge(page)).to_have_text("completed", timeout=SLOW)
+    expect()(page.locator("#rollout-reason")).to_have_text("every stage passed")
+    # the API says the same as the page
+    rollouts = fleet.admin.get("/rollouts").json()
+    assert rollouts[0]["status"] == "completed"
+    assert rollouts[0]["devices"] == {"active": 2, "incompatible": 1}
+
+    # the next version answers NaN on live data: the gate breaches, the engine rolls back
+    nav(page, "Rollouts").click()
+    fill_rollout_form(page, name="tiny 3.0.0 to line 3", version="3.0.0", first_soak_s=1)
+    expect()(page.locator("#r-preview")).to_contain_text("2 compatible")
+    page.get_by_role("button", name="Create rollout").click()
+    expect()(page.get_by_role("heading", name=re.compile("tiny 3.0.0 to line 3"))).to_be_visible()
+    expect()(status_badge(page)).to_have_text("rolled back", timeout=SLOW)
+    reason = page.locator("#rollout-reason")
+    expect()(reason).to_contain_text("gate breached, rolled back")
+    expect()(reason).to_contain_text("failed to activate")
+    expect()(reason).to_contain_text("nonfinite_outputs")  # in the device's own words
+    gate = page.locator("section", has_text="Gates").locator("tr", has_text="activation failures")
+    expect()(gate).to_contain_text("breached")
+    shot(page, "rollout-rolled-back")
+
+    nav(page, "Overview").click()
+    expect()(page.locator("section", has_text="Recent alerts")).to_contain_text("Gate breach")
+    shot(page, "overview-after-breach")
+
+
+def test_a_viewer_sees_no_mutating_buttons_and_the_api_refuses_them(
+    page: Any, fleet: Fleet
+) -> None:
+    rollout = fleet.admin.post(
+        "/rollouts",
+        json={
+            "name": "viewer check",
+            "model": "tiny",
+            "version": "1.0.0",
+            "selector": {"device_ids": ["oven-01"]},
+            "plan": {"stages": [{"percent": 100, "soak_s": 3600}]},
+        },
+    ).json()
+    try:
+        login(page, fleet.tokens["viewer"])
+        page.goto(f"/#/rollouts/{rollout['id']}")
+        expect()(page.get_by_role("heading", name=re.compile("viewer check"))).to_be_visible()
+        expect()(page.locator("#main button")).to_have_count(0)
+        nav(page, "Rollouts").click()
+        expect()(page.get_by_role("heading", name="All rollouts")).to_be_visible()
+        expect()(page.get_by_role("button", name="Create rollout")).to_have_count(0)
+        shot(page, "rollouts-viewer")
+        refused = httpx2.post(
+            f"{fleet.url}/api/v1/rollouts/{rollout['id']}/pause",
+            headers={"Authorization": f"Bearer {fleet.tokens['viewer']}"},
+        )
+        assert refused.status_code == 403
+        assert "needs operator" in refused.json()["detail"]
+    finally:
+        fleet.admin.post(f"/rollouts/{rollout['id']}/abort")
+
+
+def focused(page: Any) -> str:
+    text: str = page.evaluate(
+        "() => (document.activeElement.textContent || '').trim() || document.activeElement.id"
+    )
+    return text
+
+
+def tab_to(page: Any, name: str, *, limit: int = 80) -> None:
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if focused(page) == name:
+            return
+    raise AssertionError(f"{name!r} is not reachable with Tab (stopped at {focused(page)!r})")
+
+
+def test_keyboard_alone_logs_in_and_reaches_the_main_actions(page: Any, fleet: Fleet) -> None:
+    page.goto("/")
+    page.keyboard.type(fleet.tokens["operator"])  # the token field has the focus
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Overview").wait_for()
+    tab_to(page, "Rollouts")
+    page.keyboard.press("Enter")
+    expect()(page.get_by_role("heading", name="Rollouts", exact=True)).to_be_visible()
+    tab_to(page, "Create rollout")
+    rollout = fleet.admin.post(
+        "/rollouts",
+        json={
+            "name": "keyboard check",
+            "model": "tiny",
+            "version": "1.0.0",
+            "selector": {"device_ids": ["oven-01"]},
+            "plan": {"stages": [{"percent": 100, "soak_s": 3600}]},
+        },
+    ).json()
+    try:
+        page.goto(f"/#/rollouts/{rollout['id']}")
+        expect()(page.get_by_role("heading", name=re.compile("keyboard check"))).to_be_visible()
+        tab_to(page, "Pause")
+        page.keyboard.press("Enter")
+        expect()(page.get_by_role("dialog")).to_be_visible()
+        page.keyboard.press("Escape")  # cancels: nothing happens
+        expect()(page.get_by_role("dialog")).to_be_hidden()
+        assert fleet.admin.get(f"/rollouts/{rollout['id']}").json()["status"] != "paused"
+        tab_to(page, "Abort")
+    finally:
+        fleet.admin.post(f"/rollouts/{rollout['id']}/abort")
+
+
+def test_drift_heatmap_by_cohort_and_history(page: Any, fleet: Fleet) -> None:
+    login(page, fleet.tokens["viewer"])
+    nav(page, "Drift").click()
+    running = fleet.admin.get("/devices/press-01").json()["active_bundle"]["sha256"]
+    page.get_by_label("Bundle").select_option(running)
+    page.get_by_label("Cohorts by label (empty: per device)").fill("line")
+    page.get_by_role("button", name="Show").click()
+    heatmap = page.locator("table.heatmap")
+    rows = heatmap.locator("tbody th")
+    expect()(rows.first).to_have_text("whole fleet")
+    expect()(rows.nth(1)).to_have_text("3")  # the presses' line (the oven, line 4, only ran 1.0.0)
+    expect()(heatmap.locator("td.heat.alert").first).to_be_visible()  # the far-out inputs
+    expect()(page.locator(".chart canvas").first).to_be_visible()
+    shot(page, "drift")
+
+
+def test_tablet_viewport(browser: Any, fleet: Fleet) -> None:
+    context = browser.new_context(viewport={"width": 768, "height": 1024}, base_url=fleet.url)
+    page = context.new_page()
+    try:
+        login(page, fleet.tokens["operator"])
+        expect()(nav(page, "Drift")).to_be_in_viewport()
+        # nothing wider than the screen but the tables, which scroll in their own box
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 768, width
+        shot(page, "overview-tablet")
+        nav(page, "Rollouts").click()
+        expect()(page.get_by_role("button", name="Create rollout")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth") <= 768
+        shot(page, "rollouts-tablet")
+    finally:
+        context.close()
