@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -41,6 +41,7 @@ class Role(StrEnum):
 
 
 ROLES = (Role.VIEWER, Role.OPERATOR, Role.ADMIN)
+_TOUCH = timedelta(minutes=1)  # how stale a token's last_used_at may get
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +102,12 @@ def authenticate(session: Session, token: str | None, *, remote_addr: str | None
         raise AuthError("unknown API token")
     if row.revoked_at is not None:
         raise AuthError(f"API token {row.name!r} was revoked")
-    row.last_used_at = now()
+    stamp = now()
+    last = row.last_used_at
+    # a write per request would make every read a writer (SQLite: one at a time); a minute's
+    # precision is what "last used" needs
+    if last is None or stamp - (last if last.tzinfo else last.replace(tzinfo=UTC)) > _TOUCH:
+        row.last_used_at = stamp
     return Actor(name=row.name, role=Role(row.role), remote_addr=remote_addr)
 
 

@@ -29,6 +29,8 @@ class DeviceSort(StrEnum):
     ID = "id"
     LAST_SEEN = "last_seen"
     PROFILE = "profile"
+    STATE = "online"
+    VERSION = "version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ def list_devices(
         DeviceSort.ID: Device.id,
         DeviceSort.LAST_SEEN: Device.last_seen,
         DeviceSort.PROFILE: Device.profile,
+        DeviceSort.STATE: Device.online,
+        DeviceSort.VERSION: Device.active_bundle["version"].as_string(),
     }[sort]
     order = column.desc().nulls_last() if descending else column.asc().nulls_first()
     query = _filtered(select(Device), where).order_by(order, Device.id).limit(limit).offset(offset)
