@@ -22,14 +22,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet 'torch==$(TORCH_VERSION)' $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	@touch $(STAMP)
 
-# Mosquitto is what the tests (and --mqtt-url users) run against.
+# What the tests run against, installed with apt-get when missing (as root): Mosquitto (also
+# for --mqtt-url users), and Debian's Chromium with its driver (the console's browser tests).
+SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
+
 system-deps:
-	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	@missing=""; \
+	for pair in $(SYSTEM_PACKAGES); do \
+		path=$${pair#*:}; \
+		command -v $$(basename $$path) >/dev/null 2>&1 || [ -x $$path ] || missing="$$missing $${pair%%:*}"; \
+	done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing mosquitto with apt-get"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; \
+		echo "installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	else \
-		echo "Error: mosquitto is not installed; install it (Debian/Ubuntu: sudo apt-get install mosquitto) and run make again" >&2; \
+		echo "Error: missing system packages:$$missing; install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make again" >&2; \
 		exit 1; \
 	fi
 

@@ -117,6 +117,9 @@ def test_the_wheel_ships_the_profiles_and_works_outside_the_source_tree(tmp_path
     for package in PACKAGES:
         assert f"{package}/__init__.py" in names
     assert not any(n.startswith("tests/") for n in names)
+    # the fleet console's files: served from the package, nothing from the internet
+    for asset in ("index.html", "app.js", "vendor/uPlot.esm.js", "vendor/uPlot.LICENSE"):
+        assert f"fleet_server/console/static/{asset}" in names
     assert "[edgefleet.commands]" in entry_points
     assert "edgefleet = edge_agent.cli.main:main" in entry_points
 
