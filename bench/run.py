@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "BENCHMARKS.md"
 
 # section name -> the module whose run() returns its Markdown, starting "## <Name>"
-SECTIONS = {"converter": "bench.converter", "agent": "bench.agent"}
+SECTIONS = {"converter": "bench.converter", "agent": "bench.agent", "provision": "bench.provision"}
 
 HEADER = [
     "# edgefleet benchmarks",

@@ -15,7 +15,6 @@ import os
 import shutil
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 from fleet_server.provisioning.errors import ImageError
 from fleet_server.provisioning.overlay import Entry, tree_files
@@ -71,7 +70,7 @@ def entries_member(entries: list[Entry], *, mtime: int, level: int = 6) -> bytes
     return gzip.compress(b"".join(parts), compresslevel=level, mtime=0)
 
 
-def _copy_into(out: IO[bytes], src: Path, size: int) -> None:
+def _copy_into(out: gzip.GzipFile, src: Path, size: int) -> None:
     with src.open("rb") as fh:
         shutil.copyfileobj(fh, out, 1 << 20)
     out.write(_pad(size))
@@ -84,6 +83,10 @@ def file_member(src: Path, name: str, dest: Path, *, mode: int, mtime: int, leve
         dest.open("wb") as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=level, mtime=0) as out,
     ):
+        for parent in _dirs([name], set()):
+            info = _info(parent, mode=0o755, mtime=mtime)
+            info.type = tarfile.DIRTYPE
+            out.write(_header(info))
         out.write(_header(_info(name, mode=mode, mtime=mtime, size=size)))
         _copy_into(out, src, size)
 

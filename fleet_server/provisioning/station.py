@@ -35,21 +35,16 @@ from edge_agent.profiles import load_profile
 from fleet_server.provisioning.archive import (
     entries_member,
     file_member,
-    tree_member,
     write_targz,
 )
 from fleet_server.provisioning.batchfile import BatchDevice, BatchManifest, write_batch
 from fleet_server.provisioning.errors import ImageError, PlanError
 from fleet_server.provisioning.ext4 import link_tree, make_ext4, stage_entries
 from fleet_server.provisioning.identity import DeviceIdentity, enroll_online, new_identity
+from fleet_server.provisioning.layer import agent_layer
 from fleet_server.provisioning.overlay import INITIAL_BUNDLE, device_entries
 from fleet_server.provisioning.plan import DevicePlan
-from fleet_server.provisioning.wheelhouse import (
-    AgentLayer,
-    agent_wheel,
-    build_layer,
-    fetch_wheelhouse,
-)
+from fleet_server.provisioning.wheelhouse import agent_wheel
 
 __all__ = ["AgentLayerMode", "BatchRequest", "BatchResult", "ReportDevice", "provision_batch"]
 
@@ -73,7 +68,7 @@ class BatchRequest:
     agent_layer: AgentLayerMode = "embed"
     agent_wheel: Path | None = None
     force: bool = False
-    jobs: int = 0  # 0: one per CPU
+    jobs: int = 0  # 0: four per CPU
 
     @property
     def online(self) -> bool:
@@ -151,6 +146,15 @@ def _already(request: BatchRequest) -> None:
         )
 
 
+def _place(src: Path, dest: Path) -> None:
+    """`dest` as a hard link to the cached `src` (read-only use), or a copy across filesystems."""
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def _identities(request: BatchRequest, jobs: int) -> list[DeviceIdentity]:
     if request.online:
         assert request.fleet_url is not None
@@ -176,7 +180,8 @@ def provision_batch(request: BatchRequest) -> BatchResult:
         raise PlanError("the batch has no devices")
     if not request.online and request.station_key is None:
         raise PlanError("an offline batch is signed by the station: pass --station-key")
-    jobs = request.jobs or os.cpu_count() or 1
+    # mkfs.ext4 mostly waits on the disk: a few writers per CPU keep the CPUs busy
+    jobs = request.jobs or min(32, 4 * (os.cpu_count() or 1))
     created = datetime.now(UTC).replace(microsecond=0)
     batch_id = f"{created:%Y%m%dT%H%M%SZ}-{token_hex(3)}"
     station = socket.gethostname()
@@ -195,34 +200,29 @@ def provision_batch(request: BatchRequest) -> BatchResult:
     work.mkdir()
     try:
         arch = {p: load_profile(p).hardware.arch for p in profiles}
-        wheel = request.agent_wheel or agent_wheel(request.wheelhouse)
-        layers: dict[str, AgentLayer] = {}
-        for a in sorted(set(arch.values())):
-            house = fetch_wheelhouse(
+        wheel = request.agent_wheel or agent_wheel(work)
+        layers = {
+            a: agent_layer(
                 request.wheelhouse, arch=a, python_version=request.python_version, wheel=wheel
             )
-            layers[a] = build_layer(
-                work / f"agent-{a}", house=house, arch=a,
-                python_version=request.python_version, wheel=wheel,
-            )  # fmt: skip
+            for a in sorted(set(arch.values()))
+        }
         lap("agent_layer")
-        shared_members: dict[str, list[Path]] = {}
         written_layers: list[Path] = []
-        for name, layer in layers.items():
-            member = work / f"agent-{name}.gz"
-            tree_member(layer.root, member, mtime=mtime)
-            if request.agent_layer == "shared":
-                (out / "layers").mkdir(exist_ok=True)
+        if request.agent_layer == "shared":
+            (out / "layers").mkdir(exist_ok=True)
+            for name, layer in layers.items():
                 target = out / "layers" / f"agent-{name}"
-                write_targz(target.with_suffix(".tar.gz"), b"", [member])
-                make_ext4(target.with_suffix(".ext4"), layer.root, label="edgefleet-agent")
+                write_targz(target.with_suffix(".tar.gz"), b"", [layer.member])
+                _place(layer.image, target.with_suffix(".ext4"))
                 written_layers += [target.with_suffix(".tar.gz"), target.with_suffix(".ext4")]
+        shared_members: dict[str, list[Path]] = {}
         for profile, path in bundles.items():
             member = work / f"bundle-{profile}.gz"
             file_member(path, INITIAL_BUNDLE, member, mode=0o644, mtime=mtime)
             shared_members[profile] = [member]
             if request.agent_layer == "embed":
-                shared_members[profile].append(work / f"agent-{arch[profile]}.gz")
+                shared_members[profile].append(layers[arch[profile]].member)
         lap("shared_members")
         identities = _identities(request, jobs)
         lap("identities")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from fleet_server.provisioning.errors import WheelhouseError
-from fleet_server.provisioning.overlay import launcher_entry, tree_files
+from fleet_server.provisioning.overlay import launcher_entry
 
-__all__ = ["PLATFORM_TAGS", "AgentLayer", "agent_wheel", "build_layer", "fetch_wheelhouse"]
+__all__ = ["PLATFORM_TAGS", "agent_wheel", "build_layer", "fetch_wheelhouse"]
 
 # the manylinux tags pip may pick wheels by, per hardware profile arch
 PLATFORM_TAGS: dict[str, tuple[str, ...]] = {
@@ -27,16 +26,6 @@ PLATFORM_TAGS: dict[str, tuple[str, ...]] = {
     "armv7l": ("manylinux2014_armv7l", "manylinux_2_17_armv7l", "manylinux_2_31_armv7l"),
 }
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass(frozen=True, slots=True)
-class AgentLayer:
-    """`root` holds ``opt/edgefleet/...`` for one platform."""
-
-    arch: str
-    root: Path
-    files: int
-    size: int
 
 
 def _pip(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -106,9 +95,7 @@ def fetch_wheelhouse(cache: Path, *, arch: str, python_version: str, wheel: Path
     return house
 
 
-def build_layer(
-    dest: Path, *, house: Path, arch: str, python_version: str, wheel: Path
-) -> AgentLayer:
+def build_layer(dest: Path, *, house: Path, arch: str, python_version: str, wheel: Path) -> None:
     """Install the agent from `house` under ``dest/opt/edgefleet`` (the agent layer)."""
     lib = dest / "opt/edgefleet/lib"
     result = _pip(
@@ -130,7 +117,3 @@ def build_layer(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(launcher.data)
     path.chmod(launcher.mode)
-    files = tree_files(dest)
-    return AgentLayer(
-        arch=arch, root=dest, files=len(files), size=sum(p.lstat().st_size for p in files)
-    )
