@@ -58,7 +58,8 @@ function stopPage() {
   }
 }
 
-function showLogin(message) {
+// `problem`: why the last token was refused (shown as an error); `note`: anything else
+function showLogin(problem, note) {
   stopPage();
   me = null;
   document.getElementById("nav").hidden = true;
@@ -72,7 +73,12 @@ function showLogin(message) {
     required: true,
     "aria-describedby": "token-help",
   });
-  const problem = h("div", { id: "login-problem" }, message ? errorBox({ message }) : null);
+  const shown = h(
+    "div",
+    { id: "login-problem" },
+    problem ? errorBox({ message: problem }) : null,
+    note ? h("p", { class: "note", role: "status" }, note) : null,
+  );
   const form = h(
     "form",
     { class: "login card", onsubmit: login },
@@ -85,7 +91,7 @@ function showLogin(message) {
       "An API token of this fleet server (edgefleet fleet token --role viewer|operator|admin). ",
       "It stays in this browser tab only.",
     ),
-    problem,
+    shown,
     h("button", { type: "submit", class: "primary" }, "Log in"),
   );
   replace(main, form);
@@ -100,7 +106,7 @@ function showLogin(message) {
       else route();
     } catch (err) {
       setToken(null);
-      replace(problem, errorBox(loginProblem(err)));
+      replace(shown, errorBox(loginProblem(err)));
       input.focus();
     }
   }
@@ -181,7 +187,7 @@ function failed(err) {
 
 document.getElementById("logout").addEventListener("click", () => {
   setToken(null);
-  showLogin("You are logged out.");
+  showLogin(null, "You are logged out.");
 });
 window.addEventListener("hashchange", route);
 route();

@@ -122,8 +122,8 @@ async function createForm(ctx) {
     pending = setTimeout(async () => {
       try {
         const p = await ctx.api("/rollouts/preview", { method: "POST", body: request() });
-        const parts = [`${p.matching} matching`, `${p.compatible} compatible`, `${p.incompatible} incompatible`];
-        if (p.incompatible_profiles.length) parts.push(`(no bundle for ${p.incompatible_profiles.join(", ")})`);
+        const none = p.incompatible_profiles.length ? ` (no bundle for ${p.incompatible_profiles.join(", ")})` : "";
+        const parts = [`${p.matching} matching`, `${p.compatible} compatible`, `${p.incompatible} incompatible${none}`];
         count.textContent = `${parts.join(", ")}; stage sizes ${p.stages.join(" → ")}` +
           (p.conflicts.length ? `; ${p.conflicts.map((c) => `${c.devices.length} already in rollout ${c.rollout_id}`).join(", ")}` : "");
         count.className = "preview";
