@@ -61,6 +61,14 @@ def fleet() -> None:
     envvar="EDGEFLEET_REPLICA_ID",
     help="This replica's name among those sharing the database (default: host:pid:random).",
 )
+@click.option(
+    "--stale-after",
+    type=click.FloatRange(min=0),
+    default=90.0,
+    show_default=True,
+    envvar="EDGEFLEET_STALE_AFTER",
+    help="Seconds without a message after which a device is shown offline (0: never).",
+)
 def serve(
     data_dir: Path,
     db_url: str,
@@ -71,6 +79,7 @@ def serve(
     trust: tuple[Path, ...],
     public_url: str,
     replica_id: str,
+    stale_after: float,
 ) -> None:
     """Serve the fleet API (and the embedded broker unless --mqtt-url is given).
 
@@ -105,6 +114,7 @@ def serve(
         trusted_keys=trust,
         admin_token=admin,
         replica_id=replica_id,
+        stale_after_s=stale_after,
     )
     # the server's own log (leadership, rollout orders, ingestion) next to uvicorn's
     handler = logging.StreamHandler()

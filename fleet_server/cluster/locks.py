@@ -18,11 +18,14 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = ["LEADER_KEY", "AdvisoryLock", "FileLock", "Lock", "ProcessLock", "lock_for"]
 
@@ -61,11 +64,11 @@ class AdvisoryLock:
         self.where = f"PostgreSQL advisory lock {key} on {parsed.render_as_string()}"
         self._replica = replica
         self._key = key
-        self._conn: object | None = None  # psycopg.Connection, imported lazily
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self._pid: int | None = None
         self._mutex = threading.Lock()
 
-    def _connect(self) -> object:
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         import psycopg
 
         return psycopg.connect(
@@ -88,7 +91,7 @@ class AdvisoryLock:
             try:
                 if self._conn is None:
                     self._conn = self._connect()
-                conn: psycopg.Connection[tuple[object, ...]] = self._conn  # type: ignore[assignment]
+                conn = self._conn
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
                 if row is not None and row[0] is True:
                     self._pid = conn.info.backend_pid
@@ -105,9 +108,8 @@ class AdvisoryLock:
         with self._mutex:
             if self._conn is None or self._pid is None:
                 return False
-            conn: psycopg.Connection[tuple[object, ...]] = self._conn  # type: ignore[assignment]
             try:
-                conn.execute("SELECT 1")
+                self._conn.execute("SELECT 1")
             except psycopg.Error as exc:
                 log.warning("leader lock: its connection failed (%s); the lock is lost", exc)
                 self._close()
@@ -134,9 +136,8 @@ class AdvisoryLock:
 
         with self._mutex:
             if self._conn is not None and self._pid is not None:
-                conn: psycopg.Connection[tuple[object, ...]] = self._conn  # type: ignore[assignment]
                 try:  # at once: a closed session's locks go only when its backend has exited
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
                 except psycopg.Error:
                     log.debug("leader lock: unlock failed; closing releases it", exc_info=True)
             self._close()
@@ -145,7 +146,7 @@ class AdvisoryLock:
         conn, self._conn, self._pid = self._conn, None, None
         if conn is not None:
             try:
-                conn.close()  # type: ignore[attr-defined]
+                conn.close()
             except Exception:  # already broken: nothing left to release
                 log.debug("leader lock: closing a broken connection failed", exc_info=True)
 

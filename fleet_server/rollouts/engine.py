@@ -11,7 +11,7 @@ simply sent on the next tick.
 
 Of several replicas sharing the database only the leader's engine ticks
 (`fleet.leader`, see `fleet_server.cluster`): it confirms its lock before each
-rollout, and again inside the transaction that records a decision, so a leader
+tick, and again inside the transaction that records each decision, so a leader
 that lost its lock (its database connection died) decides nothing more; the
 replica that takes over resumes from the rows as a restarted server would.
 
@@ -106,8 +106,6 @@ class RolloutEngine:
             )
         failure: Exception | None = None
         for rollout_id in ids:
-            if not self.fleet.leader.leading():
-                break  # lost the lead mid-tick: the new leader carries on from the rows
             try:
                 self.step(rollout_id)
             except Exception as exc:  # one broken rollout must not stall the others
