@@ -119,7 +119,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         fleet: Fleet | None = getattr(request.app.state, "fleet", None)
         if fleet is None:
             return {"status": "ok"}
-        return {"status": "ok", "replica": fleet.leader.replica, "leading": fleet.leader.leading()}
+        return {"status": "ok", "replica": fleet.leader.replica, "leading": fleet.leader.holds()}
 
     for router in (
         auth_router,

@@ -33,6 +33,10 @@ class Leader(Protocol):
 
     def leading(self) -> bool: ...
 
+    def holds(self) -> bool:
+        """As last known, without asking the database (for health checks)."""
+        ...
+
     def fence(self, session: Session) -> bool: ...
 
 
@@ -42,6 +46,9 @@ class Solo:
     replica = "solo"
 
     def leading(self) -> bool:
+        return True
+
+    def holds(self) -> bool:
         return True
 
     def fence(self, session: Session) -> bool:

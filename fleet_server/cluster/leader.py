@@ -82,6 +82,10 @@ class Leadership:
         self._lost("the lock is gone (its database connection failed)")
         return False
 
+    def holds(self) -> bool:
+        """Whether this replica led at its last check (no database round-trip: `/health`)."""
+        return self.since is not None
+
     def fence(self, session: Session) -> bool:
         """True if the lock is still this replica's, as seen inside `session`'s transaction."""
         return self.since is not None and self.lock.fence(session)

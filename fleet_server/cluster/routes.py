@@ -18,4 +18,4 @@ def cluster(fleet: FleetDep, session: SessionDep, actor: ActorDep) -> dict[str, 
     leader = fleet.leader
     if isinstance(leader, Leadership):
         return leader.info(session)
-    return {"replica": leader.replica, "leading": leader.leading(), "leader": None}
+    return {"replica": leader.replica, "leading": leader.holds(), "leader": None}

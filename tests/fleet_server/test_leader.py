@@ -259,6 +259,9 @@ class Switch:
         self.asked += 1
         return self.on
 
+    def holds(self) -> bool:
+        return self.on
+
     def fence(self, session: object) -> bool:
         return self.on
 
