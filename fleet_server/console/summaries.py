@@ -3,8 +3,8 @@
 - `overview`: devices online and offline, the versions devices run per model, the active
   rollouts with their stage, and the recent alerts.
 - `recent_alerts`: one feed of what needs an operator's eyes, newest first: gate breaches
-  (the rollout engine's alerts), failed activations (a device refused or rolled back an
-  update), open drift alerts, and telemetry loss (devices with lost windows).
+  (the rollout engine's alerts), failed activations and other device errors (the ingest's
+  alerts), open drift alerts, and telemetry loss (devices with lost windows).
 - `performance`: a device's telemetry windows as chart points (throughput, p50 and p95
   latency, errors), percentiles read off each window's histogram.
 """
@@ -20,18 +20,25 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol.histogram import quantile
-from fleet_server.db.tables import Device, DeviceEvent, TelemetryWindow
+from fleet_server.db.tables import Alert, Device, TelemetryWindow
 from fleet_server.drift.alerts import list_alerts
 from fleet_server.errors import NotFoundError
 from fleet_server.rollouts.service import ACTIVE, list_rollouts
 
 __all__ = ["AlertKind", "FeedItem", "overview", "performance", "recent_alerts"]
 
-AlertKind = Literal["gate_breach", "failed_activation", "drift", "telemetry_loss"]
+AlertKind = Literal["gate_breach", "failed_activation", "drift", "device_error", "telemetry_loss"]
 
-# device events that mean an update did not take
-FAILED_ACTIVATION = ("update.refused", "update.rolled_back", "update.rollback_failed")
+# the kinds of alert the other components write: the rollout engine on a gate breach, the
+# ingest on a device event that means an update did not take (or any error), the drift monitor
 GATE_ALERT = "rollout_gate"
+FAILED_ACTIVATION = (
+    "update.refused",
+    "update.rolled_back",
+    "update.rollback_failed",
+    "bundle.unusable",
+)
+DRIFT_ALERT = "drift"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,33 +66,29 @@ def _aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
+def _kind(alert: Alert) -> AlertKind | None:
+    if alert.kind == GATE_ALERT:
+        return "gate_breach"
+    if alert.kind in FAILED_ACTIVATION:
+        return "failed_activation"
+    if alert.kind == DRIFT_ALERT:
+        return "drift" if alert.resolved_at is None else None  # resolved: nobody's concern
+    return "device_error"
+
+
 def recent_alerts(session: Session, *, limit: int = 20) -> list[FeedItem]:
     """The newest `limit` items of every kind, merged newest first."""
     items: list[FeedItem] = []
-    for event in session.scalars(
-        select(DeviceEvent)
-        .where(DeviceEvent.type.in_(FAILED_ACTIVATION))
-        .order_by(DeviceEvent.ts.desc(), DeviceEvent.id.desc())
-        .limit(limit)
-    ):
-        items.append(
-            FeedItem(
-                kind="failed_activation",
-                severity=event.severity,
-                ts=event.ts,
-                subject=f"device {event.device_id}",
-                message=event.message or event.type,
-            )
-        )
-    for alert in list_alerts(session, limit=limit):
-        if alert.kind == GATE_ALERT:  # written by the rollout engine when a gate breaches
-            kind: AlertKind = "gate_breach"
+    for alert in list_alerts(session, limit=limit * 2):
+        kind = _kind(alert)
+        if kind is None:
+            continue
+        if alert.device_id:
+            subject = f"device {alert.device_id}"
+        elif alert.rollout_id is not None:
             subject = f"rollout {alert.rollout_id}"
-        elif alert.resolved_at is None:
-            kind = "drift"
-            subject = f"device {alert.device_id}" if alert.device_id else "fleet"
         else:
-            continue  # a resolved drift alert needs nobody's eyes
+            subject = "fleet"
         items.append(
             FeedItem(
                 kind=kind,

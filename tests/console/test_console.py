@@ -170,7 +170,9 @@ def test_a_staged_rollout_from_the_form_paused_resumed_and_a_breach_rolled_back(
     shot(page, "rollout-rolled-back")
 
     nav(page, "Overview").click()
-    expect()(page.locator("section", has_text="Recent alerts")).to_contain_text("Gate breach")
+    alerts = page.locator("section", has_text="Recent alerts")
+    expect()(alerts).to_contain_text("Gate breach")
+    expect()(alerts).to_contain_text("Failed activation")
     shot(page, "overview-after-breach")
 
 

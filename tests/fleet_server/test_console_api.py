@@ -8,7 +8,7 @@ from pathlib import Path
 
 from edge_agent.protocol.histogram import bucket_index, merge_counts
 from fleet_server.db import Database
-from fleet_server.db.tables import Alert, Device, DeviceEvent, TelemetryWindow
+from fleet_server.db.tables import Alert, Device, TelemetryWindow
 from tests.fleet_server.app import as_token, fleet_client
 from tests.fleet_server.test_devices import enroll, new_token
 
@@ -51,9 +51,8 @@ def test_overview_counts_versions_rollouts_and_alerts(tmp_path: Path, db_url: st
                 assert device is not None
                 device.windows_lost, device.windows_received = 3, 97
                 session.add(
-                    DeviceEvent(device_id="dev-2", ts=T0 + timedelta(minutes=5), source="device",
-                                type="update.refused", severity="error",
-                                message="tiny 3.0.0: self-test failed")
+                    Alert(ts=T0 + timedelta(minutes=5), kind="update.refused", severity="error",
+                          device_id="dev-2", message="dev-2: update.refused: self-test failed")
                 )  # fmt: skip
                 session.add(
                     Alert(ts=T0 + timedelta(minutes=6), kind="rollout_gate", severity="error",

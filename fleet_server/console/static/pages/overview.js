@@ -5,6 +5,7 @@ const KINDS = {
   gate_breach: "Gate breach",
   failed_activation: "Failed activation",
   drift: "Drift",
+  device_error: "Device error",
   telemetry_loss: "Telemetry loss",
 };
 
