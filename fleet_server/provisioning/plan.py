@@ -3,9 +3,9 @@
 A device's id is its serial (so running a batch again for the same serial names the same
 device); a serial that cannot be a device id is refused with its row.
 
->>> plan = plan_count(3, profile="raspberry-pi-4")
->>> [d.profile for d in plan]
-['raspberry-pi-4', 'raspberry-pi-4', 'raspberry-pi-4']
+>>> plan = read_csv(Path("line3.csv"))    # serial,profile,labels
+>>> [(d.device_id, d.labels) for d in plan][:1]
+[('SN-0001', {'line': '3', 'site': 'lyon'})]
 """
 
 from __future__ import annotations
