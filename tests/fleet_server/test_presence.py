@@ -14,7 +14,7 @@ from sqlalchemy import select
 from fleet_server.context import Fleet
 from fleet_server.db import Database
 from fleet_server.db.tables import Device, DeviceEvent
-from fleet_server.devices.presence import sweep_presence
+from fleet_server.devices.presence import start_presence_sweep, sweep_presence
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.settings import Settings
 from tests.fleet_server.test_leader import create, ports
@@ -123,3 +123,24 @@ def test_a_stale_device_in_a_rollout_is_offline_pending_then_failed_at_its_deadl
     status, detail = device(rollout_id)
     assert status == "failed"
     assert "not active by its deadline" in detail
+
+
+def test_a_started_server_waits_one_interval_before_marking_anyone_stale(
+    db: Database, db_url: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    seed(db, clock, devices=1)
+    heard(db, "dev-00", T0 - timedelta(hours=1))  # from before the server's restart
+    settings = Settings(data_dir=tmp_path, db_url=db_url, stale_after_s=AFTER_S)
+    fleet = Fleet(settings=settings, db=db, clock=clock)
+    loop = start_presence_sweep(fleet)
+    assert loop is not None
+    loop.stop()  # its rounds are run by hand below
+    assert loop.interval_s == 15.0  # a third of 90 s, at most 15 s
+    loop.work()
+    assert online(db)["dev-00"] is True  # it may not have been heard from *yet*
+    clock.advance(AFTER_S)
+    loop.work()
+    assert online(db)["dev-00"] is False
+    off = Settings(data_dir=tmp_path, db_url=db_url, stale_after_s=0)
+    assert start_presence_sweep(Fleet(settings=off, db=db, clock=clock)) is None
