@@ -40,10 +40,14 @@ class AlertChanges:
     resolved: list[Alert] = field(default_factory=list)
 
 
+def _beyond(k: KeyDrift) -> str:
+    return f" + {k.noise:.3f} of sampling noise" if k.noise >= 0.0005 else ""
+
+
 def _message(device_id: str, k: KeyDrift, sha: str, thresholds: Thresholds, minutes: int) -> str:
     return (
         f"drift on {k.side} {k.key!r} of device {device_id}: PSI {k.psi:.3f} >= "
-        f"{thresholds.alert} over the last {minutes} min ({k.samples} values, "
+        f"{thresholds.alert}{_beyond(k)} over the last {minutes} min ({k.samples} values, "
         f"bundle {sha[:12]})"
     )
 
@@ -140,12 +144,8 @@ def evaluate_alerts(
         now_k = current.get(ident)
         if now_k is None:
             reason = "no telemetry of this bundle in the window"
-        elif (
-            now_k.psi is not None
-            and now_k.samples >= thresholds.min_samples
-            and now_k.psi < thresholds.warn
-        ):
-            reason = f"PSI {now_k.psi:.3f} < {thresholds.warn}"
+        elif now_k.psi is not None and now_k.level == "ok":
+            reason = f"PSI {now_k.psi:.3f} < {thresholds.warn}" + _beyond(now_k)
         else:
             continue
         alert.resolved_at = now

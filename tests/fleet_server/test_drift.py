@@ -386,6 +386,45 @@ def test_a_shifted_feature_raises_one_alert_that_resolves_later(fleet: Fleet) ->
         assert types.count("drift_resolved") == len(first.opened)
 
 
+def test_sampling_noise_of_small_samples_raises_no_alert_but_real_drift_does(
+    fleet: Fleet,
+) -> None:
+    rng = np.random.default_rng(3)
+    steady = [f"s{n:03d}" for n in range(200)]
+    for d in [*steady, "drifting"]:
+        fleet.device(d)
+    for d in steady:  # quiet devices: 100 values a minute, no drift at all
+        fleet.windows(d, rng, end=fleet.now, count=1, rows=100)
+    fleet.windows("drifting", rng, end=fleet.now, count=1, rows=100, shift=5.0)
+    with fleet.db.session() as s:
+        report = drift_report(s, fleet.settings, bundle_sha256=fleet.sha)
+    noisy = [
+        (g.name, k.key, k.psi)
+        for g in report.devices
+        if g.name in steady
+        for k in g.keys.values()
+        if k.psi is not None and k.psi >= 0.25
+    ]
+    assert noisy, "by chance alone, a steady device's PSI should reach the alert level"
+    assert all(k.noise > 0 for k in report.devices[0].keys.values())
+
+    with fleet.db.session() as s:
+        changes = evaluate_alerts(s, fleet.settings, fleet.now)
+    assert {a.device_id for a in changes.opened} == {"drifting"}
+    assert "x:f0" in {a.details["key"] for a in changes.opened}
+    assert "of sampling noise" in changes.opened[0].message
+
+
+def test_the_noise_allowance_shrinks_with_samples_and_follows_the_chi_square() -> None:
+    from fleet_server.drift.service import Thresholds, _chi2_quantile
+
+    t = Thresholds()
+    small, large = (t.noise(samples=n, reference=800, bins=8) for n in (100, 100_000))
+    assert small > 0.3 > 0.05 > large > 0  # the reference's own noise remains
+    assert _chi2_quantile(7, 0.99999) == pytest.approx(35.26, rel=0.03)  # scipy's value
+    assert _chi2_quantile(1, 0.99999) >= 19.51  # high, never low, with one degree
+
+
 def test_cohorts_by_label_split_the_drifting_line_from_the_steady_one(fleet: Fleet) -> None:
     rng = np.random.default_rng(13)
     for d, line, shift in (("a1", "A", 4.0), ("a2", "A", 4.0), ("b1", "B", 0.0)):
