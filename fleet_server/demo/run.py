@@ -296,7 +296,17 @@ def _drift(api: _Api, turned: list[str], v2_shas: set[str], timeout: float) -> d
 
     with contextlib.suppress(DemoError):  # report what there is: the lists are compared
         _wait(lambda: set(alerted()) >= set(turned), timeout=timeout, what="drift alerts")
-    return {"alerted_devices": alerted(), "drifted_cohort_devices": sorted(turned)}
+    cohorts: dict[str, float] = {}  # the drift view's cohort rows: max PSI over the keys
+    for sha in sorted(v2_shas):
+        view = api("GET", "/drift", params={"bundle": sha, "cohort": COHORT_LABEL, "minutes": 1})
+        for row in view["cohorts"]:
+            if row["name"] is not None and row["max_psi"] is not None:
+                cohorts[row["name"]] = max(cohorts.get(row["name"], 0.0), row["max_psi"])
+    return {
+        "alerted_devices": alerted(),
+        "drifted_cohort_devices": sorted(turned),
+        "max_psi_by_cohort": {k: round(v, 3) for k, v in sorted(cohorts.items())},
+    }
 
 
 def _telemetry(api: _Api, traffic: Traffic, ids: list[str], window_s: float) -> dict[str, int]:
@@ -434,6 +444,8 @@ def run_demo(
             f"   drift alerts on {len(drift['alerted_devices'])} devices: "
             f"{', '.join(drift['alerted_devices']) or 'none'} (turned: {', '.join(turned)})"
         )
+        for cohort, psi in drift["max_psi_by_cohort"].items():
+            say(f"   drift view, {COHORT_LABEL}={cohort}: max PSI {psi:.3f} over the last minute")
 
         say("8. staged rollout of v3.0.0 (trained on raw 0..16 pixels), gated on drift too")
         v3 = _rollout(api, "3.0.0", {

@@ -45,5 +45,7 @@ def test_the_headless_demo_rolls_v2_out_rolls_v3_back_flags_the_drifted_cohort_a
     drift = report["drift"]
     assert drift["drifted_cohort_devices"] == ["cam-005"]  # every 5th device's camera is turned
     assert drift["alerted_devices"] == drift["drifted_cohort_devices"]
+    psi = drift["max_psi_by_cohort"]  # the drift view's cohort rows, against the alert level
+    assert psi["turned"] >= 0.25 > psi["straight"]
     assert "1. training" in done.stderr  # progress goes to stderr, the report alone to stdout
     assert "9. telemetry" in done.stderr
