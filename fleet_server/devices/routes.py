@@ -93,6 +93,7 @@ def list_devices(
     version: str | None = None,
     online: bool | None = None,
     sort: service.DeviceSort = service.DeviceSort.ID,
+    label_key: Annotated[str | None, Query(max_length=128, description="for sort=label")] = None,
     desc: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -102,7 +103,7 @@ def list_devices(
         labels=service.parse_label_filters(label), profile=profile, version=version, online=online
     )
     rows, total = service.list_devices(
-        session, where, sort=sort, descending=desc, limit=limit, offset=offset
+        session, where, sort=sort, label_key=label_key, descending=desc, limit=limit, offset=offset
     )
     records = provisioning_records(session, [d.id for d in rows])
     items = [DeviceInfo.of(d, provisioning=records.get(d.id)) for d in rows]

@@ -31,6 +31,7 @@ class DeviceSort(StrEnum):
     PROFILE = "profile"
     STATE = "online"
     VERSION = "version"
+    LABEL = "label"  # by the value of the label named in `label_key`
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +70,16 @@ def list_devices(
     where: DeviceFilter,
     *,
     sort: DeviceSort = DeviceSort.ID,
+    label_key: str | None = None,
     descending: bool = False,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[Device], int]:
     """One page of matching devices and how many match in all."""
+    if sort is DeviceSort.LABEL and not label_key:
+        raise InvalidInputError(
+            "sort=label needs label_key=<the label to sort by>", field="label_key"
+        )
     total = session.scalar(_filtered(select(func.count()).select_from(Device), where)) or 0  # type: ignore[arg-type]
     column = {
         DeviceSort.ID: Device.id,
@@ -81,6 +87,7 @@ def list_devices(
         DeviceSort.PROFILE: Device.profile,
         DeviceSort.STATE: Device.online,
         DeviceSort.VERSION: Device.active_bundle["version"].as_string(),
+        DeviceSort.LABEL: Device.labels[label_key or ""].as_string(),
     }[sort]
     order = column.desc().nulls_last() if descending else column.asc().nulls_first()
     query = _filtered(select(Device), where).order_by(order, Device.id).limit(limit).offset(offset)

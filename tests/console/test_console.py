@@ -82,11 +82,11 @@ def test_overview_devices_and_models_pages(page: Any, fleet: Fleet) -> None:
     nav(page, "Devices").click()
     table = page.locator("table.devices")
     expect()(table.locator("tbody tr")).to_have_count(len(DEVICES) + 1)
-    page.get_by_label("Label").fill("line=4")
+    page.get_by_label("Label", exact=True).fill("line=4")
     page.get_by_role("button", name="Filter").click()
     expect()(table.locator("tbody tr")).to_have_count(1)
     expect()(table).to_contain_text("oven-01")
-    page.get_by_label("Label").fill("")
+    page.get_by_label("Label", exact=True).fill("")
     page.get_by_label("State").select_option("offline")
     page.get_by_role("button", name="Filter").click()
     expect()(table.locator("tbody tr")).to_have_count(1)
@@ -99,6 +99,12 @@ def test_overview_devices_and_models_pages(page: Any, fleet: Fleet) -> None:
     page.get_by_role("button", name="State").click()  # offline first
     expect()(table.locator("tbody tr").first).to_contain_text("pi-07")
     expect()(page.locator("th[aria-sort=ascending]")).to_contain_text("State")
+    page.get_by_label("Sort labels by key").fill("line")
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("button", name="Labels (line)").click()  # line 3 first
+    page.get_by_role("button", name=re.compile(r"^Labels \(line\)")).click()  # line 4 first
+    expect()(table.locator("tbody tr").first).to_contain_text("oven-01")
+    expect()(page.locator("th[aria-sort=descending]")).to_contain_text("Labels (line)")
     shot(page, "devices")
 
     table.get_by_role("link", name="press-01").click()

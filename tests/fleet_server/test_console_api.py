@@ -92,6 +92,12 @@ def test_overview_counts_versions_rollouts_and_alerts(tmp_path: Path, db_url: st
 
         assert ids(sort="online") == ["dev-2", "dev-3", "dev-0", "dev-1"]
         assert ids(sort="version", desc="true") == ["dev-2", "dev-0", "dev-1", "dev-3"]
+        for n, line in enumerate("3434"):
+            client.patch(f"/api/v1/devices/dev-{n}", json={"labels": {"line": line}})
+        assert ids(sort="label", label_key="line") == ["dev-0", "dev-2", "dev-1", "dev-3"]
+        no_key = client.get("/api/v1/devices", params={"sort": "label"})
+        assert no_key.status_code == 422
+        assert no_key.json()["field"] == "label_key"
 
 
 def test_performance_points_per_window(tmp_path: Path, db_url: str) -> None:

@@ -4,7 +4,7 @@ import { badge, errorBox, h, replace, time } from "../ui.js";
 const PAGE = 50;
 const COLUMNS = [
   { key: "id", label: "Device", sort: "id" },
-  { key: "labels", label: "Labels" },
+  { key: "labels", label: "Labels", sort: "label" },
   { key: "profile", label: "Profile", sort: "profile" },
   { key: "version", label: "Version", sort: "version" },
   { key: "state", label: "State", sort: "online" },
@@ -17,6 +17,7 @@ export async function mount(root, ctx, params) {
     profile: params.get("profile") || "",
     version: params.get("version") || "",
     online: params.get("online") || "",
+    label_key: params.get("label_key") || "",
     sort: params.get("sort") || "id",
     desc: params.get("desc") === "true",
     offset: Number(params.get("offset") || 0),
@@ -35,12 +36,14 @@ export async function mount(root, ctx, params) {
         h("option", { value: "" }, "any"),
         h("option", { value: "true", selected: state.online === "true" }, "online"),
         h("option", { value: "false", selected: state.online === "false" }, "offline"))),
+    field("label_key", "Sort labels by key", "line"),
     h("button", { type: "submit" }, "Filter"),
   );
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const data = new FormData(form);
-    for (const k of ["label", "profile", "version", "online"]) state[k] = String(data.get(k) || "").trim();
+    for (const k of ["label", "profile", "version", "online", "label_key"]) state[k] = String(data.get(k) || "").trim();
+    if (state.sort === "label" && !state.label_key) state.sort = "id";
     state.offset = 0;
     refresh();
   });
@@ -59,7 +62,7 @@ export async function mount(root, ctx, params) {
         params: {
           label: state.label ? state.label.split(/\s*,\s*/) : undefined,
           profile: state.profile, version: state.version, online: state.online,
-          sort: state.sort, desc: state.desc, limit: PAGE, offset: state.offset,
+          sort: state.sort, label_key: state.label_key, desc: state.desc, limit: PAGE, offset: state.offset,
         },
       });
     } catch (err) {
@@ -86,7 +89,7 @@ export async function mount(root, ctx, params) {
   }
 
   function header(c) {
-    if (!c.sort) return h("th", { scope: "col" }, c.label);
+    if (!c.sort || (c.sort === "label" && !state.label_key)) return h("th", { scope: "col" }, c.label);
     const sorted = state.sort === c.sort;
     const dir = sorted ? (state.desc ? "descending" : "ascending") : "none";
     return h("th", { scope: "col", "aria-sort": dir },
@@ -95,7 +98,7 @@ export async function mount(root, ctx, params) {
         state.sort = c.sort;
         state.offset = 0;
         refresh();
-      } }, c.label, sorted ? (state.desc ? " ▼" : " ▲") : ""));
+      } }, c.sort === "label" ? `Labels (${state.label_key})` : c.label, sorted ? (state.desc ? " ▼" : " ▲") : ""));
   }
 
   await refresh();

@@ -2,6 +2,8 @@
 import { lineChart } from "../charts.js";
 import { errorBox, h, num, replace } from "../ui.js";
 
+const MAX_ROWS = 50;
+
 export async function mount(root, ctx, params) {
   const models = await ctx.api("/models");
   const views = await Promise.all(models.map((m) => ctx.api(`/models/${encodeURIComponent(m.name)}`)));
@@ -33,11 +35,14 @@ export async function mount(root, ctx, params) {
       if (err.status === 401) throw err;
       return replace(heat, errorBox(err));
     }
-    const groups = report.cohort_by ? report.cohorts : report.devices;
+    // the most drifted first; a fleet of thousands shows its worst rows, not a wall
+    const all = [...(report.cohort_by ? report.cohorts : report.devices)].sort((a, b) => (b.max_psi ?? -1) - (a.max_psi ?? -1));
+    const groups = all.slice(0, MAX_ROWS);
     const by = report.cohort_by ? report.cohort_by.replace(/^label:/, "") : "device";
     const t = report.thresholds;
     replace(heat, h("h2", { id: "heat-h" }, `PSI by feature and ${by}`),
-      h("p", { class: "help" }, `warn at ${t.warn}, alert at ${t.alert}; cells with fewer than ${t.min_samples} values are shown as no data. Choose a feature for its history.`),
+      h("p", { class: "help" }, `warn at ${t.warn}, alert at ${t.alert}; cells with fewer than ${t.min_samples} values are shown as no data. Choose a feature for its history.`,
+        all.length > groups.length ? ` Showing the ${groups.length} most drifted of ${all.length} ${report.cohort_by ? "cohorts" : "devices"}.` : ""),
       report.has_reference ? null : h("p", { class: "error" }, "This bundle carries no reference statistics: drift cannot be measured."),
       h("div", { class: "table-wrap" }, h("table", { class: "heatmap" },
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, by),
