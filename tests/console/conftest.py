@@ -24,9 +24,9 @@ import pytest
 from edge_agent.server import LocalClient
 from fleet_server.settings import Settings
 from tests.edge_agent import agent_bundles
-from tests.edge_agent.agent_env import toml_value, wait_for
+from tests.edge_agent.agent_env import wait_for
+from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, ok
 from tests.harness.mosquitto import free_port
-from tests.integration.test_fleet_agents import ADMIN, agents, fleet_server, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "docs" / "console"
@@ -58,27 +58,6 @@ def _convert(tmp: Path, private: Path, version: str) -> Path:
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     return out / f"tiny-{version}-x86-64.efb"
-
-
-def _agent_config(root: Path, cred: dict[str, Any], public: Path, initial: Path) -> Path:
-    root.mkdir()
-    sections = {
-        "device": {"id": cred["device_id"], "profile": "x86-64"},
-        "paths": {"state_dir": str(root / "state"), "trusted_keys": [str(public)],
-                  "initial_bundle": str(initial)},
-        "mqtt": {"url": cred["mqtt"]["url"], "password": cred["mqtt"]["password"],
-                 "reconnect_min_s": 1, "reconnect_max_s": 2},
-        "server": {"tcp": False, "unix_socket": str(root / "agent.sock")},
-        "telemetry": {"window_s": 0.5},
-        "update": {"probation_s": 1, "probation_inferences": 5, "backoff_s": 0.1},
-        "log": {"level": "info"},
-    }  # fmt: skip
-    text = "".join(
-        f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-        for name, values in sections.items()
-    )
-    (root / "agent.toml").write_text(text)
-    return root / "agent.toml"
 
 
 def _traffic(sockets: list[Path], stop: threading.Event) -> None:
@@ -143,7 +122,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 "token": enroll["token"], "device_id": device, "profile": "x86-64",
                 "labels": {"line": line, "site": "plant-a"},
             }))  # fmt: skip
-            configs.append(_agent_config(tmp / device, cred, public, bundles["1.0.0"]))
+            configs.append(
+                agent_config(
+                    tmp / device,
+                    cred,
+                    public_key=public,
+                    initial_bundle=bundles["1.0.0"],
+                    profile="x86-64",
+                )
+            )
         # a Raspberry Pi on line 3 for which no bundle exists: incompatible, never sent one
         ok(admin.post("/enroll", json={
             "token": enroll["token"], "device_id": "pi-07", "profile": "raspberry-pi-4",

@@ -58,6 +58,17 @@ def test_a_bad_token_is_refused_with_a_clear_message(page: Any) -> None:
     shot(page, "login-refused")
 
 
+def test_a_token_revoked_while_the_console_is_open_sends_it_back_to_the_login(
+    page: Any, fleet: Fleet
+) -> None:
+    token = fleet.admin.post("/tokens", json={"name": "shift-b", "role": "viewer"}).json()
+    login(page, token["token"])
+    assert fleet.admin.delete("/tokens/shift-b").status_code == 204
+    # the next live refresh is refused, and the page says why
+    expect()(page.get_by_role("alert")).to_contain_text("API token 'shift-b' was revoked")
+    expect()(page.get_by_label("API token")).to_be_focused()
+
+
 def test_every_asset_comes_from_the_fleet_server(page: Any, fleet: Fleet) -> None:
     hosts: set[str] = set()
     page.on("request", lambda request: hosts.add(request.url.split("/")[2]))

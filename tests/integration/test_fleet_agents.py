@@ -4,14 +4,8 @@ staged rollout that the agents follow; then a broken version the gates roll back
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,74 +14,11 @@ import numpy as np
 import pytest
 
 from edge_agent.server import LocalClient
-from fleet_server.app import create_app
 from fleet_server.settings import Settings
 from tests.edge_agent import agent_bundles
-from tests.edge_agent.agent_env import toml_value, wait_for
+from tests.edge_agent.agent_env import wait_for
+from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, ok
 from tests.harness.mosquitto import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-ADMIN = "admin-token-for-the-e2e-test"
-
-
-@contextmanager
-def fleet_server(settings: Settings) -> Iterator[httpx2.Client]:
-    import uvicorn
-
-    port = int(settings.public_url.rsplit(":", 1)[1])
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings), host="127.0.0.1", port=port, log_level="warning", ws="none"
-        )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), what="uvicorn")
-    assert server.started, "the fleet server did not start"
-    try:
-        with httpx2.Client(
-            base_url=f"{settings.public_url}/api/v1",
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=30,
-        ) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        thread.join(15)
-
-
-def ok(response: httpx2.Response) -> Any:
-    assert response.status_code < 300, f"{response.status_code}: {response.text}"
-    return response.json()
-
-
-@contextmanager
-def agents(configs: list[Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = []
-    for config in configs:
-        log = (config.parent / "agent.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "edge_agent", "agent", "run", "--config", str(config)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=log,
-                env=dict(os.environ),
-            )
-        )
-        log.close()
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def run_rollout(fleet: httpx2.Client, version: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -151,28 +82,15 @@ def test_agents_enroll_report_and_follow_a_staged_rollout_and_an_automatic_rollb
             cred = ok(fleet.post("/enroll", json={
                 "token": token, "device_id": f"dev-{n}", "labels": {"line": "3"},
             }))  # fmt: skip
-            root = tmp_path / f"dev-{n}"
-            root.mkdir()
-            sections = {
-                "device": {"id": cred["device_id"], "profile": "x86-64"},
-                "paths": {
-                    "state_dir": str(root / "state"),
-                    "trusted_keys": [str(public)],
-                    "initial_bundle": str(bundles["1.0.0"]),
-                },
-                "mqtt": {"url": cred["mqtt"]["url"], "password": cred["mqtt"]["password"],
-                         "reconnect_min_s": 1, "reconnect_max_s": 2},
-                "server": {"tcp": False, "unix_socket": str(root / "agent.sock")},
-                "telemetry": {"window_s": 0.5},
-                "update": {"probation_s": 1, "probation_inferences": 5, "backoff_s": 0.1},
-                "log": {"level": "info"},
-            }  # fmt: skip
-            text = "".join(
-                f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
-                for name, values in sections.items()
+            configs.append(
+                agent_config(
+                    tmp_path / f"dev-{n}",
+                    cred,
+                    public_key=public,
+                    initial_bundle=bundles["1.0.0"],
+                    profile="x86-64",
+                )
             )
-            (root / "agent.toml").write_text(text)
-            configs.append(root / "agent.toml")
 
         with agents(configs):
             wait_for(

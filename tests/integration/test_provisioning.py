@@ -34,8 +34,8 @@ from edge_agent.server import LocalClient
 from fleet_server.settings import Settings
 from tests.edge_agent import agent_bundles
 from tests.edge_agent.agent_env import wait_for
+from tests.harness.fleet import ADMIN, fleet_server, ok
 from tests.harness.mosquitto import free_port, wait_for_port
-from tests.integration.test_fleet_agents import ADMIN, fleet_server, ok
 
 WHEELHOUSE = Path(
     os.environ.get("EDGEFLEET_WHEELHOUSE", Path.home() / ".cache" / "edgefleet" / "wheelhouse")
