@@ -41,6 +41,7 @@ class Run:
     disk_bytes: int
     archive_bytes: int
     image_bytes: int  # allocated, the images being sparse
+    load: tuple[float, float]  # 1-minute load average before and after
 
 
 def _allocated(path: Path) -> int:
@@ -67,9 +68,11 @@ def _batch(work: Path, devices: int, mode: str, bundle: Path, public: Path, whee
         agent_layer="shared" if mode == "shared" else "embed",
         agent_wheel=wheel,  # the tree may change under a busy checkout: one wheel for both
     )
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     result = provision_batch(request)
     seconds = time.perf_counter() - start
+    load = (load_before, os.getloadavg()[0])
     files = [p for p in out.rglob("*") if p.is_file()]
     archives = [out / d.archive for d in result.devices]
     images = [out / d.image for d in result.devices]
@@ -81,6 +84,7 @@ def _batch(work: Path, devices: int, mode: str, bundle: Path, public: Path, whee
         disk_bytes=sum(_allocated(p) for p in files),
         archive_bytes=sum(p.stat().st_size for p in archives) // devices,
         image_bytes=sum(_allocated(p) for p in images) // devices,
+        load=load,
     )
     shutil.rmtree(out)
     return run
@@ -158,7 +162,9 @@ def report(setup: Setup, shared: Run, embed: Run) -> str:
         "",
         f"- **{verdict}**: {shared.devices:,} devices in {total:.1f} s ({setup.wheel_s:.1f} s "
         f"building the edgefleet wheel + {shared.seconds:.1f} s the batch; goal < "
-        f"{GOAL_S:.0f} s).",
+        f"{GOAL_S:.0f} s). 1-minute load average {shared.load[0]:.2f} before, "
+        f"{shared.load[1]:.2f} after (this machine's 2 cores are shared): absolute times move "
+        "with it.",
         "- phases of the batch: "
         + ", ".join(f"{name} {s:.1f} s" for name, s in shared.phases.items())
         + f"; per device {per_device * 1000:.1f} ms, with {4 * (os.cpu_count() or 1)} writers "

@@ -123,7 +123,10 @@ def main() -> None:
             f"- code: {before}" if after == before else f"- code: {before}, then {after}",
             f"- command: {command}",
         ]
-        kept[name] = _stamped(section, stamp)
+        # kept by its title, as _split keys them ("provision" writes "## Provisioning")
+        kept[section.partition("\n")[0].removeprefix("## ").strip().lower()] = _stamped(
+            section, stamp
+        )
         print(f"measured {name}")
     order = [*SECTIONS, *(name for name in kept if name not in SECTIONS)]
     sections = [kept[name] for name in order if name in kept]
