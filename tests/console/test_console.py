@@ -193,19 +193,27 @@ def test_a_staged_rollout_from_the_form_paused_resumed_and_a_breach_rolled_back(
     shot(page, "overview-after-breach")
 
 
-def test_a_viewer_sees_no_mutating_buttons_and_the_api_refuses_them(
-    page: Any, fleet: Fleet
-) -> None:
-    rollout = fleet.admin.post(
+def soaking_rollout(fleet: Fleet, name: str) -> dict[str, Any]:
+    """A running rollout of the oven that soaks for an hour: its actions stay available."""
+    response = fleet.admin.post(
         "/rollouts",
         json={
-            "name": "viewer check",
+            "name": name,
             "model": "tiny",
             "version": "1.0.0",
             "selector": {"device_ids": ["oven-01"]},
             "plan": {"stages": [{"percent": 100, "soak_s": 3600}]},
         },
-    ).json()
+    )
+    assert response.status_code == 201, response.text
+    rollout: dict[str, Any] = response.json()
+    return rollout
+
+
+def test_a_viewer_sees_no_mutating_buttons_and_the_api_refuses_them(
+    page: Any, fleet: Fleet
+) -> None:
+    rollout = soaking_rollout(fleet, "viewer check")
     try:
         login(page, fleet.tokens["viewer"])
         page.goto(f"/#/rollouts/{rollout['id']}")
@@ -249,16 +257,7 @@ def test_keyboard_alone_logs_in_and_reaches_the_main_actions(page: Any, fleet: F
     page.keyboard.press("Enter")
     expect()(page.get_by_role("heading", name="Rollouts", exact=True)).to_be_visible()
     tab_to(page, "Create rollout")
-    rollout = fleet.admin.post(
-        "/rollouts",
-        json={
-            "name": "keyboard check",
-            "model": "tiny",
-            "version": "1.0.0",
-            "selector": {"device_ids": ["oven-01"]},
-            "plan": {"stages": [{"percent": 100, "soak_s": 3600}]},
-        },
-    ).json()
+    rollout = soaking_rollout(fleet, "keyboard check")
     try:
         page.goto(f"/#/rollouts/{rollout['id']}")
         expect()(page.get_by_role("heading", name=re.compile("keyboard check"))).to_be_visible()
