@@ -298,7 +298,9 @@ def _drift(api: _Api, turned: list[str], v2_shas: set[str], timeout: float) -> d
         _wait(lambda: set(alerted()) >= set(turned), timeout=timeout, what="drift alerts")
     cohorts: dict[str, float] = {}  # the drift view's cohort rows: max PSI over the keys
     for sha in sorted(v2_shas):
-        view = api("GET", "/drift", params={"bundle": sha, "cohort": COHORT_LABEL, "minutes": 1})
+        view = api(
+            "GET", "/drift", params={"bundle": sha, "cohort": f"label:{COHORT_LABEL}", "minutes": 1}
+        )
         for row in view["cohorts"]:
             if row["name"] is not None and row["max_psi"] is not None:
                 cohorts[row["name"]] = max(cohorts.get(row["name"], 0.0), row["max_psi"])
