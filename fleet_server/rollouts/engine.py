@@ -22,7 +22,6 @@ replica that takes over resumes from the rows as a restarted server would.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import BundleRef, DesiredBundle, DesiredState
+from fleet_server.cluster import LeaderLoop
 from fleet_server.context import Fleet
 from fleet_server.db.tables import (
     Alert,
@@ -70,29 +70,19 @@ class RolloutEngine:
     def __init__(self, fleet: Fleet, ports: Ports | None = None) -> None:
         self.fleet = fleet
         self.ports = ports or Ports()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: LeaderLoop | None = None
 
-    # the thread
+    # the thread: a tick every TICK_S on the leader; a bad tick is logged, the next retries
 
     def start(self) -> RolloutEngine:
-        self._thread = threading.Thread(target=self._run, name="rollout-engine", daemon=True)
-        self._thread.start()
+        self._loop = LeaderLoop(
+            self.fleet, name="rollout-engine", interval_s=TICK_S, work=self.tick
+        ).start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not (self._stop.is_set() or self.fleet.stopping.is_set()):
-            try:
-                if self.fleet.leader.leading():  # followers' engines idle
-                    self.tick()
-            except Exception:  # a bad tick must not end the engine; the next one retries
-                log.exception("rollout engine tick failed")
-            self._stop.wait(TICK_S)
+        if self._loop is not None:
+            self._loop.stop()
 
     # the work
 

@@ -511,11 +511,28 @@ def test_refused_update_fails_the_device(world: World) -> None:
     assert view["status"] == "completed"  # within the one failure allowed
 
 
+class Follower:
+    """A replica that does not lead: its engine idles (for tests of the API alone)."""
+
+    replica = "follower"
+
+    def leading(self) -> bool:
+        return False
+
+    def holds(self) -> bool:
+        return False
+
+    def fence(self, session: Session) -> bool:
+        return False
+
+
 def test_api_create_preview_conflict_and_actions(tmp_path: Path, db_url: str) -> None:
     clock = Clock()
     ports = Ports(bundle_for=bundle_for, version_by=version_by)
     with fleet_client(tmp_path, db_url) as client:
         client.app.dependency_overrides[get_ports] = lambda: ports  # type: ignore[attr-defined]
+        # the API alone: an engine tick between the calls below would start the rollout
+        client.app.state.fleet.leader = Follower()  # type: ignore[attr-defined]
         seed(client.app.state.fleet.db, clock, devices=3)  # type: ignore[attr-defined]
         body = {
             "name": "first",
