@@ -35,6 +35,7 @@ __all__ = [
     "create_enrollment_token",
     "enroll",
     "list_enrollment_tokens",
+    "new_device",
     "revoke_enrollment_token",
 ]
 
@@ -83,6 +84,38 @@ def revoke_enrollment_token(
         row.revoked_at = now
     audit(session, actor, "enrollment_token.revoke", row.name, id=row.id)
     return row
+
+
+def new_device(
+    device_id: str,
+    *,
+    profile: str,
+    labels: dict[str, str],
+    hardware: dict[str, Any],
+    credential_hash: str,
+    public_key_fingerprint: str | None,
+    enrolled_at: datetime,
+    enrolled_by: str,
+) -> Device:
+    """A registry row for a device that has not connected yet (enrolled or imported)."""
+    return Device(
+        id=device_id,
+        profile=profile,
+        labels=labels,
+        hardware=hardware,
+        credential_hash=credential_hash,
+        public_key_fingerprint=public_key_fingerprint,
+        enrolled_at=enrolled_at,
+        enrolled_by=enrolled_by,
+        online=False,
+        health="unknown",
+        desired_revision=0,
+        provisioned=True,
+        windows_received=0,
+        windows_lost=0,
+        windows_dropped_on_device=0,
+        duplicates=0,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +178,8 @@ def enroll(
     if session.get(Device, device_id) is not None:
         raise ConflictError(f"device {device_id!r} is enrolled already", field="device_id")
     password = secrets.token_urlsafe(24)
-    device = Device(
-        id=device_id,
+    device = new_device(
+        device_id,
         profile=profile,
         labels={**(labels or {}), **row.labels},  # the operator's labels win over the device's
         hardware=dict(hardware or {}),
@@ -154,14 +187,6 @@ def enroll(
         public_key_fingerprint=public_key_fingerprint,
         enrolled_at=now,
         enrolled_by=f"enrollment:{row.name}",
-        online=False,
-        health="unknown",
-        desired_revision=0,
-        provisioned=True,
-        windows_received=0,
-        windows_lost=0,
-        windows_dropped_on_device=0,
-        duplicates=0,
     )
     session.add(device)
     row.uses += 1

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from edge_agent.keys import TrustedKey
 from fleet_server.auth import Actor, audit
 from fleet_server.db.tables import Device
+from fleet_server.devices.enrollment import new_device
 from fleet_server.errors import ConflictError
 from fleet_server.provisioning.batchfile import read_batch
 
@@ -56,8 +57,8 @@ def import_batch(
         if d.id in existing:
             continue
         session.add(
-            Device(
-                id=d.id,
+            new_device(
+                d.id,
                 profile=d.profile,
                 labels=dict(d.labels),
                 hardware={"serial": d.serial},
@@ -65,14 +66,6 @@ def import_batch(
                 public_key_fingerprint=d.public_key_fingerprint,
                 enrolled_at=now,
                 enrolled_by=f"batch:{batch.id}",
-                online=False,
-                health="unknown",
-                desired_revision=0,
-                provisioned=False,
-                windows_received=0,
-                windows_lost=0,
-                windows_dropped_on_device=0,
-                duplicates=0,
             )
         )
         created.append(d.id)
