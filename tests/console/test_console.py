@@ -302,5 +302,11 @@ def test_tablet_viewport(browser: Any, fleet: Fleet) -> None:
         expect()(page.get_by_role("button", name="Create rollout")).to_be_visible()
         assert page.evaluate("document.documentElement.scrollWidth") <= 768
         shot(page, "rollouts-tablet")
+        # stages renumber when one goes: labels always say which stage a field belongs to
+        page.get_by_role("button", name="Add stage").click()
+        page.get_by_label("Stage 3 size").fill("50")
+        page.get_by_role("button", name="Remove stage 2").click()
+        expect()(page.get_by_label("Stage 2 size")).to_have_value("50")
+        expect()(page.get_by_role("button", name="Remove stage 3")).to_have_count(0)
     finally:
         context.close()

@@ -34,6 +34,10 @@ export async function mount(root, ctx) {
 
 async function createForm(ctx) {
   const models = await ctx.api("/models");
+  if (!models.length) {
+    return h("section", { class: "card wide" }, h("h2", {}, "New rollout"),
+      h("p", { class: "empty" }, "No model yet: upload a bundle first (POST /api/v1/bundles), then roll it out from here."));
+  }
   const versions = {};
   for (const m of models) versions[m.name] = (await ctx.api(`/models/${encodeURIComponent(m.name)}`)).versions;
   const input = (id, label, attrs = {}) => h("div", { class: "field" }, h("label", { for: id }, label), h("input", { id, name: id, autocomplete: "off", ...attrs }));
@@ -44,19 +48,30 @@ async function createForm(ctx) {
   model.addEventListener("change", () => { fillVersions(); preview(); });
   fillVersions();
   const stages = h("ol", { class: "stages" });
+  // labels and ids follow a stage's place, so they stay right after one is removed
+  const renumber = () => [...stages.children].forEach((li, i) => {
+    const n = i + 1;
+    const [size, soak, min] = ["size", "soak", "min"].map((k) => li.querySelector(`[name=${k}]`));
+    const [lSize, lSoak, lMin] = li.querySelectorAll("label");
+    size.id = `s${n}-size`; soak.id = `s${n}-soak`; min.id = `s${n}-min`;
+    lSize.htmlFor = size.id; lSoak.htmlFor = soak.id; lMin.htmlFor = min.id;
+    lSize.textContent = `Stage ${n} size`;
+    li.querySelector("[name=unit]").setAttribute("aria-label", `Stage ${n} unit`);
+    li.querySelector("button").textContent = `Remove stage ${n}`;
+  });
   const addStage = (size, unit, soak, min) => {
-    const n = stages.children.length + 1;
     const li = h("li", { class: "stage" },
-      h("label", { for: `s${n}-size` }, `Stage ${n} size`),
-      h("input", { id: `s${n}-size`, name: "size", type: "number", min: "1", step: "any", value: size, required: true }),
-      h("select", { name: "unit", "aria-label": `Stage ${n} unit` }, h("option", { value: "count", selected: unit === "count" }, "devices"), h("option", { value: "percent", selected: unit === "percent" }, "% of devices")),
-      h("label", { for: `s${n}-soak` }, "soak (s)"),
-      h("input", { id: `s${n}-soak`, name: "soak", type: "number", min: "0", step: "any", value: soak }),
-      h("label", { for: `s${n}-min` }, "min reporting"),
-      h("input", { id: `s${n}-min`, name: "min", type: "number", min: "0", step: "1", value: min }),
-      h("button", { type: "button", class: "link", onclick: () => { li.remove(); preview(); } }, `Remove stage ${n}`),
+      h("label", {}),
+      h("input", { name: "size", type: "number", min: "1", step: "any", value: size, required: true }),
+      h("select", { name: "unit" }, h("option", { value: "count", selected: unit === "count" }, "devices"), h("option", { value: "percent", selected: unit === "percent" }, "% of devices")),
+      h("label", {}, "soak (s)"),
+      h("input", { name: "soak", type: "number", min: "0", step: "any", value: soak }),
+      h("label", {}, "min reporting"),
+      h("input", { name: "min", type: "number", min: "0", step: "1", value: min }),
+      h("button", { type: "button", class: "link", onclick: () => { li.remove(); renumber(); preview(); } }),
     );
     stages.append(li);
+    renumber();
   };
   addStage(1, "count", 60, 1);
   addStage(100, "percent", 60, 1);
