@@ -31,6 +31,7 @@ from fleet_server.drift import DriftMonitor
 from fleet_server.drift.routes import router as drift_router
 from fleet_server.errors import FleetError
 from fleet_server.ingest import start_ingest
+from fleet_server.provisioning.routes import router as provisioning_router
 from fleet_server.rollouts import start as start_rollouts
 from fleet_server.rollouts.routes import router as rollouts_router
 from fleet_server.settings import Settings
@@ -128,6 +129,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         rollouts_router,
         drift_router,
         cluster_router,
+        provisioning_router,
     ):
         app.include_router(router, prefix=API)
     install_console(app, api_prefix=API)  # the web console at /, over the same API

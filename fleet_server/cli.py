@@ -69,6 +69,13 @@ def fleet() -> None:
     envvar="EDGEFLEET_STALE_AFTER",
     help="Seconds without a message after which a device is shown offline (0: never).",
 )
+@click.option(
+    "--trust-station",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    envvar="EDGEFLEET_FLEET_STATION_KEYS",
+    help="Public key of a provisioning station whose batches POST /provisioning/batches takes.",
+)
 def serve(
     data_dir: Path,
     db_url: str,
@@ -77,6 +84,7 @@ def serve(
     host: str,
     port: int,
     trust: tuple[Path, ...],
+    trust_station: tuple[Path, ...],
     public_url: str,
     replica_id: str,
     stale_after: float,
@@ -112,6 +120,7 @@ def serve(
         embedded_mqtt_port=mqtt_port,
         public_url=public_url or f"http://{host}:{port}",
         trusted_keys=trust,
+        trusted_station_keys=trust_station,
         admin_token=admin,
         replica_id=replica_id,
         stale_after_s=stale_after,

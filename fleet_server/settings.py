@@ -14,7 +14,8 @@ class Settings:
 
     `db_url` defaults to a SQLite file in `data_dir`; `mqtt_url` empty means the
     embedded broker on `embedded_mqtt_port`. `trusted_keys` are the public keys
-    bundles must be signed with. `admin_token`, when set, is ensured as an admin
+    bundles must be signed with; `trusted_station_keys` those of the provisioning
+    stations whose offline batches it imports. `admin_token`, when set, is ensured as an admin
     API token at start (first boot, tests); otherwise `edgefleet fleet token create`
     makes one. Drift alerts are evaluated every `drift_interval_s` over the last
     `drift_minutes` of telemetry.
@@ -33,6 +34,7 @@ class Settings:
     embedded_mqtt_port: int = 1883
     public_url: str = "http://127.0.0.1:8080"
     trusted_keys: tuple[Path, ...] = ()
+    trusted_station_keys: tuple[Path, ...] = ()
     admin_token: str | None = None
     max_bundle_bytes: int = 1024 * 1024 * 1024
     download_url_ttl_s: int = 3600

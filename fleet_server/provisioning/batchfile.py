@@ -25,7 +25,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_agent.keys import TrustedKey, key_id, sign, verify
 from fleet_server.provisioning.errors import BatchFileError, BatchSignatureError
 
-__all__ = ["BatchDevice", "BatchManifest", "canonical", "read_batch", "write_batch"]
+__all__ = [
+    "BatchDevice",
+    "BatchManifest",
+    "canonical",
+    "parse_batch",
+    "read_batch",
+    "write_batch",
+]
 
 _DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _KEY_ID = r"^sha256:[0-9a-f]{64}$"
@@ -85,33 +92,40 @@ def write_batch(path: Path, batch: BatchManifest, station_key: Ed25519PrivateKey
 def read_batch(path: Path, *, trusted: list[TrustedKey]) -> BatchManifest:
     """Read a batch file and check its signature against the trusted station keys."""
     try:
-        doc = json.loads(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise BatchFileError(f"batch file {path} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise BatchFileError(f"{path} is not a readable JSON batch file: {exc}") from None
+    except OSError as exc:
+        raise BatchFileError(f"cannot read batch file {path}: {exc.strerror}") from None
+    return parse_batch(data, trusted=trusted, source=str(path))
+
+
+def parse_batch(data: bytes, *, trusted: list[TrustedKey], source: str) -> BatchManifest:
+    """A batch file's bytes, its signature checked against the trusted station keys."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise BatchFileError(f"{source} is not a JSON batch file: {exc}") from None
     if not isinstance(doc, dict) or "batch" not in doc:
-        raise BatchFileError(f"{path} is not an edgefleet batch file (no 'batch' object)")
+        raise BatchFileError(f"{source} is not an edgefleet batch file (no 'batch' object)")
     if not doc.get("signature"):
         raise BatchFileError(
-            f"{path} is not signed; only batches signed by a provisioning station are imported"
+            f"{source} is not signed; only batches signed by a provisioning station are imported"
         )
     extra = sorted(set(doc) - {"batch", "signature"})
     if extra:
-        raise BatchFileError(f"{path}: unknown top-level key {extra[0]!r}")
+        raise BatchFileError(f"{source}: unknown top-level key {extra[0]!r}")
     try:
         signature = _Signature.model_validate(doc["signature"])
         batch = BatchManifest.model_validate(doc["batch"])
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BatchFileError(
-            f"{path}: {where or 'the document'} is invalid: {first['msg']}"
-        ) from None
+        where = ".".join(str(p) for p in first["loc"]) or "the document"
+        raise BatchFileError(f"{source}: {where} is invalid: {first['msg']}") from None
     match = next((t for t in trusted if t.key_id == signature.key_id), None)
     if match is None:
         raise BatchFileError(
-            f"{path} is signed by station key {signature.key_id}, which this fleet does not "
+            f"{source} is signed by station key {signature.key_id}, which this fleet does not "
             "trust; pass the station's public key with --trust-station"
         )
     try:
@@ -120,7 +134,7 @@ def read_batch(path: Path, *, trusted: list[TrustedKey]) -> BatchManifest:
         raw = b""
     if signature.key_id != batch.station_key_id or not verify(match.key, canonical(batch), raw):
         raise BatchSignatureError(
-            f"{path} does not match its signature by station key {signature.key_id} "
+            f"{source} does not match its signature by station key {signature.key_id} "
             f"({match.source}): the batch was altered after it was signed; refused"
         )
     return batch

@@ -20,7 +20,7 @@ from fleet_server.auth import Actor, audit
 from fleet_server.db.tables import Device
 from fleet_server.devices.enrollment import new_device
 from fleet_server.errors import ConflictError
-from fleet_server.provisioning.batchfile import read_batch
+from fleet_server.provisioning.batchfile import parse_batch, read_batch
 
 __all__ = ["ImportResult", "import_batch"]
 
@@ -34,10 +34,19 @@ class ImportResult:
 
 
 def import_batch(
-    session: Session, path: Path, *, trusted: list[TrustedKey], actor: Actor, now: datetime
+    session: Session,
+    source: Path | bytes,
+    *,
+    trusted: list[TrustedKey],
+    actor: Actor,
+    now: datetime,
 ) -> ImportResult:
-    """Register the devices of the signed batch at `path` in `session`'s transaction."""
-    batch = read_batch(path, trusted=trusted)
+    """Register the devices of a signed batch (a file, or its bytes) in `session`'s transaction."""
+    batch = (
+        read_batch(source, trusted=trusted)
+        if isinstance(source, Path)
+        else parse_batch(source, trusted=trusted, source="the batch")
+    )
     ids = [d.id for d in batch.devices]
     existing = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))}
     clashes = [

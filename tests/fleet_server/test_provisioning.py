@@ -40,6 +40,7 @@ from fleet_server.provisioning.ext4 import make_ext4, stage_entries
 from fleet_server.provisioning.flash import refusal
 from fleet_server.provisioning.identity import new_identity
 from fleet_server.provisioning.overlay import Entry
+from tests.fleet_server.app import as_token, fleet_client
 
 ACTOR = Actor(name="test", role=Role.ADMIN)
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -333,3 +334,42 @@ def test_flash_to_a_real_loop_block_device(tmp_path: Path) -> None:
             flash(image, device, mounts=mounts)
     finally:
         subprocess.run([losetup, "-d", str(device)], check=False)
+
+
+# --- the API route ----------------------------------------------------------------------
+
+
+def test_a_batch_uploaded_to_the_api_registers_once_and_a_tampered_one_is_422(
+    tmp_path: Path, db_url: str, station: tuple[Path, Path]
+) -> None:
+    path, _ = make_batch(tmp_path / "batch.json", station[0], ["SN-1", "SN-2"])
+    tampered = tamper(path, lambda d: d["batch"]["devices"][0].update(profile="x86-64-vnni"))
+    with fleet_client(tmp_path / "fleet", db_url, trusted_station_keys=(station[1],)) as client:
+        first = client.post("/api/v1/provisioning/batches", content=path.read_bytes())
+        assert first.status_code == 200, first.text
+        assert first.json()["created"] == ["SN-1", "SN-2"]
+        again = client.post("/api/v1/provisioning/batches", content=path.read_bytes())
+        assert again.json()["unchanged"] == ["SN-1", "SN-2"]
+        refused = client.post("/api/v1/provisioning/batches", content=tampered.read_bytes())
+        assert refused.status_code == 422
+        assert "altered after it was signed" in refused.json()["detail"]
+        device = client.get("/api/v1/devices/SN-1").json()
+        assert device["profile"] == "x86-64"
+        assert device["provisioned"] is False  # until its first boot reports
+        viewer = client.post("/api/v1/tokens", json={"name": "v", "role": "viewer"}).json()
+        forbidden = client.post(
+            "/api/v1/provisioning/batches",
+            content=path.read_bytes(),
+            headers=as_token(client, viewer["token"]),
+        )
+        assert forbidden.status_code == 403
+
+
+def test_a_fleet_that_trusts_no_station_refuses_batches(
+    tmp_path: Path, db_url: str, station: tuple[Path, Path]
+) -> None:
+    path, _ = make_batch(tmp_path / "batch.json", station[0], ["SN-1"])
+    with fleet_client(tmp_path / "fleet", db_url) as client:
+        response = client.post("/api/v1/provisioning/batches", content=path.read_bytes())
+        assert response.status_code == 503
+        assert "--trust-station" in response.json()["detail"]
