@@ -8,7 +8,9 @@ The writer acknowledges each QoS 1 message to the broker only after the batch
 holding it is committed (or refused for good: malformed, unknown device), so a
 server killed mid-batch loses nothing: the broker keeps the session and delivers
 what was never acknowledged again when the server reconnects under the same
-client id (derived from the host name and the data directory).
+client id (from ``--replica-id``, or the host name and the data directory). The
+price: a replica killed for good keeps its share of the shared subscription
+queued in its session until the session expires (an hour) or it comes back.
 """
 
 from __future__ import annotations
@@ -51,10 +53,11 @@ class _Raw:
 
 
 def _client_id(fleet: Fleet) -> str:
-    """The same on every start of one server (so it resumes its broker session), different
-    for replicas on other hosts or with other data directories."""
-    where = f"{socket.gethostname()}:{fleet.settings.data_dir.resolve()}"
-    return f"edgefleet-fleet-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
+    """The same on every start of one server (so it resumes its broker session): from its
+    ``--replica-id`` when given, else from the host name and the data directory."""
+    settings = fleet.settings
+    who = settings.replica_id or f"{socket.gethostname()}:{settings.data_dir.resolve()}"
+    return f"edgefleet-fleet-{hashlib.sha256(who.encode()).hexdigest()[:12]}"
 
 
 _STOP = object()

@@ -5,15 +5,21 @@ sequence number seen; a window above it opens a gap of ``seq - last_seq - 1``
 lost windows, a window below it is either a duplicate (already stored) or a
 late arrival that fills a gap (stored, one loss fewer). The unique constraint
 on (device_id, seq) backs this up across server replicas.
+
+Telemetry is most of the traffic, so it takes a path without the ORM's unit of
+work: the batch's devices are read (and locked) in one query, their counters
+tallied in Python, the windows inserted in one executemany and the devices
+updated in another; possible duplicates are looked up in one query. States,
+events and acks go through the ORM first, in the same transaction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Ack, BundleRef, DeviceState, Event, Severity, Telemetry
@@ -44,76 +50,161 @@ def _bundle(ref: BundleRef | None) -> dict[str, Any] | None:
 
 def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> None:
     """Apply `batch` in `session`; messages of unknown devices must be filtered out before."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite knows no SELECT ... FOR UPDATE: a write first takes the database's write lock,
+        # so the counters read below are the newest and no other writer (a second process on
+        # the same file) can change them before this transaction commits
+        ids = sorted({item.message.device_id for item in batch})
+        session.execute(
+            update(Device)
+            .where(Device.id.in_(ids))
+            .values(windows_received=Device.windows_received)
+            .execution_options(synchronize_session=False)
+        )
+    others = [item for item in batch if not isinstance(item.message, Telemetry)]
+    if others:
+        _store_others(session, others)
+        session.flush()  # the telemetry path reads the devices as these left them
+    windows = [item for item in batch if isinstance(item.message, Telemetry)]
+    if windows:
+        _store_telemetry(session, windows, stats)
+
+
+def _seen(device: Device | _Tally, received_at: datetime) -> None:
+    if device.first_seen is None:
+        device.first_seen = received_at
+    last = device.last_seen
+    if last is not None and last.tzinfo is None:  # SQLite hands back naive UTC
+        last = last.replace(tzinfo=received_at.tzinfo)
+    if last is None or received_at > last:
+        device.last_seen = received_at
+
+
+def _store_others(session: Session, batch: list[Incoming]) -> None:
     ids = sorted({item.message.device_id for item in batch})
     # locked in id order, so replicas splitting one device's messages serialize on it
-    rows = session.scalars(select(Device).where(Device.id.in_(ids)).with_for_update())
+    rows = session.scalars(
+        select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
+    )
     devices = {d.id: d for d in rows}
-    pending: dict[str, set[int]] = {}
     for item in batch:
         device = devices[item.message.device_id]
+        _seen(device, item.received_at)
         msg = item.message
-        if device.first_seen is None:
-            device.first_seen = item.received_at
-        last = device.last_seen
-        if last is not None and last.tzinfo is None:  # SQLite hands back naive UTC
-            last = last.replace(tzinfo=item.received_at.tzinfo)
-        if last is None or item.received_at > last:
-            device.last_seen = item.received_at
-        if isinstance(msg, Telemetry):
-            _telemetry(session, device, msg, item.received_at, pending, stats)
-        elif isinstance(msg, DeviceState):
+        if isinstance(msg, DeviceState):
             _state(session, device, msg)
         elif isinstance(msg, Event):
             _event(session, device, msg)
-        else:
+        elif isinstance(msg, Ack):
             _ack(session, device, msg)
 
 
-def _telemetry(
-    session: Session,
-    device: Device,
-    msg: Telemetry,
-    received_at: datetime,
-    pending: dict[str, set[int]],
-    stats: IngestStats,
-) -> None:
-    seen = pending.setdefault(device.id, set())
-    if device.last_seq is None:
-        device.windows_lost += msg.seq  # sequence numbers start at 0 on a new device
-        device.last_seq = msg.seq
-    elif msg.seq > device.last_seq:
-        device.windows_lost += msg.seq - device.last_seq - 1
-        device.last_seq = msg.seq
-    elif msg.seq in seen or session.scalar(
-        select(TelemetryWindow.id).where(
-            TelemetryWindow.device_id == device.id, TelemetryWindow.seq == msg.seq
-        )
-    ):
-        device.duplicates += 1
-        stats.count("duplicates")
-        return
-    else:  # late, filling a gap counted before
-        device.windows_lost = max(0, device.windows_lost - 1)
-    seen.add(msg.seq)
-    device.windows_received += 1
-    device.windows_dropped_on_device += msg.dropped
-    session.add(
-        TelemetryWindow(
-            device_id=device.id,
-            seq=msg.seq,
-            window_start=msg.window_start,
-            window_end=msg.window_end,
-            bundle_sha256=msg.bundle.sha256 if msg.bundle else None,
-            requests=msg.requests,
-            errors=dict(msg.errors),
-            error_count=sum(msg.errors.values()),
-            latency=list(msg.latency.counts),
-            inputs={k: v.model_dump(mode="json") for k, v in msg.inputs.items()},
-            outputs={k: v.model_dump(mode="json") for k, v in msg.outputs.items()},
-            shadow=msg.shadow.model_dump(mode="json") if msg.shadow else None,
-            received_at=received_at,
-        )
+@dataclass(slots=True)
+class _Tally:
+    """One device's telemetry counters, read once and written once per batch."""
+
+    id: str
+    first_seen: datetime | None
+    last_seen: datetime | None
+    last_seq: int | None
+    windows_received: int
+    windows_lost: int
+    windows_dropped_on_device: int
+    duplicates: int
+    stored_up_to: int | None = None  # last_seq as the batch found it: stored windows are <= it
+    pending: set[int] = field(default_factory=set)  # this batch's windows
+
+
+_TALLIED = (
+    Device.id,
+    Device.first_seen,
+    Device.last_seen,
+    Device.last_seq,
+    Device.windows_received,
+    Device.windows_lost,
+    Device.windows_dropped_on_device,
+    Device.duplicates,
+)
+
+
+def _store_telemetry(session: Session, batch: list[Incoming], stats: IngestStats) -> None:
+    ids = sorted({item.message.device_id for item in batch})
+    query = select(*_TALLIED).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
+    tallies = {}
+    for row in session.execute(query):
+        tally = _Tally(*row)
+        tally.stored_up_to = tally.last_seq
+        tallies[tally.id] = tally
+    stored = _already_stored(session, batch, tallies)
+    rows: list[dict[str, Any]] = []
+    for item in batch:
+        msg = item.message
+        assert isinstance(msg, Telemetry)
+        tally = tallies[msg.device_id]
+        _seen(tally, item.received_at)
+        if tally.last_seq is None:
+            tally.windows_lost += msg.seq  # sequence numbers start at 0 on a new device
+            tally.last_seq = msg.seq
+        elif msg.seq > tally.last_seq:
+            tally.windows_lost += msg.seq - tally.last_seq - 1
+            tally.last_seq = msg.seq
+        elif msg.seq in tally.pending or (msg.device_id, msg.seq) in stored:
+            tally.duplicates += 1
+            stats.count("duplicates")
+            continue
+        else:  # late, filling a gap counted before
+            tally.windows_lost = max(0, tally.windows_lost - 1)
+        tally.pending.add(msg.seq)
+        tally.windows_received += 1
+        tally.windows_dropped_on_device += msg.dropped
+        rows.append(_window_row(msg, item.received_at))
+    if rows:
+        session.execute(insert(TelemetryWindow), rows)
+    session.execute(
+        update(Device),
+        [
+            {column.key: getattr(tally, column.key) for column in _TALLIED}
+            for tally in tallies.values()
+        ],
     )
+
+
+def _already_stored(
+    session: Session, batch: list[Incoming], tallies: dict[str, _Tally]
+) -> set[tuple[str, int]]:
+    """The (device, seq) of `batch` already in the database: only a seq at or below the
+    device's last_seq can be (a redelivery, or another replica's copy)."""
+    maybe = set()
+    for item in batch:
+        msg = item.message
+        up_to = tallies[msg.device_id].stored_up_to
+        if up_to is not None and isinstance(msg, Telemetry) and msg.seq <= up_to:
+            maybe.add((msg.device_id, msg.seq))
+    if not maybe:
+        return set()
+    key = tuple_(TelemetryWindow.device_id, TelemetryWindow.seq)
+    found = session.execute(
+        select(TelemetryWindow.device_id, TelemetryWindow.seq).where(key.in_(sorted(maybe)))
+    )
+    return {(device_id, seq) for device_id, seq in found}
+
+
+def _window_row(msg: Telemetry, received_at: datetime) -> dict[str, Any]:
+    return {
+        "device_id": msg.device_id,
+        "seq": msg.seq,
+        "window_start": msg.window_start,
+        "window_end": msg.window_end,
+        "bundle_sha256": msg.bundle.sha256 if msg.bundle else None,
+        "requests": msg.requests,
+        "errors": dict(msg.errors),
+        "error_count": sum(msg.errors.values()),
+        "latency": list(msg.latency.counts),
+        "inputs": {k: v.model_dump(mode="json") for k, v in msg.inputs.items()},
+        "outputs": {k: v.model_dump(mode="json") for k, v in msg.outputs.items()},
+        "shadow": msg.shadow.model_dump(mode="json") if msg.shadow else None,
+        "received_at": received_at,
+    }
 
 
 def _state(session: Session, device: Device, msg: DeviceState) -> None:

@@ -156,9 +156,18 @@ def test_a_killed_server_loses_no_telemetry(
         server = Server(data, db_url, mosquitto.port)
         try:
             server.start()
-            token = server.api.post(
+            created = server.api.post(
                 "/enrollment-tokens", json={"name": "crash", "max_uses": len(DEVICES)}
-            ).json()["token"]
+            ).json()
+            token = created["token"]
+            # the API commits after it answers (FastAPI runs a yield dependency's exit code
+            # after the response): wait until the token is there before using it
+            wait_until(
+                lambda: any(
+                    t["id"] == created["id"] for t in server.api.get("/enrollment-tokens").json()
+                ),
+                "the enrollment token to be committed",
+            )
             for d in DEVICES:
                 enrolled = server.api.post(
                     "/enroll", json={"token": token, "device_id": d, "profile": "x86-64"}
