@@ -21,7 +21,7 @@ export async function mount(root, ctx) {
           { label: "Runtime / format", cell: (b) => `${b.runtime} / ${b.format}` },
           { label: "Precision", cell: (b) => b.precision },
           { label: "Size", cell: (b) => bytes(b.size) },
-          { label: "Latency p50 / p95", cell: (b) => b.benchmark ? `${num(b.benchmark.latency_ms_p50)} / ${num(b.benchmark.latency_ms_p95)} ms` : "not measured" },
+          { label: "Latency p50 / p95", cell: (b) => b.benchmark ? `${ms(b.benchmark.latency_ms_p50)} / ${ms(b.benchmark.latency_ms_p95)} ms` : "not measured" },
           { label: "Accuracy / agreement", cell: (b) => quality(b.validation) },
           { label: "Bundle", cell: (b) => h("code", { title: b.sha256 }, b.sha256.slice(0, 12)) },
         ], v.bundles, { empty: "No bundle for this version." })),
@@ -30,6 +30,11 @@ export async function mount(root, ctx) {
     list.append(section);
   }
   return {};
+}
+
+// sub-millisecond models are common on a desktop: keep three significant digits
+function ms(x) {
+  return String(Number(Number(x).toPrecision(3)));
 }
 
 function quality(validation) {
