@@ -4,7 +4,8 @@ A layer is the agent pip-installed from the platform's wheelhouse, its tar entri
 gzip member (what every device's archive appends, or ``layers/agent-<arch>.tar.gz`` holds),
 and its ext4 image. It is cached under ``WHEELHOUSE/layers/`` by the sha256 of the edgefleet
 wheel (built reproducibly from this tree), the arch and the Python version, so a batch after
-the first pays only for building the wheel and finding its layer.
+the first pays only for building the wheel and finding its layer. The KEEP most recently
+used layers per platform stay; older ones (400 MB each) are removed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = ["LAYER_FORMAT", "AgentLayer", "agent_layer"]
 
 LAYER_FORMAT = "1"  # bump when what a layer holds changes
 LAYER_MTIME = 1_700_000_000  # fixed, so a cached member is the same whatever batch made it
+KEEP = 2  # layers kept per platform: the one in use and the one before (a tree changes often)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,14 @@ def _key(wheel: Path, arch: str, python_version: str) -> str:
     digest = hashlib.sha256(wheel.read_bytes())
     digest.update(f"\0{arch}\0{python_version}\0{LAYER_FORMAT}".encode())
     return digest.hexdigest()[:20]
+
+
+def _evict(layers: Path, *, prefix: str) -> None:
+    """Remove all but the KEEP most recently used layers of one platform (400 MB each)."""
+    done = [d for d in layers.glob(f"{prefix}*") if (d / "done").exists()]
+    done.sort(key=lambda d: (d / "done").stat().st_mtime, reverse=True)
+    for old in done[KEEP:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def agent_layer(cache: Path, *, arch: str, python_version: str, wheel: Path) -> AgentLayer:
@@ -67,6 +77,8 @@ def agent_layer(cache: Path, *, arch: str, python_version: str, wheel: Path) -> 
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    (home / "done").touch()  # most recently used: kept by _evict
+    _evict(home.parent, prefix=f"{arch}-cp{version}-")
     root = home / "root"
     return AgentLayer(
         arch=arch,

@@ -271,6 +271,28 @@ def test_an_ext4_image_is_clean_owned_by_root_and_keeps_modes(tmp_path: Path) ->
     assert dumped.read_bytes() == big.read_bytes()
 
 
+def test_only_the_most_recently_used_agent_layers_are_kept(tmp_path: Path) -> None:
+    from fleet_server.provisioning.layer import KEEP, _evict
+
+    layers = tmp_path / "layers"
+    for n, name in enumerate(["aarch64-cp311-a", "aarch64-cp311-b", "aarch64-cp311-c"]):
+        (layers / name).mkdir(parents=True)
+        os.utime(_touch(layers / name / "done"), (1000 + n, 1000 + n))
+    (layers / "aarch64-cp311-d.tmp-1234").mkdir()  # a build in progress is left alone
+    _touch(layers / "x86_64-cp311-z" / "done")  # another platform too
+    _evict(layers, prefix="aarch64-cp311-")
+    kept = sorted(p.name for p in layers.iterdir())
+    assert KEEP == 2
+    assert kept == ["aarch64-cp311-b", "aarch64-cp311-c", "aarch64-cp311-d.tmp-1234",
+                    "x86_64-cp311-z"]  # fmt: skip
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+    return path
+
+
 # --- flash ------------------------------------------------------------------------------
 
 
