@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -304,6 +305,21 @@ def test_flash_writes_a_file_and_reads_it_back(tmp_path: Path) -> None:
     result = flash(image, target)
     assert target.read_bytes() == image.read_bytes()
     assert result.size == 9 << 20
+
+
+def test_the_flash_command_writes_and_verifies(tmp_path: Path) -> None:
+    image, target = tmp_path / "dev.ext4", tmp_path / "card.img"
+    image.write_bytes(os.urandom(1 << 20))
+    done = subprocess.run(
+        [sys.executable, "-m", "edge_agent", "flash", str(image), "--to", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"wrote 1048576 bytes to {target}" in done.stdout
+    assert "matches dev.ext4" in done.stdout
+    assert target.read_bytes() == image.read_bytes()
 
 
 def test_flash_refuses_a_mounted_target_and_the_systems_disk(tmp_path: Path) -> None:
