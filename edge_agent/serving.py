@@ -4,9 +4,10 @@ and shadow runs around it.
 The active model is one reference; a swap replaces it in a single assignment,
 so a request runs entirely on the old model or entirely on the new one, and
 the old one is released when its last request returns. Nothing on the request
-path waits on the network or the disk: telemetry is a few counters and a queue
-append (`WindowAggregator.record`), and a shadow candidate runs on another
-thread from a bounded queue (requests beyond it are not shadowed, never delayed).
+path waits on the network or the disk: telemetry is one deque append, no lock
+(`WindowAggregator.record`), probation (a new model's first minutes) a few
+counters under a lock, and a shadow candidate runs on another thread from a
+bounded queue (requests beyond it are not shadowed, never delayed).
 """
 
 from __future__ import annotations
