@@ -267,7 +267,15 @@ def test_keyboard_alone_logs_in_and_reaches_the_main_actions(page: Any, fleet: F
         page.keyboard.press("Escape")  # cancels: nothing happens
         expect()(page.get_by_role("dialog")).to_be_hidden()
         assert fleet.admin.get(f"/rollouts/{rollout['id']}").json()["status"] != "paused"
-        tab_to(page, "Abort")
+        expect()(page.get_by_role("button", name="Pause")).to_be_focused()  # back where it was
+        page.keyboard.press("Enter")
+        page.keyboard.type("paused from the keyboard")
+        page.keyboard.press("Enter")  # confirms
+        expect()(status_badge(page)).to_have_text("paused")
+        assert fleet.admin.get(f"/rollouts/{rollout['id']}").json()["reason"] == (
+            "pause by console-operator: paused from the keyboard"
+        )
+        expect()(page.get_by_role("button", name="Resume")).to_be_focused()
     finally:
         fleet.admin.post(f"/rollouts/{rollout['id']}/abort")
 

@@ -77,6 +77,13 @@ export function confirmAction(title, text) {
   dialog.querySelector("#confirm-text").textContent = text;
   const reason = dialog.querySelector("#confirm-reason");
   reason.value = "";
+  // Enter in the reason confirms (a form's implicit submit would pick its first button: Cancel)
+  reason.onkeydown = (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      dialog.close("ok");
+    }
+  };
   return new Promise((resolve) => {
     dialog.addEventListener(
       "close",

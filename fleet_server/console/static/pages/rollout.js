@@ -29,6 +29,8 @@ export async function mount(root, ctx, params, id) {
       replace(problem);
       announce(`Rollout ${id}: ${a.label.toLowerCase()} done; now ${last.status}`);
       draw(last);
+      // the pressed button may be gone (Pause becomes Resume): keep the keyboard among the actions
+      (actions.querySelector("button") || document.getElementById("main")).focus();
     } catch (err) {
       replace(problem, errorBox(err));
     }
