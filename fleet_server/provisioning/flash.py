@@ -2,12 +2,14 @@
 
 Refused before anything is written: a target that is mounted (the disk itself, or any of its
 partitions, or a file backing a mounted loop device), and the disk the running system is on.
+A block device is then opened exclusively (``O_EXCL``: the kernel refuses it while mounted).
 The image is written with plain writes and fsync, the target's cached pages are dropped, and
 the written range is read back and its sha256 compared with the image's.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -120,11 +122,17 @@ def flash(image: Path, target: Path, *, mounts: Path = Path("/proc/self/mounts")
     digest = hashlib.sha256()
     size = 0
     is_block = target.exists() and stat.S_ISBLK(target.stat().st_mode)
-    flags = os.O_WRONLY | (0 if is_block else os.O_CREAT | os.O_TRUNC)
+    # O_EXCL on a block device: the kernel refuses it too while anything has it mounted
+    flags = os.O_WRONLY | (os.O_EXCL if is_block else os.O_CREAT | os.O_TRUNC)
     try:
         fd = os.open(target, flags, 0o644)
     except OSError as exc:
-        raise FlashError(f"cannot open {target} for writing: {exc.strerror}") from None
+        busy = (
+            " (it is in use: mounted, or held by another program)"
+            if exc.errno == errno.EBUSY
+            else ""
+        )
+        raise FlashError(f"cannot open {target} for writing: {exc.strerror}{busy}") from None
     try:
         with image.open("rb") as src:
             while chunk := src.read(CHUNK):

@@ -359,18 +359,32 @@ def test_flash_to_a_real_loop_block_device(tmp_path: Path) -> None:
     if attach.returncode != 0:
         pytest.skip(f"no loop device here: {attach.stderr.strip()}")
     device = Path(attach.stdout.strip())
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    mounted = False
     try:
-        image = tmp_path / "dev.img"
-        image.write_bytes(os.urandom(5 << 20))
+        stage = tmp_path / "stage"
+        stage_entries(stage, [Entry("etc/edgefleet/agent.toml", 0o644, b"[device]\n")], [])
+        image = tmp_path / "dev.ext4"
+        make_ext4(image, stage)
         result = flash(image, device)
-        assert result.size == 5 << 20
+        assert result.size == image.stat().st_size
         with device.open("rb") as fh:
-            assert fh.read(5 << 20) == image.read_bytes()
-        mounts = tmp_path / "mounts"
-        mounts.write_text(f"{device} /mnt/card ext4 rw 0 0\n")
-        with pytest.raises(FlashError, match="mounted at /mnt/card"):
-            flash(image, device, mounts=mounts)
+            assert fh.read(result.size) == image.read_bytes()
+        # the flashed card mounts, and while it is mounted it is refused, as is its backing file
+        mount = subprocess.run(["mount", "-o", "ro", str(device), str(mountpoint)],
+                               capture_output=True, text=True)  # fmt: skip
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount here: {mount.stderr.strip()}")
+        mounted = True
+        assert (mountpoint / "etc/edgefleet/agent.toml").read_bytes() == b"[device]\n"
+        with pytest.raises(FlashError, match=f"mounted at {mountpoint}; unmount it first"):
+            flash(image, device)
+        with pytest.raises(FlashError, match=f"backs {device}, which is mounted at {mountpoint}"):
+            flash(image, backing)
     finally:
+        if mounted:
+            subprocess.run(["umount", str(mountpoint)], check=False)
         subprocess.run([losetup, "-d", str(device)], check=False)
 
 
