@@ -1,7 +1,7 @@
 """Two fleet replicas as real `edgefleet fleet serve` processes against one Mosquitto and one
-PostgreSQL database: they split ingestion through the shared subscription with nothing
-stored twice, one of them drives the rollout, and when that one is killed with SIGKILL the
-other takes over and finishes it.
+PostgreSQL database (and, on one host, one SQLite file): they split ingestion through the
+shared subscription with nothing stored twice, one of them drives the rollout, and when that
+one is killed with SIGKILL the other takes over and finishes it.
 
 The devices are simulated with real MQTT clients speaking the agent's protocol: retained
 state with a last-will, telemetry windows with rising sequence numbers, and on a desired
@@ -236,11 +236,22 @@ def orders(log: str, kind: str = "update") -> list[str]:
     return found
 
 
+@contextmanager
+def database(kind: str, tmp_path: Path) -> Iterator[str]:
+    """A fresh PostgreSQL database, or a SQLite file both replicas open (one host)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fleet.db'}"
+        return
+    with fresh_database_or_skip() as url:
+        yield url
+
+
 @pytest.mark.slow
-@pytest.mark.postgres
+@pytest.mark.parametrize("kind", [pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite"])
 def test_two_replicas_split_ingestion_and_one_drives_the_rollout_until_killed(
-    tmp_path: Path, keypair: tuple[Path, Path]
+    kind: str, tmp_path: Path, keypair: tuple[Path, Path]
 ) -> None:
+    """PostgreSQL: the advisory lock; SQLite: the file lock, two processes on one host."""
     private, public = keypair
     bundles = {
         v: agent_bundles.build(tmp_path / f"tiny-{v}.efb", private, version=v)
@@ -255,7 +266,7 @@ def test_two_replicas_split_ingestion_and_one_drives_the_rollout_until_killed(
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
-        with fresh_database_or_skip() as db_url:
+        with database(kind, tmp_path) as db_url:
             common = {
                 "root": tmp_path, "shared": shared, "db_url": db_url,
                 "mqtt_port": broker.port, "trust": public,
