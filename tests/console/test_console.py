@@ -5,12 +5,17 @@ breach roll the next one back, with the reason on the page. Screenshots go to do
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
+from fleet_server.settings import Settings
 from tests.console.conftest import DEVICES, Fleet, login, shot
+from tests.harness.fleet import ADMIN, fleet_server
+from tests.harness.mosquitto import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -318,3 +323,54 @@ def test_tablet_viewport(browser: Any, fleet: Fleet) -> None:
         expect()(page.get_by_role("button", name="Remove stage 3")).to_have_count(0)
     finally:
         context.close()
+
+
+def test_ten_thousand_devices_page_in_the_browser(browser: Any, tmp_path: Path) -> None:
+    """A large fleet: the table pages through the database, 50 rows at a time."""
+    from fleet_server.db import Database
+    from fleet_server.db.tables import Device
+
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "big",
+        public_url=f"http://127.0.0.1:{port}",
+        embedded_mqtt_port=free_port(),
+        admin_token=ADMIN,
+    )
+    with fleet_server(settings):
+        db = Database(settings.database_url)
+        enrolled = datetime(2026, 11, 23, tzinfo=UTC)
+        try:
+            with db.session() as session:
+                session.add_all(
+                    Device(
+                        id=f"cam-{n:05d}", profile="x86-64", labels={"line": str(n % 40)},
+                        enrolled_at=enrolled, enrolled_by="test", online=n % 10 != 0,
+                        last_seen=enrolled + timedelta(seconds=n),
+                    )
+                    for n in range(10_000)
+                )  # fmt: skip
+        finally:
+            db.dispose()
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, base_url=settings.public_url
+        )
+        page = context.new_page()
+        try:
+            login(page, ADMIN)
+            nav(page, "Devices").click()
+            summary = page.locator(".summary")
+            expect()(summary).to_have_text("10,000 devices; showing 1\u201350")
+            expect()(page.locator("table.devices tbody tr")).to_have_count(50)
+            page.get_by_role("button", name="Next →").click()
+            expect()(summary).to_have_text("10,000 devices; showing 51\u2013100")
+            expect()(page.locator("table.devices tbody tr").first).to_contain_text("cam-00050")
+            expect()(page.locator(".pager")).to_contain_text("Page 2 of 200")
+            page.get_by_role("button", name=re.compile("^Last seen")).click()  # newest first
+            expect()(page.locator("table.devices tbody tr").first).to_contain_text("cam-09999")
+            page.get_by_label("Label", exact=True).fill("line=10")
+            page.get_by_label("State").select_option("offline")
+            page.get_by_role("button", name="Filter").click()
+            expect()(summary).to_have_text("250 devices; showing 1\u201350")  # every 40th from 10
+        finally:
+            context.close()
