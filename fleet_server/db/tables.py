@@ -34,6 +34,7 @@ __all__ = [
     "Base",
     "Bundle",
     "ClusterLeader",
+    "ClusterMember",
     "Device",
     "DeviceEvent",
     "EnrollmentToken",
@@ -294,6 +295,18 @@ class ClusterLeader(Base):
     replica: Mapped[str] = mapped_column(String(128))
     since: Mapped[datetime] = mapped_column(Timestamp)
     renewed_at: Mapped[datetime] = mapped_column(Timestamp)
+
+
+class ClusterMember(Base):
+    """A fleet replica sharing this database, as last heard: each renews its row every few
+    seconds and removes it when it stops cleanly, so a row left behind is a replica gone."""
+
+    __tablename__ = "cluster_members"
+
+    replica: Mapped[str] = mapped_column(String(128), primary_key=True)
+    public_url: Mapped[str] = mapped_column(String(512), default="")
+    started_at: Mapped[datetime] = mapped_column(Timestamp)
+    seen_at: Mapped[datetime] = mapped_column(Timestamp)
 
 
 class Alert(Base):
