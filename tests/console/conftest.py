@@ -2,7 +2,9 @@
 three real agent processes serving requests, bundles from the real converter and the test
 builder, and a real headless Chromium (Debian's, driven by Playwright) pointed at it.
 
-Built once per session: starting agents is the slow part. Screenshots go to docs/console/.
+Built once for this package and torn down after its last test (not at the end of the whole
+run, so the agents stop eating CPU): starting agents is the slow part. Screenshots go to
+docs/console/.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def _traffic(sockets: list[Path], stop: threading.Event) -> None:
             client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     from edge_agent.keys import write_keypair
 
@@ -160,7 +162,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 sender.join(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail(
