@@ -127,4 +127,8 @@ def make_ext4(image: Path, stage: Path, *, label: str = "edgefleet") -> None:
         if result.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise ImageError(f"debugfs could not give {image}'s files to root: {result.stderr}")
-    tmp.replace(image)
+    try:
+        tmp.replace(image)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from fleet_server.provisioning.archive import (
     write_targz,
 )
 from fleet_server.provisioning.batchfile import BatchDevice, BatchManifest, write_batch
-from fleet_server.provisioning.errors import ImageError, PlanError
+from fleet_server.provisioning.errors import ImageError, PlanError, ProvisioningError
 from fleet_server.provisioning.ext4 import link_tree, make_ext4, stage_entries
 from fleet_server.provisioning.identity import DeviceIdentity, enroll_online, new_identity
 from fleet_server.provisioning.layer import agent_layer
@@ -96,11 +97,10 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _station_key(path: Path) -> tuple[Ed25519PrivateKey, str]:
+def _station_key(path: Path) -> Ed25519PrivateKey:
     if not path.exists():
         write_keypair(path, path.with_suffix(".pub"))
-    key = load_private_key(path)
-    return key, key_id(key.public_key())
+    return load_private_key(path)
 
 
 def _bundles(request: BatchRequest, profiles: set[str]) -> dict[str, Path]:
@@ -155,14 +155,58 @@ def _place(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def _identities(request: BatchRequest, jobs: int) -> list[DeviceIdentity]:
+_ENROLLING = threading.Lock()  # one enrollment at a time: the fleet counts a token's uses
+
+
+def _identity(request: BatchRequest, plan: DevicePlan) -> DeviceIdentity:
     if request.online:
         assert request.fleet_url is not None
         assert request.token is not None
-        fleet, token = request.fleet_url, request.token
-        return [enroll_online(d, fleet_url=fleet, token=token) for d in request.plan]
-    with ThreadPoolExecutor(jobs) as pool:
-        return list(pool.map(lambda d: new_identity(d, mqtt_url=request.mqtt_url), request.plan))
+        with _ENROLLING:
+            return enroll_online(plan, fleet_url=request.fleet_url, token=request.token)
+    return new_identity(plan, mqtt_url=request.mqtt_url)
+
+
+def _sign(
+    path: Path,
+    identities: list[DeviceIdentity],
+    *,
+    batch_id: str,
+    created: datetime,
+    station: str,
+    station_key: Ed25519PrivateKey,
+) -> None:
+    manifest = BatchManifest(
+        id=batch_id,
+        created_at=created,
+        station=station,
+        station_key_id=key_id(station_key.public_key()),
+        devices=[
+            BatchDevice(
+                id=i.plan.device_id,
+                serial=i.plan.serial,
+                profile=i.plan.profile,
+                labels=dict(i.plan.labels),
+                public_key=i.public_key,
+                public_key_fingerprint=i.fingerprint,
+                credential_hash=i.credential_hash or "",
+            )
+            for i in identities
+        ],
+    )
+    write_batch(path, manifest, station_key)
+
+
+def _write_report(
+    path: Path, request: BatchRequest, devices: list[ReportDevice], **fields: object
+) -> None:
+    doc = {
+        **fields,
+        "mode": "online" if request.online else "offline",
+        "agent_layer": request.agent_layer,
+        "devices": [_row(d) for d in devices],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def provision_batch(request: BatchRequest) -> BatchResult:
@@ -192,12 +236,18 @@ def provision_batch(request: BatchRequest) -> BatchResult:
     profiles = {d.profile for d in request.plan}
     bundles = _bundles(request, profiles)
     trusted = [(f"{i}-{p.stem}.pub", p.read_bytes()) for i, p in enumerate(request.trust)]
-    station_key = station_id = None
+    station_key = None
     if not request.online:
         assert request.station_key is not None
-        station_key, station_id = _station_key(request.station_key)
+        station_key = _station_key(request.station_key)
     work = out / f".work-{batch_id}"
     work.mkdir()
+    written: list[Path] = []
+    made: list[tuple[DeviceIdentity, ReportDevice]] = []
+    written_layers: list[Path] = []
+    batch_file: Path | None = None
+    failure: Exception | None = None
+    complete = False
     try:
         arch = {p: load_profile(p).hardware.arch for p in profiles}
         wheel = request.agent_wheel or agent_wheel(work)
@@ -208,7 +258,6 @@ def provision_batch(request: BatchRequest) -> BatchResult:
             for a in sorted(set(arch.values()))
         }
         lap("agent_layer")
-        written_layers: list[Path] = []
         if request.agent_layer == "shared":
             (out / "layers").mkdir(exist_ok=True)
             for name, layer in layers.items():
@@ -224,24 +273,24 @@ def provision_batch(request: BatchRequest) -> BatchResult:
             if request.agent_layer == "embed":
                 shared_members[profile].append(layers[arch[profile]].member)
         lap("shared_members")
-        identities = _identities(request, jobs)
-        lap("identities")
 
-        def one(identity: DeviceIdentity) -> ReportDevice:
-            plan = identity.plan
+        def one(plan: DevicePlan) -> tuple[DeviceIdentity, ReportDevice]:
+            identity = _identity(request, plan)
             entries = device_entries(
                 identity, batch_id=batch_id, station=station, created_at=created, trusted=trusted
             )
             archive = out / f"{plan.device_id}.tar.gz"
             write_targz(archive, entries_member(entries, mtime=mtime), shared_members[plan.profile])
+            written.append(archive)
             stage = work / "stage" / plan.device_id
             stage_entries(stage, entries, [(bundles[plan.profile], INITIAL_BUNDLE)])
             if request.agent_layer == "embed":
                 link_tree(layers[arch[plan.profile]].root, stage)
             image = out / f"{plan.device_id}.ext4"
             make_ext4(image, stage)
+            written.append(image)
             shutil.rmtree(stage)
-            return ReportDevice(
+            return identity, ReportDevice(
                 device_id=plan.device_id,
                 serial=plan.serial,
                 profile=plan.profile,
@@ -252,51 +301,47 @@ def provision_batch(request: BatchRequest) -> BatchResult:
             )
 
         with ThreadPoolExecutor(jobs) as pool:
-            devices = list(pool.map(one, identities))
+            futures = [pool.submit(one, d) for d in request.plan]
+            for future in futures:  # every device is finished or failed before we go on
+                try:
+                    made.append(future.result())
+                except Exception as exc:
+                    failure = failure or exc
         lap("overlays")
+        if failure is not None and request.online and made:
+            # enrolled devices cannot be enrolled again: ship what was made, report it
+            partial = out / f"batch-{batch_id}.report.json"
+            _write_report(
+                partial, request, [r for _, r in made],
+                batch_id=batch_id, created_at=created.isoformat(), station=station,
+                batch_file=None, layers=[p.relative_to(out).as_posix() for p in written_layers],
+            )  # fmt: skip
+            raise ProvisioningError(
+                f"{failure}; {len(made)} of {len(request.plan)} devices were enrolled and "
+                f"written first (report: {partial}): run the batch again for the others"
+            ) from failure
+        if failure is not None:
+            raise failure
+        if station_key is not None:
+            batch_file = out / f"batch-{batch_id}.json"
+            _sign(batch_file, [i for i, _ in made], batch_id=batch_id, created=created,
+                  station=station, station_key=station_key)  # fmt: skip
+        complete = True
     except OSError as exc:
         raise ImageError(f"writing the batch into {out} failed: {exc}") from exc
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    batch_file = None
-    if station_key is not None and station_id is not None:
-        manifest = BatchManifest(
-            id=batch_id,
-            created_at=created,
-            station=station,
-            station_key_id=station_id,
-            devices=[
-                BatchDevice(
-                    id=i.plan.device_id,
-                    serial=i.plan.serial,
-                    profile=i.plan.profile,
-                    labels=dict(i.plan.labels),
-                    public_key=i.public_key,
-                    public_key_fingerprint=i.fingerprint,
-                    credential_hash=i.credential_hash or "",
-                )
-                for i in identities
-            ],
-        )
-        batch_file = out / f"batch-{batch_id}.json"
-        write_batch(batch_file, manifest, station_key)
+        if not complete and not request.online:
+            for path in written:  # an offline batch without its batch file registers nothing
+                path.unlink(missing_ok=True)
+    devices = [r for _, r in made]
     report = out / f"batch-{batch_id}.report.json"
-    report.write_text(
-        json.dumps(
-            {
-                "batch_id": batch_id,
-                "created_at": created.isoformat(),
-                "station": station,
-                "mode": "online" if request.online else "offline",
-                "agent_layer": request.agent_layer,
-                "batch_file": batch_file.name if batch_file else None,
-                "layers": [p.relative_to(out).as_posix() for p in written_layers],
-                "devices": [_row(d) for d in devices],
-            },
-            indent=1,
-        )
-        + "\n"
-    )
+    _write_report(
+        report, request, devices,
+        batch_id=batch_id, created_at=created.isoformat(), station=station,
+        batch_file=batch_file.name if batch_file else None,
+        layers=[p.relative_to(out).as_posix() for p in written_layers],
+    )  # fmt: skip
     lap("batch_file")
     return BatchResult(batch_id, report, batch_file, devices, written_layers, seconds)
 

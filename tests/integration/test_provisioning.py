@@ -332,6 +332,26 @@ def test_online_provisioning_enrolls_through_the_fleet_and_embeds_an_aarch64_age
         again = edgefleet(*online, "--out", tmp_path / "out2", "--force")
         assert again.returncode == 1
         assert "is enrolled in the fleet already" in again.stderr
+        # a token used up halfway: the devices enrolled before are written and reported
+        short = ok(fleet.post("/enrollment-tokens", json={
+            "name": "line-4b", "max_uses": 2, "profile": "raspberry-pi-4",
+        }))["token"]  # fmt: skip
+        csv3 = tmp_path / "line4b.csv"
+        csv3.write_text("serial,profile,labels\n" + "".join(
+            f"RPI-01{n},raspberry-pi-4,line=4\n" for n in range(3)))  # fmt: skip
+        halfway = edgefleet(
+            "provision", "--csv", csv3, "--trust", public, "--bundle", bundle,
+            "--fleet", settings.public_url, "--token", short, "--wheelhouse", WHEELHOUSE,
+            "--agent-layer", "shared", "--out", tmp_path / "out3",
+        )  # fmt: skip
+        assert halfway.returncode == 1
+        assert "is used up" in halfway.stderr
+        assert "2 of 3 devices were enrolled and written first" in halfway.stderr
+        partial = json.loads(next((tmp_path / "out3").glob("batch-*.report.json")).read_text())
+        assert [d["serial"] for d in partial["devices"]] == ["RPI-010", "RPI-011"]
+        assert sorted(p.name for p in (tmp_path / "out3").glob("RPI-*")) == [
+            "RPI-010.ext4", "RPI-010.tar.gz", "RPI-011.ext4", "RPI-011.tar.gz",
+        ]  # fmt: skip
 
     out = tmp_path / "out"
     image, archive = out / "RPI-0001.ext4", out / "RPI-0001.tar.gz"
@@ -346,3 +366,31 @@ def test_online_provisioning_enrolls_through_the_fleet_and_embeds_an_aarch64_age
         names = set(tar.getnames())
     assert "opt/edgefleet/lib/edge_agent/firstboot.py" in names
     assert "var/lib/edgefleet/initial.efb" in names
+
+
+@pytest.mark.slow
+def test_an_offline_batch_that_fails_leaves_nothing_to_ship(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
+    from fleet_server.provisioning import BatchRequest, ImageError, provision_batch
+    from fleet_server.provisioning.plan import DevicePlan
+
+    private, public = keypair
+    bundle = agent_bundles.build(tmp_path / "tiny.efb", private, version="1.0.0")
+    out = tmp_path / "out"
+    (out / "SN-2.ext4").mkdir(parents=True)  # an image that cannot be written
+    request = BatchRequest(
+        plan=[DevicePlan(f"SN-{n}", f"SN-{n}", "x86-64") for n in range(4)],
+        out=out,
+        trust=[public],
+        bundles=[bundle],
+        wheelhouse=WHEELHOUSE,
+        station_key=tmp_path / "station.key",
+        agent_layer="shared",
+        force=True,
+    )
+    with pytest.raises(ImageError, match=r"SN-2\.ext4"):
+        provision_batch(request)
+    # no batch file, so no overlay of it may ship: their identities would be unknown
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["SN-2.ext4", "layers"]
