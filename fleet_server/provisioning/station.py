@@ -5,11 +5,12 @@
 ...     station_key=Path("station.key"), wheelhouse=Path("~/.cache/edgefleet/wheelhouse")))
 >>> result.report  # out/batch-<id>.report.json: device ids, serials, fingerprints; no secret
 
-The agent layer (``/opt/edgefleet``, some 190 MB installed) is built once per platform. With
-``agent_layer="embed"`` every device's archive and image hold it; with ``"shared"`` it is
-written once as ``OUT/layers/agent-<arch>.{tar.gz,ext4}`` for the line's base image and the
-devices' overlays hold the rest. Private keys and clear passwords are written into the
-overlays only.
+The agent layer (``/opt/edgefleet``, some 190 MB installed) comes from the layer cache
+(`fleet_server.provisioning.layer`). With ``agent_layer="embed"`` every device's archive and
+image hold it; with ``"shared"`` it is written once as ``OUT/layers/agent-<arch>.{tar.gz,ext4}``
+for the line's base image and the devices' overlays hold the rest. Each device's identity and
+overlay are made together, several devices at a time. Private keys and clear passwords are
+written into the overlays only.
 """
 
 from __future__ import annotations
