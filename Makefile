@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test bench lint typecheck system-deps clean
+.PHONY: demo test bench lint typecheck system-deps tflite-tools clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11; set PYTHON=python3.11")'
@@ -41,6 +41,11 @@ system-deps:
 		exit 1; \
 	fi
 
+# onnx2tf's own environment (TensorFlow 2.19, numpy 1.26; about 2.6 GB), built once into
+# ~/.cache/edgefleet/tools (EDGEFLEET_TOOLS_DIR moves it) and reused: the TFLite tests need it.
+tflite-tools: $(STAMP)
+	$(VENV)/bin/edgefleet convert --setup tflite
+
 demo: $(STAMP)
 	$(VENV)/bin/edgefleet demo
 
@@ -54,7 +59,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps lint typecheck
+test: $(STAMP) system-deps tflite-tools lint typecheck
 	$(PY) -m pytest
 
 clean:

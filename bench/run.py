@@ -21,7 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "BENCHMARKS.md"
 
 # section name -> the module whose run() returns its Markdown, starting "## <Name>"
-SECTIONS = {"converter": "bench.converter", "agent": "bench.agent", "provision": "bench.provision"}
+SECTIONS = {
+    "converter": "bench.converter",
+    "agent": "bench.agent",
+    "provision": "bench.provision",
+    "tflite": "bench.tflite",
+}
 
 HEADER = [
     "# edgefleet benchmarks",

@@ -113,6 +113,15 @@ def _main() -> None:
     sessions, loaded = [], []
     for model in args.models:
         before = _rss_bytes()
+        if model.suffix == ".tflite":  # LiteRT, with the caller's tensors as the agent takes them
+            from converter.tflite.run import TFLiteModel
+
+            tflite = TFLiteModel(model, threads=args.threads)
+            for _ in range(10):
+                tflite.run(None, feed)
+            sessions.append(tflite)
+            loaded.append(max(0, _rss_bytes() - before))
+            continue
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1

@@ -19,7 +19,7 @@ from converter.validate import ValidationResult, compare, run_model
 from edge_agent.bundle import ModelFormat, Precision, QuantizationRecipe
 from edge_agent.profiles import HardwareProfile
 
-__all__ = ["Candidate", "choose", "evaluate_precisions"]
+__all__ = ["Candidate", "choose", "evaluate_precisions", "validate_candidate"]
 
 Progress = Callable[[str], None]
 _CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
@@ -63,7 +63,15 @@ class Candidate:
 SCREEN_SAMPLES = 64
 
 
-def _validated(
+def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if path.suffix == ".tflite":
+        from converter.tflite.run import run_tflite
+
+        return run_tflite(path, feeds)
+    return run_model(path, feeds, ort_format=path.suffix == ".ort")
+
+
+def validate_candidate(
     cand: Candidate,
     reference: dict[str, np.ndarray],
     validation: Dataset,
@@ -72,10 +80,9 @@ def _validated(
 ) -> Candidate:
     """Validate on a first slice (a broken variant is dropped after it), then on all."""
     assert cand.path is not None
-    ort_format = cand.path.suffix == ".ort"
     screen = validation.subset(SCREEN_SAMPLES)
     if len(screen) < len(validation.feeds):
-        got = run_model(cand.path, screen, ort_format=ort_format)
+        got = _run(cand.path, screen)
         # the candidate ran the same feeds as the reference: its row counts give the prefix
         ref = {name: reference[name][: len(value)] for name, value in got.items()}
         first = next(iter(got.values()))
@@ -92,7 +99,7 @@ def _validated(
                 + "; ".join(result.failures)
             )
             return cand
-    got = run_model(cand.path, validation.feeds, ort_format=ort_format)
+    got = _run(cand.path, validation.feeds)
     cand.validation = compare(reference, got, budget=profile.accuracy, labels=labels)
     if not cand.validation.passed:
         cand.rejected = "accuracy: " + "; ".join(cand.validation.failures)
@@ -250,7 +257,7 @@ def evaluate_precisions(
                         reference, reference, budget=profile.accuracy, labels=labels
                     )
                 else:
-                    _validated(cand, reference, validation, profile, labels)
+                    validate_candidate(cand, reference, validation, profile, labels)
             except Exception as exc:  # the runtime refusing the quantized graph
                 cand.error = f"the quantized model does not run: {first_line(exc)}"
             cache[key] = cand

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-_PRECISIONS = ["auto", "int8-static", "int8-dynamic", "fp16", "fp32"]
+_PRECISIONS = ["auto", "int8-full", "int8-static", "int8-dynamic", "fp16", "fp32"]
 _file = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -24,6 +24,27 @@ def _shape(
     if not shape or any(d < 1 for d in shape):
         raise click.BadParameter(f"{value!r}: every dimension must be a positive integer")
     return shape
+
+
+def _setup(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    """`--setup tflite`: create the TFLite tool environment now, then exit."""
+    if value is None or ctx.resilient_parsing:
+        return
+    import os
+
+    from converter.errors import ConverterError
+    from converter.tflite.toolenv import ToolSettings, ensure_tool_env
+
+    params = ctx.params
+    settings = ToolSettings.from_environ(
+        os.environ, tools_dir=params.get("tools_dir"), wheelhouse=params.get("wheelhouse")
+    )
+    try:
+        env = ensure_tool_env(settings, progress=lambda text: click.echo(text, err=True))
+    except ConverterError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(env.path))
+    ctx.exit(0)
 
 
 @click.command()
@@ -83,6 +104,28 @@ def _shape(
     type=click.Path(file_okay=False, path_type=Path),
     help="Extra directory of profile TOML files.",
 )
+@click.option(
+    "--tools-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EDGEFLEET_TOOLS_DIR",
+    is_eager=True,
+    help="Where tool environments live (default: ~/.cache/edgefleet/tools).",
+)
+@click.option(
+    "--wheelhouse",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="EDGEFLEET_WHEELHOUSE",
+    is_eager=True,
+    help="Install tool environments from this directory of wheels only (offline).",
+)
+@click.option(
+    "--setup",
+    type=click.Choice(["tflite"]),
+    callback=_setup,
+    expose_value=False,
+    is_eager=True,
+    help="Create the tool environment for TFLite export (onnx2tf, TensorFlow) and exit.",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def convert(
     model: Path | None,
@@ -99,6 +142,8 @@ def convert(
     precision: str,
     allow_over_budget: bool,
     profiles_dirs: tuple[Path, ...],
+    tools_dir: Path | None,
+    wheelhouse: Path | None,
     quiet: bool,
 ) -> None:
     """Convert MODEL into one signed bundle per hardware profile.
@@ -109,10 +154,16 @@ def convert(
 
     Writes the bundles, report.json and report.html into --out; nothing partial
     is left there on failure.
+
+    TFLite profiles run onnx2tf in a tool environment of its own, created on
+    first use (about 2.6 GB; `--setup tflite` creates it ahead of time).
     """
+    import os
+
     from converter.pipeline import ConvertRequest
     from converter.pipeline import convert as run_convert
     from converter.report import render_table
+    from converter.tflite.toolenv import ToolSettings
     from edge_agent.bundle import ModelId, Precision
     from edge_agent.profiles import load_profile
 
@@ -131,6 +182,7 @@ def convert(
         allow_over_budget=allow_over_budget,
         torch=torch_ref,
         input_shape=input_shape,
+        tools=ToolSettings.from_environ(os.environ, tools_dir=tools_dir, wheelhouse=wheelhouse),
     )
     started = time.monotonic()
 

@@ -6,6 +6,7 @@
     ├── DataError                calibration, validation or label data do not fit the model
     ├── QuantizationError        a quantization step failed (names the step, and the node if known)
     ├── ExportError              compiling to the profile's format failed
+    │   └── ToolEnvError         the TFLite tool environment cannot be created or run
     └── BudgetError              no variant meets the profile's budgets (says by how much)
 
 Profile problems are `edge_agent.errors.ProfileError`; bundle problems `BundleError`.
@@ -21,6 +22,7 @@ __all__ = [
     "MissingDependencyError",
     "QuantizationError",
     "SourceModelError",
+    "ToolEnvError",
     "first_line",
 ]
 
@@ -47,6 +49,10 @@ class QuantizationError(ConverterError):
 
 class ExportError(ConverterError):
     """Compiling the model to the profile's format failed."""
+
+
+class ToolEnvError(ExportError):
+    """The managed environment that runs onnx2tf cannot be created or used."""
 
 
 class BudgetError(ConverterError):

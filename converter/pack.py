@@ -78,9 +78,24 @@ def pack_bundle(
     assert chosen.recipe is not None
     assert chosen.validation is not None
     assert chosen.bench is not None
-    ort_format = compiled.suffix == ".ort"
     selftest_in = validation.first_sample()
-    selftest_out = run_model(compiled, [selftest_in], threads=1, ort_format=ort_format)
+    inputs = [
+        TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
+        for t in source.inputs
+    ]
+    outputs = [
+        TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
+        for t in source.outputs
+    ]
+    if compiled.suffix == ".tflite":
+        from converter.tflite.run import read_specs, run_tflite
+
+        # how the agent maps the caller's tensors onto the TFLite model's (layout, int8 I/O)
+        inputs, outputs = read_specs(compiled)
+        selftest_out = run_tflite(compiled, [selftest_in])
+    else:
+        ort_format = compiled.suffix == ".ort"
+        selftest_out = run_model(compiled, [selftest_in], threads=1, ort_format=ort_format)
     rtol, atol_rel = _TOLERANCE[chosen.precision]
     scale = max(
         (
@@ -111,14 +126,8 @@ def pack_bundle(
         format=profile.runtime.format,
         entrypoint=entry,
         members=describe_members(files),
-        inputs=[
-            TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
-            for t in source.inputs
-        ],
-        outputs=[
-            TensorSpec(name=t.name, dtype=t.dtype, shape=list(t.shape))  # type: ignore[arg-type]
-            for t in source.outputs
-        ],
+        inputs=inputs,
+        outputs=outputs,
         quantization=chosen.recipe,
         selftest=SelfTest(
             inputs="selftest/inputs.npz",

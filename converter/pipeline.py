@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -42,8 +43,10 @@ from converter.prepare import prepare_for_quantization
 from converter.reference import compute_reference, stack
 from converter.report import render_html
 from converter.sources import SKLEARN_SUFFIXES, export_sklearn, export_torch
+from converter.tflite.toolenv import ToolSettings
+from converter.tflite.variants import TFLiteBuilds, tflite_candidates
 from converter.validate import run_model
-from edge_agent.bundle import Precision
+from edge_agent.bundle import ModelFormat, Precision
 from edge_agent.keys import load_private_key
 from edge_agent.profiles import HardwareProfile
 
@@ -68,6 +71,7 @@ class ConvertRequest:
     allow_over_budget: bool = False
     torch: str | None = None  # package.module:attr, instead of `model`
     input_shape: tuple[int, ...] | None = None  # example input, for torch and sklearn
+    tools: ToolSettings | None = None  # the TFLite tool environment; None: from the environment
 
 
 @dataclass(frozen=True)
@@ -173,12 +177,61 @@ def _convert_profile(
     progress: Progress,
     cache: dict[tuple[object, ...], Candidate],
     prepared_cache: dict[int, tuple[Path, list[str]]],
+    tflite: TFLiteBuilds | None,
 ) -> tuple[Path, Candidate, list[Candidate], list[str], list[str]]:
-    onnx = onnx_module()
-
     def say(text: str) -> None:
         progress(f"[{profile.name}] {text}")
 
+    notes: list[str] = []
+    if profile.runtime.format is ModelFormat.TFLITE:
+        assert tflite is not None
+        candidates = tflite_candidates(
+            tflite,
+            source=source,
+            profile=profile,
+            precision=req.precision,
+            calibration=calibration,
+            validation=validation,
+            reference=reference_outputs,
+            labels=labels,
+            work=work,
+            progress=say,
+        )
+        described = "TFLite (LiteRT interpreter), inputs channel-last"
+    else:
+        candidates, described = _onnx_candidates(
+            req,
+            source,
+            profile,
+            calibration=calibration,
+            validation=validation,
+            labels=labels,
+            reference_outputs=reference_outputs,
+            work=work,
+            say=say,
+            notes=notes,
+            cache=cache,
+            prepared_cache=prepared_cache,
+        )
+    return _choose(req, profile, candidates, validation.first_sample(), described, notes, say)
+
+
+def _onnx_candidates(
+    req: ConvertRequest,
+    source: SourceModel,
+    profile: HardwareProfile,
+    *,
+    calibration: Dataset,
+    validation: Dataset,
+    labels: np.ndarray | None,
+    reference_outputs: dict[str, np.ndarray],
+    work: Path,
+    say: Progress,
+    notes: list[str],
+    cache: dict[tuple[object, ...], Candidate],
+    prepared_cache: dict[int, tuple[Path, list[str]]],
+) -> tuple[list[Candidate], str]:
+    onnx = onnx_module()
     target = CompileTarget.for_runtime(profile.runtime)  # a format we cannot make fails now
     precisions = [req.precision] if req.precision else list(profile.quantization.precisions)
     needs_int8 = any(p in _INT8 for p in precisions)
@@ -191,7 +244,6 @@ def _convert_profile(
     opset = default_opset(fp32)
     fp32_path = work / "fp32.onnx"
     onnx.save_model(fp32, str(fp32_path))
-    notes: list[str] = []
     prepared = None
     if needs_int8:
         if opset not in prepared_cache:
@@ -218,6 +270,19 @@ def _convert_profile(
         calibration_cache=work.parent / "calibration-cache",
         fp32_is_source=fp32 is source.model,
     )
+    return candidates, target.describe()
+
+
+def _choose(
+    req: ConvertRequest,
+    profile: HardwareProfile,
+    candidates: list[Candidate],
+    feed: dict[str, np.ndarray],
+    described: str,
+    notes: list[str],
+    say: Progress,
+) -> tuple[Path, Candidate, list[Candidate], list[str], list[str]]:
+    """Benchmark the valid candidates side by side and choose one within the budgets."""
     gaps = host_gaps(profile)
     for gap in gaps:
         say(f"note: {gap}; choosing by the profile's preference order")
@@ -227,7 +292,7 @@ def _convert_profile(
             f"benchmarked with {threads} threads: this host has fewer cores "
             f"than the profile's {profile.runtime.threads}"
         )
-    benchmark_all(candidates, validation.first_sample(), threads, say)
+    benchmark_all(candidates, feed, threads, say)
     allowed = [
         c
         for c in candidates
@@ -247,7 +312,7 @@ def _convert_profile(
         )
     say(f"chose {chosen.label}")
     assert chosen.path is not None  # compiled to the profile's format, as benchmarked
-    notes.append(f"compiled to {target.describe()}; validated and benchmarked in that form")
+    notes.append(f"compiled to {described}; validated and benchmarked in that form")
     return chosen.path, chosen, candidates, gaps, notes
 
 
@@ -302,6 +367,19 @@ def _convert(
     results: list[ProfileResult] = []
     cache: dict[tuple[object, ...], Candidate] = {}
     prepared_cache: dict[int, tuple[Path, list[str]]] = {}
+    tflite_profiles = [p for p in req.profiles if p.runtime.format is ModelFormat.TFLITE]
+    tflite = (
+        TFLiteBuilds(
+            source,
+            tflite_profiles,
+            precision=req.precision,
+            calibration=calibration,
+            settings=req.tools or ToolSettings.from_environ(os.environ),
+            work=staging / "work" / "tflite",
+        )
+        if tflite_profiles
+        else None
+    )
     for profile in req.profiles:
         work = staging / "work" / profile.name
         work.mkdir(parents=True)
@@ -317,6 +395,7 @@ def _convert(
             progress=progress,
             cache=cache,
             prepared_cache=prepared_cache,
+            tflite=tflite,
         )
         filename = f"{req.name}-{req.version}-{profile.name}.efb"
         pack_bundle(

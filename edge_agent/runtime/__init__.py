@@ -19,7 +19,12 @@ def load_backend(
         return OnnxRuntimeBackend(
             model, ort_format=model_format is ModelFormat.ORT, options=options
         )
+    if model_format is ModelFormat.TFLITE:
+        # a TFLite Micro model is the same flatbuffer: on a host, LiteRT runs it (its
+        # reference int8 kernels compute what TFLM's do); on the microcontroller, the firmware
+        from edge_agent.runtime.tflite import TFLiteBackend
+
+        return TFLiteBackend(model, options=options)
     raise RuntimeUnavailableError(
-        f"runtime {runtime.value!r} is not supported by this agent yet "
-        "(TFLite arrives with the TFLite targets)"
+        f"runtime {runtime.value!r} with format {model_format.value!r} does not run in this agent"
     )
