@@ -59,7 +59,7 @@ def fleet() -> None:
     "--replica-id",
     default="",
     envvar="EDGEFLEET_REPLICA_ID",
-    help="This replica's name among those sharing the database (default: host:pid:random).",
+    help="This replica's name among those sharing the database (default: host:data dir).",
 )
 @click.option(
     "--stale-after",

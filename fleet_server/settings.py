@@ -21,7 +21,7 @@ class Settings:
     `drift_minutes` of telemetry.
 
     Replicas sharing one database (docs/scaling.md): `replica_id` names this one
-    (default ``<host>:<pid>:<random>``); a follower tries to take the leader lock
+    (default ``<host>:<data dir>``); a follower tries to take the leader lock
     every `leader_retry_s`. A device still marked online that has sent nothing for
     `stale_after_s` is shown offline (0 turns the sweep off).
     """

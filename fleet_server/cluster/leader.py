@@ -9,7 +9,9 @@ unit of work (`leading()`) and, for decisions that must never be taken twice,
 inside the transaction that records them (`fence(session)`).
 
 The ``cluster_leader`` row says who leads and since when (the API's
-``/api/v1/cluster``); the leader renews it every `retry_s`.
+``/api/v1/cluster``); the leader renews it every `retry_s`. Every replica also
+renews its ``cluster_members`` row each round, and the leader raises an alert for
+a replica gone silent (`fleet_server.cluster.members`).
 
 >>> leadership = Leadership(db, replica="fleet-a", retry_s=2.0).start()  # doctest: +SKIP
 >>> leadership.leading()  # doctest: +SKIP
@@ -19,17 +21,17 @@ True
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from fleet_server.cluster.locks import Lock, lock_for
+from fleet_server.cluster.members import check_gone, heartbeat, leave, members
 from fleet_server.context import Fleet
 from fleet_server.db import Database
 from fleet_server.db.tables import ClusterLeader
@@ -40,9 +42,9 @@ log = logging.getLogger(__name__)
 LEADER_ROW = "fleet"
 
 
-def default_replica_id() -> str:
-    """``<host>:<pid>:<random>``: unique even for two replicas started in one container."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+def default_replica_id(data_dir: Path) -> str:
+    """``<host>:<data dir>``: the same across restarts, like the replica's broker session."""
+    return f"{socket.gethostname()}:{data_dir.resolve()}"[:128]
 
 
 def _utcnow() -> datetime:
@@ -58,15 +60,19 @@ class Leadership:
         *,
         replica: str,
         retry_s: float = 2.0,
+        public_url: str = "",
         lock: Lock | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.db = db
         self.replica = replica
         self.retry_s = retry_s
+        self.public_url = public_url
+        self.gone_after_s = 5 * retry_s  # a member silent this long is gone
         self.lock = lock or lock_for(db.url, replica=replica)
         self.clock = clock
         self.since: datetime | None = None  # when this replica took the lead, while it leads
+        self.started_at = clock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()
@@ -110,6 +116,12 @@ class Leadership:
             "lock": self.lock.where,
             "retry_s": self.retry_s,
             "leader": leader,
+            "members": members(
+                session,
+                now=self.clock(),
+                gone_after_s=self.gone_after_s,
+                leader=row.replica if row is not None else None,
+            ),
         }
 
     # -- the thread ---------------------------------------------------------------------------
@@ -132,6 +144,11 @@ class Leadership:
                 log.info("replica %s steps down as leader", self.replica)
             self.since = None
             self.lock.release()
+        try:
+            with self.db.session() as session:
+                leave(session, replica=self.replica)
+        except Exception as exc:  # the leader will call it gone; nothing else depends on it
+            log.warning("replica %s: leaving the member list failed: %s", self.replica, exc)
 
     def _run(self) -> None:
         while not self._stop.wait(self.retry_s):
@@ -141,24 +158,50 @@ class Leadership:
                 log.exception("leader election: an attempt failed")
 
     def attempt(self) -> None:
-        """One round: a follower tries to take the lock; the leader renews its row."""
+        """One round: a follower tries to take the lock; the leader renews its row and
+        checks for replicas gone; every replica renews its member row."""
         with self._mutex:
             if self._stop.is_set():
                 return
-            if self.since is None:
-                if self.lock.try_acquire():
-                    self.since = self.clock()
-                    log.warning(
-                        "replica %s is the leader since %s (%s): it drives rollouts, drift "
-                        "alerts and staleness sweeps",
-                        self.replica,
-                        self.since.isoformat(),
-                        self.lock.where,
-                    )
-                    self._write_row()
-                return
-        if self.leading():
+            if self.since is None and self.lock.try_acquire():
+                self.since = self.clock()
+                log.warning(
+                    "replica %s is the leader since %s (%s): it drives rollouts, drift "
+                    "alerts and staleness sweeps",
+                    self.replica,
+                    self.since.isoformat(),
+                    self.lock.where,
+                )
+        leading = self.leading()
+        if leading:
             self._write_row()
+        self._membership(leading=leading)
+
+    def _membership(self, *, leading: bool) -> None:
+        now = self.clock()
+        try:
+            with self.db.session() as session:
+                heartbeat(
+                    session,
+                    replica=self.replica,
+                    public_url=self.public_url,
+                    started_at=self.started_at,
+                    now=now,
+                )
+                if not leading:
+                    return
+                changes = check_gone(session, now=now, gone_after_s=self.gone_after_s)
+        except Exception as exc:  # renewed next round; the lock is what counts
+            log.warning("replica %s: member row not renewed: %s", self.replica, exc)
+            return
+        for replica in changes.opened:
+            log.warning(
+                "replica %s has not been heard from for %.0f s: alert raised",
+                replica,
+                self.gone_after_s,
+            )
+        for replica in changes.resolved:
+            log.info("replica %s is back (or left cleanly): alert resolved", replica)
 
     def _lost(self, why: str) -> None:
         with self._mutex:
@@ -198,8 +241,9 @@ def start_leadership(fleet: Fleet) -> Leadership:
     settings = fleet.settings
     leadership = Leadership(
         fleet.db,
-        replica=settings.replica_id or default_replica_id(),
+        replica=settings.replica_id or default_replica_id(settings.data_dir),
         retry_s=settings.leader_retry_s,
+        public_url=settings.public_url,
         clock=fleet.clock,
     ).start()
     fleet.leader = leadership

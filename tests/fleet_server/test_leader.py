@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from fleet_server.cluster import FileLock, LeaderLoop, Leadership
 from fleet_server.context import Fleet
 from fleet_server.db import Database
-from fleet_server.db.tables import ClusterLeader, Rollout
+from fleet_server.db.tables import Alert, ClusterLeader, ClusterMember, Rollout
 from fleet_server.rollouts import service
 from fleet_server.rollouts.engine import RolloutEngine
 from fleet_server.rollouts.plan import Plan, RolloutRequest, Selector
@@ -104,8 +104,8 @@ def test_a_leader_whose_lock_connection_dies_stops_leading_and_another_takes_ove
                     )
                 )
             assert killed == 1
-            b.attempt()  # the server released the lock with the session
-            assert b.leading()
+            # the server releases the lock as the killed backend exits (a moment later)
+            wait_for(lambda: b.attempt() or b.leading(), what="fleet-b taking the lock")
             with b.db.session() as s:
                 assert not a.fence(s), "a decision of the old leader would still commit"
             assert not a.leading()  # it finds out before its next unit of work
@@ -208,8 +208,16 @@ def test_two_apps_on_one_database_agree_on_the_leader_and_hand_over(
                 cluster = client.get("/api/v1/cluster").json()
                 assert cluster["leader"]["replica"] == "fleet-a"
             assert "lock" in cluster["lock"]
-        # b stopped (a follower leaving changes nothing); a still leads
-        assert a.get("/api/v1/cluster").json()["leading"] is True
+            assert [(m["replica"], m["leader"], m["gone"]) for m in cluster["members"]] == [
+                ("fleet-a", True, False),
+                ("fleet-b", False, False),
+            ]
+        # b stopped cleanly: it left the member list (a follower leaving changes nothing else)
+        cluster = a.get("/api/v1/cluster").json()
+        assert cluster["leading"] is True
+        assert [m["replica"] for m in cluster["members"]] == ["fleet-a"]
+        assert a.delete("/api/v1/cluster/members/fleet-a").status_code == 409
+        assert a.delete("/api/v1/cluster/members/fleet-b").status_code == 404
 
     with fleet_client(tmp_path / "b", db_url, replica_id="fleet-b", **settings) as b:
         # a stopped; b takes over within a retry or two
@@ -217,6 +225,43 @@ def test_two_apps_on_one_database_agree_on_the_leader_and_hand_over(
         cluster = b.get("/api/v1/cluster").json()
         assert cluster["leading"] is True
         assert cluster["leader"]["replica"] == "fleet-b"
+
+
+def test_the_leader_raises_an_alert_for_a_replica_gone_silent(db: Database, db_url: str) -> None:
+    clock = Clock()
+    a = Leadership(Database(db_url), replica="fleet-a", retry_s=2, clock=clock)
+    b = Leadership(Database(db_url), replica="fleet-b", retry_s=2, clock=clock)
+
+    def gone_alerts() -> list[tuple[str, bool]]:
+        with db.session() as s:
+            return [
+                (a.message, a.resolved_at is not None)
+                for a in s.scalars(select(Alert).where(Alert.kind == "replica_gone"))
+            ]
+
+    try:
+        a.attempt()  # rounds run by hand (no threads): a leads, both are members
+        b.attempt()
+        clock.advance(5 * 2 + 1)  # b silent for five rounds and a bit
+        a.attempt()
+        alerts = gone_alerts()
+        assert len(alerts) == 1
+        message, resolved = alerts[0]
+        assert message.startswith("fleet replica fleet-b not heard from since")
+        assert "restart it on the same host and data directory" in message
+        assert not resolved
+        with db.session() as s:
+            members = {m["replica"]: m["gone"] for m in a.info(s)["members"]}
+        assert members == {"fleet-a": False, "fleet-b": True}
+        a.attempt()
+        assert len(gone_alerts()) == 1  # raised once
+        b.attempt()  # back
+        a.attempt()
+        assert gone_alerts() == [(message, True)]
+    finally:
+        stop(a, b)
+    with db.session() as s:  # a clean stop leaves the member list
+        assert list(s.scalars(select(ClusterMember.replica))) == []
 
 
 def test_replicas_starting_together_migrate_one_after_another(db_url: str) -> None:
