@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -88,10 +88,17 @@ def enroll(
 def list_devices(
     actor: ActorDep,
     session: SessionDep,
+    fleet: FleetDep,
     label: Annotated[list[str], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
     profile: str | None = None,
     version: str | None = None,
     online: bool | None = None,
+    seen_within_s: Annotated[
+        float | None, Query(gt=0, description="last seen less than this many seconds ago")
+    ] = None,
+    unseen_for_s: Annotated[
+        float | None, Query(gt=0, description="not seen for this many seconds, or never")
+    ] = None,
     sort: service.DeviceSort = service.DeviceSort.ID,
     label_key: Annotated[str | None, Query(max_length=128, description="for sort=label")] = None,
     desc: bool = False,
@@ -99,8 +106,14 @@ def list_devices(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DevicePage:
     actor.require(Role.VIEWER)
+    now = fleet.clock()
     where = service.DeviceFilter(
-        labels=service.parse_label_filters(label), profile=profile, version=version, online=online
+        labels=service.parse_label_filters(label),
+        profile=profile,
+        version=version,
+        online=online,
+        seen_after=None if seen_within_s is None else now - timedelta(seconds=seen_within_s),
+        seen_before=None if unseen_for_s is None else now - timedelta(seconds=unseen_for_s),
     )
     rows, total = service.list_devices(
         session, where, sort=sort, label_key=label_key, descending=desc, limit=limit, offset=offset

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from fleet_server.auth import Actor, audit
@@ -40,6 +40,8 @@ class DeviceFilter:
     profile: str | None = None
     version: str | None = None
     online: bool | None = None
+    seen_after: datetime | None = None  # last seen after this
+    seen_before: datetime | None = None  # last seen before this, or never
 
 
 def parse_label_filters(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -62,6 +64,10 @@ def _filtered(query: Select[tuple[Device]], where: DeviceFilter) -> Select[tuple
         query = query.where(Device.active_bundle["version"].as_string() == where.version)
     if where.online is not None:
         query = query.where(Device.online.is_(where.online))
+    if where.seen_after is not None:
+        query = query.where(Device.last_seen > where.seen_after)
+    if where.seen_before is not None:
+        query = query.where(or_(Device.last_seen < where.seen_before, Device.last_seen.is_(None)))
     return query
 
 

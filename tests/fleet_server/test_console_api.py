@@ -164,3 +164,34 @@ def test_a_token_in_use_is_stamped_once_a_minute_not_on_every_read(
         assert first is not None
         client.get("/api/v1/me", headers=as_token(client, viewer["token"]))
         assert stamp() == first
+
+
+def test_devices_filtered_by_when_they_were_last_seen(tmp_path: Path, db_url: str) -> None:
+    with fleet_client(tmp_path, db_url) as client:
+        token = new_token(client, max_uses=10)["token"]
+        for n in range(4):
+            enroll(client, token, f"dev-{n}")
+        now = datetime.now(UTC)
+        db = Database(db_url)
+        try:
+            with db.session() as session:
+                for n, ago in enumerate(
+                    (timedelta(seconds=10), timedelta(hours=2), timedelta(days=2))
+                ):
+                    device = session.get(Device, f"dev-{n}")
+                    assert device is not None
+                    device.last_seen = now - ago  # dev-3 was never seen
+        finally:
+            db.dispose()
+
+        def ids(**params: str) -> list[str]:
+            page = client.get("/api/v1/devices", params=params).json()
+            return [d["id"] for d in page["items"]]
+
+        assert ids(seen_within_s="60") == ["dev-0"]
+        assert ids(seen_within_s="86400") == ["dev-0", "dev-1"]
+        assert ids(unseen_for_s="3600") == ["dev-1", "dev-2", "dev-3"]
+        assert ids(unseen_for_s="86400", seen_within_s="864000") == ["dev-2"]
+        bad = client.get("/api/v1/devices", params={"unseen_for_s": "0"})
+        assert bad.status_code == 422
+        assert bad.json()["field"] == "unseen_for_s"

@@ -2,6 +2,9 @@
 import { badge, errorBox, h, replace, time } from "../ui.js";
 
 const PAGE = 50;
+// "w<s>": seen within s seconds; "u<s>": not seen for s seconds (or never)
+const SEEN = [["", "any time"], ["w300", "in the last 5 min"], ["w3600", "in the last hour"],
+  ["u3600", "not for an hour"], ["u86400", "not for a day"], ["u604800", "not for a week"]];
 const COLUMNS = [
   { key: "id", label: "Device", sort: "id" },
   { key: "labels", label: "Labels", sort: "label" },
@@ -18,6 +21,7 @@ export async function mount(root, ctx, params) {
     version: params.get("version") || "",
     online: params.get("online") || "",
     label_key: params.get("label_key") || "",
+    seen: params.get("seen") || "",
     sort: params.get("sort") || "id",
     desc: params.get("desc") === "true",
     offset: Number(params.get("offset") || 0),
@@ -36,13 +40,16 @@ export async function mount(root, ctx, params) {
         h("option", { value: "" }, "any"),
         h("option", { value: "true", selected: state.online === "true" }, "online"),
         h("option", { value: "false", selected: state.online === "false" }, "offline"))),
+    h("div", { class: "field" }, h("label", { for: "f-seen" }, "Last seen"),
+      h("select", { id: "f-seen", name: "seen" }, SEEN.map(([value, text]) =>
+        h("option", { value, selected: state.seen === value }, text)))),
     field("label_key", "Sort labels by key", "line"),
     h("button", { type: "submit" }, "Filter"),
   );
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     const data = new FormData(form);
-    for (const k of ["label", "profile", "version", "online", "label_key"]) state[k] = String(data.get(k) || "").trim();
+    for (const k of ["label", "profile", "version", "online", "seen", "label_key"]) state[k] = String(data.get(k) || "").trim();
     if (state.sort === "label" && !state.label_key) state.sort = "id";
     state.offset = 0;
     refresh();
@@ -62,6 +69,8 @@ export async function mount(root, ctx, params) {
         params: {
           label: state.label ? state.label.split(/\s*,\s*/) : undefined,
           profile: state.profile, version: state.version, online: state.online,
+          seen_within_s: state.seen.startsWith("w") ? state.seen.slice(1) : undefined,
+          unseen_for_s: state.seen.startsWith("u") ? state.seen.slice(1) : undefined,
           sort: state.sort, label_key: state.label_key, desc: state.desc, limit: PAGE, offset: state.offset,
         },
       });
@@ -94,7 +103,7 @@ export async function mount(root, ctx, params) {
     const dir = sorted ? (state.desc ? "descending" : "ascending") : "none";
     return h("th", { scope: "col", "aria-sort": dir },
       h("button", { type: "button", class: "sort", onclick: () => {
-        state.desc = sorted ? !state.desc : c.sort === "last_seen";
+        state.desc = state.sort === c.sort ? !state.desc : c.sort === "last_seen";  // read now: a quick second click sees the first
         state.sort = c.sort;
         state.offset = 0;
         refresh();
