@@ -402,6 +402,16 @@ def _run(
         what="every device on 2.0.0",
     )
 
+    # the new leader names the dead replica: the broker still queues its share for it
+    gone = wait_for(
+        lambda: b.ok("GET", "/alerts", params={"kind": "replica_gone", "open": "true"})["alerts"],
+        timeout=60,
+        what="a replica_gone alert for fleet-a",
+    )
+    assert [g["message"].split(" not heard")[0] for g in gone] == ["fleet replica fleet-a"]
+    members = {m["replica"]: m["gone"] for m in b.ok("GET", "/cluster")["members"]}
+    assert members == {"fleet-a": True, "fleet-b": False}
+
     log_b = b.text()
     assert "replica fleet-b is the leader since" in log_b
     took_over = log_b.index("replica fleet-b is the leader since")
