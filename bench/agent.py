@@ -464,6 +464,7 @@ def _footprint(model: Model, key: Path, threads: int, work: Path) -> dict[str, A
     first: list[tuple[float, float]] = []
     restart: list[tuple[float, float]] = []
     rss = []
+    load = [os.getloadavg()[0]]
     for i in range(STARTS):
         config = _config(work / f"{model.name}-{i}", model.bundle, key, threads=threads)
         for times in (first, restart):
@@ -478,6 +479,7 @@ def _footprint(model: Model, key: Path, threads: int, work: Path) -> dict[str, A
         "rss": sorted(rss, key=lambda r: r["VmRSS"])[len(rss) // 2],
         "rss_max": max(r["VmRSS"] for r in rss),
         "bare_rss": _bare_process_rss(model, key, threads, work),
+        "load": [*load, os.getloadavg()[0]],
     }
 
 
@@ -738,6 +740,23 @@ def _footprint_section(
             f"({f['first_boot_cpu_s']:.2f} s) | {f['restart_s']:.2f} s "
             f"({f['restart_cpu_s']:.2f} s) | {_verdict(start, MAX_START_S)} |"
         )
+    waited = []
+    for model, f in footprint:
+        wall = max(f["first_boot_s"], f["restart_s"])
+        cpu = max(f["first_boot_cpu_s"], f["restart_cpu_s"])
+        if wall > MAX_START_S >= cpu:
+            waited.append(
+                f"{model.label}: {wall:.2f} s on the wall clock, {cpu:.2f} s of CPU "
+                f"(1-minute load average {min(f['load']):.1f}-{max(f['load']):.1f})"
+            )
+    if waited:
+        rows += [
+            "",
+            f"The start misses on the wall clock only ({os.cpu_count()} cores, shared): "
+            + "; ".join(waited)
+            + ". The CPU the agent used to its first answer, all its threads together, is "
+            "within the goal.",
+        ]
     first, restart = stages
     stage_rows = []
     for i in range(1, len(restart)):
