@@ -147,7 +147,7 @@ def test_a_staged_rollout_from_the_form_paused_resumed_and_a_breach_rolled_back(
 ) -> None:
     login(page, fleet.tokens["operator"])
     nav(page, "Rollouts").click()
-    fill_rollout_form(page, name="tiny 2.0.0 to line 3", version="2.0.0", first_soak_s=8)
+    fill_rollout_form(page, name="tiny 2.0.0 to line 3", version="2.0.0", first_soak_s=20)
     # the live count: two presses and the Pi on line 3; the Pi has no bundle
     preview = page.locator("#r-preview")
     expect()(preview).to_contain_text("3 matching, 2 compatible, 1 incompatible")
