@@ -23,6 +23,7 @@ from edge_agent.protocol.histogram import quantile
 from fleet_server.db.tables import Alert, Device, TelemetryWindow
 from fleet_server.drift.alerts import list_alerts
 from fleet_server.errors import NotFoundError
+from fleet_server.ingest.store import ALERTING_EVENTS
 from fleet_server.rollouts.service import ACTIVE, list_rollouts
 
 __all__ = ["AlertKind", "FeedItem", "overview", "performance", "recent_alerts"]
@@ -30,14 +31,9 @@ __all__ = ["AlertKind", "FeedItem", "overview", "performance", "recent_alerts"]
 AlertKind = Literal["gate_breach", "failed_activation", "drift", "device_error", "telemetry_loss"]
 
 # the kinds of alert the other components write: the rollout engine on a gate breach, the
-# ingest on a device event that means an update did not take (or any error), the drift monitor
+# ingest on a device event that means an update did not take (ALERTING_EVENTS, named after the
+# event) or on any error event, the drift monitor on drift
 GATE_ALERT = "rollout_gate"
-FAILED_ACTIVATION = (
-    "update.refused",
-    "update.rolled_back",
-    "update.rollback_failed",
-    "bundle.unusable",
-)
 DRIFT_ALERT = "drift"
 
 
@@ -69,7 +65,7 @@ def _aware(ts: datetime) -> datetime:
 def _kind(alert: Alert) -> AlertKind | None:
     if alert.kind == GATE_ALERT:
         return "gate_breach"
-    if alert.kind in FAILED_ACTIVATION:
+    if alert.kind in ALERTING_EVENTS:
         return "failed_activation"
     if alert.kind == DRIFT_ALERT:
         return "drift" if alert.resolved_at is None else None  # resolved: nobody's concern
