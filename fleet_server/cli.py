@@ -489,6 +489,13 @@ def flash(image: Path, target: Path) -> None:
 )
 @click.option("--rate", default=10.0, show_default=True, help="Requests per second per device.")
 @click.option(
+    "--profile",
+    "profiles",
+    multiple=True,
+    help="Convert for and run devices of this profile (repeatable); default: every profile "
+    "this machine can stand in for.",
+)
+@click.option(
     "--headless", is_flag=True, help="Run to completion and exit; do not wait for Ctrl-C."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -499,6 +506,7 @@ def demo(
     port: int,
     mqtt_url: str,
     rate: float,
+    profiles: tuple[str, ...],
     headless: bool,
     as_json: bool,
 ) -> None:
@@ -538,7 +546,13 @@ def demo(
         click.echo("stopping the agents and the fleet server", err=True)
 
     options = DemoOptions(
-        work_dir=work_dir, devices=devices, host=host, port=port, mqtt_url=mqtt_url, rate_hz=rate
+        work_dir=work_dir,
+        devices=devices,
+        profiles=profiles,
+        host=host,
+        port=port,
+        mqtt_url=mqtt_url,
+        rate_hz=rate,
     )
     report = run_demo(options, say=say, hold=None if headless else hold)
     if headless:

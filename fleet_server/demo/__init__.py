@@ -1,5 +1,5 @@
 """`edgefleet demo`: a real fleet on one machine: training, conversion, server, agents, rollouts."""
 
-from fleet_server.demo.run import REPORT_KEYS, DemoError, DemoOptions, run_demo
+from fleet_server.demo.run import REPORT_KEYS, DemoError, DemoOptions, host_profiles, run_demo
 
-__all__ = ["REPORT_KEYS", "DemoError", "DemoOptions", "run_demo"]
+__all__ = ["REPORT_KEYS", "DemoError", "DemoOptions", "host_profiles", "run_demo"]

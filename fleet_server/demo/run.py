@@ -27,7 +27,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import numpy as np
 from fleet_server.demo.devices import AgentProcess, Traffic
 from fleet_server.errors import FleetError
 
-__all__ = ["REPORT_KEYS", "DemoError", "DemoOptions", "run_demo"]
+__all__ = ["REPORT_KEYS", "DemoError", "DemoOptions", "host_profiles", "run_demo"]
 
 REPORT_KEYS = ("devices", "rollouts", "telemetry", "drift", "elapsed_s")
 MODEL = "digits"
@@ -55,7 +55,7 @@ class DemoOptions:
     work_dir: Path
     devices: int = 20
     drifted_every: int = 5  # every 5th device is in the drifted cohort
-    profiles: tuple[str, ...] = ("x86-64", "x86-64-vnni")
+    profiles: tuple[str, ...] = ()  # empty: every profile this machine can run (`host_profiles`)
     host: str = "127.0.0.1"
     port: int = 8080
     mqtt_url: str = ""
@@ -67,6 +67,24 @@ class DemoOptions:
 
 
 Say = Callable[[str], None]
+
+
+def host_profiles() -> tuple[str, ...]:
+    """The profiles whose devices this machine can stand in for: its CPU architecture,
+    no accelerator, an onnxruntime runtime (the agents here run on its CPU provider)."""
+    import platform
+
+    from edge_agent.profiles import list_profiles
+
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower())
+    arch = arch or platform.machine().lower()
+    return tuple(
+        p.name
+        for p in list_profiles()
+        if p.hardware.arch == arch
+        and p.hardware.accelerator.kind == "none"
+        and p.runtime.name == "onnxruntime"
+    )
 
 
 def _free_port() -> int:
@@ -346,6 +364,14 @@ def run_demo(
     """Run the demo; return its report. `hold`, if given, is called with the report while
     everything still runs (the interactive demo waits there for Ctrl-C)."""
     started = time.monotonic()
+    if not options.profiles:
+        found = host_profiles()
+        if not found:
+            raise DemoError(
+                "no hardware profile describes a device this machine can stand in for "
+                "(its CPU architecture, no accelerator, onnxruntime); name one with --profile"
+            )
+        options = replace(options, profiles=found)
     work = options.work_dir.resolve()
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("fleet", "devices"):  # each run starts a fresh fleet
@@ -461,11 +487,11 @@ def run_demo(
 
         traffic.stop()
         telemetry = _telemetry(api, traffic, ids, options.window_s)
-        found = _devices(api)
+        registry = _devices(api)
         report: dict[str, Any] = {
             "devices": {
                 "started": len(devices),
-                "online": sum(found[i]["online"] for i in ids if i in found),
+                "online": sum(registry[i]["online"] for i in ids if i in registry),
             },
             "rollouts": [v2, v3],
             "telemetry": telemetry,
