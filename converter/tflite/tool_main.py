@@ -133,7 +133,7 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf  # type: ignore[import-untyped]
 
-    calibration = {n: np.load(p).astype(np.float32) for n, p in request["calibration"].items()}
+    calibration = {n: np.load(p) for n, p in request["calibration"].items()}
     variants: dict[str, dict[str, Any]] = {}
     for spec in request["variants"]:
         dest = work / f"{spec['name']}.tflite"
