@@ -282,6 +282,10 @@ def test_keyboard_alone_logs_in_and_reaches_the_main_actions(page: Any, fleet: F
             "pause by console-operator: paused from the keyboard"
         )
         expect()(page.get_by_role("button", name="Resume")).to_be_focused()
+        confirm(page, "Abort", "not today")
+        expect()(status_badge(page)).to_have_text("aborted")
+        expect()(page.get_by_role("button", name="Roll back")).to_be_visible()  # still possible
+        expect()(page.get_by_role("button", name="Resume")).to_have_count(0)
     finally:
         fleet.admin.post(f"/rollouts/{rollout['id']}/abort")
 
