@@ -114,6 +114,9 @@ def pack_bundle(
             reference.model_dump_json().encode(), MemberRole.REFERENCE
         ),
     }
+    source_file = compiled.with_name("model_data.cc")  # TFLite Micro: the model as a C array
+    if compiled.suffix == ".tflite" and source_file.exists():
+        files[f"model/{source_file.name}"] = BundleFile(source_file, MemberRole.EXTRA)
     budget = {
         "max_top1_disagreement": profile.accuracy.max_top1_disagreement,
         "max_relative_error": profile.accuracy.max_relative_error,

@@ -26,9 +26,10 @@ from converter.data import Dataset
 from converter.errors import ExportError, first_line
 from converter.load import SourceModel
 from converter.tflite.export import VariantSpec, export_variants
+from converter.tflite.micro import MICRO_SOURCE, c_array, check_micro
 from converter.tflite.run import tensor_specs, write_specs
 from converter.tflite.toolenv import ToolSettings, ensure_tool_env
-from edge_agent.bundle import Precision, QuantizationRecipe
+from edge_agent.bundle import Precision, QuantizationRecipe, RuntimeName
 from edge_agent.profiles import HardwareProfile
 
 __all__ = ["TFLiteBuilds", "tflite_candidates", "variant_for"]
@@ -174,5 +175,28 @@ def tflite_candidates(
             validate_candidate(cand, reference, validation, profile, labels)
         except Exception as exc:  # LiteRT refusing the model (an op it lacks)
             cand.error = f"the TFLite model does not run: {first_line(exc)}"
+        if profile.runtime.name is RuntimeName.TFLITE_MICRO and cand.error is None:
+            _micro(cand, dest, profile)
         out.append(cand)
     return out
+
+
+def _micro(cand: Candidate, model: Path, profile: HardwareProfile) -> None:
+    """TFLite Micro: TFLM's kernels, the arena against the memory budget, the C array."""
+    report = check_micro(model)
+    budget = profile.budgets.max_memory_bytes
+    cand.notes.append(
+        f"TFLite Micro: tensor arena about {report.arena_bytes} B at batch 1 (activations "
+        f"alive at once; kernel scratch on top), budget {budget} B; flash "
+        f"{report.flash_bytes} B; operators {', '.join(report.ops)}"
+    )
+    if report.unsupported:
+        cand.error = (
+            f"TFLite Micro has no kernel for {', '.join(report.unsupported)}; "
+            "change the model to avoid these operators"
+        )
+    elif report.arena_bytes > budget:
+        cand.rejected = (
+            f"tensor arena about {report.arena_bytes} B is over the {budget} B memory budget"
+        )
+    c_array(model, model.with_name(MICRO_SOURCE))

@@ -23,6 +23,7 @@ from converter.errors import ExportError, ToolEnvError
 from converter.load import load_onnx
 from converter.sources import export_torch
 from converter.tflite.export import VariantSpec, export_variants
+from converter.tflite.micro import check_micro
 from converter.tflite.toolenv import ToolEnv, ToolSettings, ensure_tool_env, env_path
 from converter.validate import run_model
 from edge_agent import open_bundle
@@ -124,6 +125,25 @@ def test_the_manifest_records_layout_and_integer_io(
     assert esp.quantization.per_channel is True
     assert m.selftest is not None
     assert coral.selftest().max_abs_error <= m.selftest.atol
+
+
+def test_a_tflite_micro_bundle_carries_its_c_array_and_arena_estimate(
+    cnn: dict[str, Any], keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    bundle = _bundle(cnn["report"], "esp32-s3")
+    model = open_bundle(bundle["path"], trust=[keys[1]])
+    flatbuffer = model.bundle.read_member(model.manifest.entrypoint)
+    source = model.bundle.read_member("model/model_data.cc").decode()
+    assert model.manifest.members["model/model_data.cc"].role.value == "extra"
+    assert f"g_model_len = {len(flatbuffer)};" in source
+    assert source.count("0x") == len(flatbuffer)
+    (tmp_path / "m.tflite").write_bytes(flatbuffer)
+    report = check_micro(tmp_path / "m.tflite")
+    assert report.unsupported == []
+    # the two 3x3 convolutions' int8 outputs at 8x8 (16 and 32 channels) are alive at once
+    assert report.arena_bytes == 8 * 8 * 16 + 8 * 8 * 32
+    chosen = next(c for c in bundle["candidates"] if c["chosen"])
+    assert any(f"tensor arena about {report.arena_bytes} B" in n for n in chosen["notes"])
 
 
 def test_every_variant_is_validated_benchmarked_and_reported(cnn: dict[str, Any]) -> None:
