@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test bench lint typecheck system-deps tflite-tools clean
+.PHONY: demo test bench lint typecheck system-deps tflite-tools clean screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11; set PYTHON=python3.11")'
@@ -61,6 +61,10 @@ typecheck: $(STAMP)
 
 test: $(STAMP) system-deps tflite-tools lint typecheck
 	$(PY) -m pytest
+
+# the console's browser tests, saving their screenshots where docs/console.md shows them
+screenshots: $(STAMP) system-deps
+	EDGEFLEET_SCREENSHOTS=$(CURDIR)/docs/console $(PY) -m pytest tests/console
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -31,7 +31,9 @@ from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, ok
 from tests.harness.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "console"
+# where the screenshots go: build/ by default, so a test run leaves the tree clean;
+# `make screenshots` points this at docs/console/ to refresh the ones docs/console.md shows
+SHOTS = Path(os.environ.get("EDGEFLEET_SCREENSHOTS") or ROOT / "build" / "console-screenshots")
 CHROMIUM = Path(os.environ.get("EDGEFLEET_CHROMIUM", "/usr/bin/chromium"))
 # this machine (and a factory network) has no internet: nothing in the background either
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -190,7 +192,7 @@ def page(browser: Any, fleet: Fleet) -> Iterator[Any]:
 
 
 def shot(page: Any, name: str) -> None:
-    """Save a screenshot for docs/console.md."""
+    """Save a screenshot (for docs/console.md with `make screenshots`)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
