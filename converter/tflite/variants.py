@@ -25,6 +25,7 @@ from converter.candidates import Candidate, validate_candidate
 from converter.data import Dataset
 from converter.errors import ExportError, first_line
 from converter.load import SourceModel
+from converter.tflite.edgetpu import EDGETPU_DELEGATE, check_edgetpu
 from converter.tflite.export import VariantSpec, export_variants
 from converter.tflite.micro import MICRO_SOURCE, c_array, check_micro
 from converter.tflite.run import tensor_specs, write_specs
@@ -177,6 +178,8 @@ def tflite_candidates(
             cand.error = f"the TFLite model does not run: {first_line(exc)}"
         if profile.runtime.name is RuntimeName.TFLITE_MICRO and cand.error is None:
             _micro(cand, dest, profile)
+        if EDGETPU_DELEGATE in profile.runtime.delegates and p is Precision.INT8_FULL:
+            cand.notes.append(check_edgetpu(dest).describe())
         out.append(cand)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ def test_the_manifest_records_layout_and_integer_io(
     assert esp.quantization.per_channel is True
     assert m.selftest is not None
     assert coral.selftest().max_abs_error <= m.selftest.atol
+    chosen = next(c for c in _bundle(cnn["report"], "coral-edgetpu")["candidates"] if c["chosen"])
+    # convolutions, pooling, transpose, reshape, fully connected: all on the Edge TPU
+    assert any(re.match(r"Edge TPU: (\d+) of \1 operators map", n) for n in chosen["notes"])
 
 
 def test_a_tflite_micro_bundle_carries_its_c_array_and_arena_estimate(
