@@ -26,6 +26,7 @@ SECTIONS = {
     "agent": "bench.agent",
     "provision": "bench.provision",
     "tflite": "bench.tflite",
+    "fleet": "bench.fleet",
 }
 
 HEADER = [
