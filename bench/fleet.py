@@ -51,7 +51,7 @@ MAX_BREACH_TO_ORDER_S = 1.0
 
 WORKERS = 2  # simulator processes (the machine has two cores)
 DEVICE_COUNTS = (1000, 5000)
-MESSAGES = {1000: 10, 5000: 3}  # windows per device per run
+MESSAGES = {1000: 30, 5000: 6}  # windows per device per run: 30,000 windows, 10 s or more a run
 
 
 @dataclass(frozen=True)
