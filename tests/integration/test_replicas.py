@@ -49,7 +49,7 @@ from fleet_server.db import normalize_url
 from fleet_server.db.tables import TelemetryWindow
 from tests.edge_agent import agent_bundles
 from tests.edge_agent.agent_env import wait_for
-from tests.harness.mosquitto import Mosquitto, free_port, wait_for_port
+from tests.harness.mosquitto import Mosquitto, free_port
 from tests.harness.postgres import fresh_database_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +74,41 @@ class Replica:
         return self.log.read_text(errors="replace")
 
 
+def _serve(
+    name: str, *, data: Path, db_url: str, mqtt_port: int, trust: Path, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the process and wait until it answers as `name`; a free port taken by another
+    process between picking and binding (other tests share this machine) is picked again."""
+    for _attempt in range(3):
+        port = free_port()
+        before = log.stat().st_size if log.exists() else 0
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "fleet", "serve",
+                 "--data-dir", str(data), "--db", db_url,
+                 "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}",
+                 "--port", str(port), "--trust", str(trust), "--replica-id", name],
+                cwd=ROOT, stdout=out, stderr=out,
+                env={**os.environ, "EDGEFLEET_ADMIN_TOKEN": ADMIN},
+            )  # fmt: skip
+
+        def answers(port: int = port, proc: subprocess.Popen[bytes] = proc) -> bool:
+            if proc.poll() is not None:
+                return True  # exited: judged below
+            try:
+                health = httpx2.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=2)
+            except httpx2.HTTPError:
+                return False
+            return health.status_code == 200 and health.json().get("replica") == name
+
+        wait_for(answers, timeout=60, what=f"{name} answering on port {port}")
+        if proc.poll() is None:
+            return proc, port
+        if "address already in use" not in log.read_bytes()[before:].decode(errors="replace"):
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()}")
+    raise RuntimeError(f"{name}: three free ports were taken before it could bind")
+
+
 @contextmanager
 def replica(
     name: str, *, root: Path, shared: Path, db_url: str, mqtt_port: int, trust: Path
@@ -84,24 +119,14 @@ def replica(
     data.mkdir(parents=True)
     (data / "bundles").symlink_to(shared / "bundles", target_is_directory=True)
     (data / "url-secret").symlink_to(shared / "url-secret")
-    port = free_port()
     log = root / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_agent", "fleet", "serve",
-             "--data-dir", str(data), "--db", db_url,
-             "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}",
-             "--port", str(port), "--trust", str(trust), "--replica-id", name],
-            cwd=ROOT, stdout=out, stderr=out,
-            env={**os.environ, "EDGEFLEET_ADMIN_TOKEN": ADMIN},
-        )  # fmt: skip
+    proc, port = _serve(name, data=data, db_url=db_url, mqtt_port=mqtt_port, trust=trust, log=log)
     client = httpx2.Client(
         base_url=f"http://127.0.0.1:{port}/api/v1",
         headers={"Authorization": f"Bearer {ADMIN}"},
         timeout=30,
     )
     try:
-        wait_for_port(port, proc, log, timeout=60)
         yield Replica(name, port, proc, log, client)
     finally:
         client.close()
@@ -349,7 +374,8 @@ def _run(
 
     # -- a rollout created through the follower, driven by the leader ---------------------
     plan = {
-        "stages": [{"count": 2, "soak_s": 3}, {"percent": 100, "soak_s": 1}],
+        # the first stage soaks long enough for the kill to land in it, even on a busy machine
+        "stages": [{"count": 2, "soak_s": 8}, {"percent": 100, "soak_s": 1}],
         "on_breach": "pause",
     }
     rollout = b.ok("POST", "/rollouts", json={
@@ -382,6 +408,7 @@ def _run(
     # -- the leader dies; the follower takes over and finishes ----------------------------
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait(10)
+    first = orders(a.text())  # all fleet-a ever sent
     wait_for(
         lambda: b.ok("GET", "/cluster")["leading"],
         timeout=60,
@@ -419,10 +446,15 @@ def _run(
         log_b.index(m.group(0)) > took_over for m in re.finditer(r"replica fleet-b sent .*", log_b)
     ), "fleet-b sent orders before it led"
     second = orders(log_b)
-    assert set(first) | set(second) == {d.device_id for d in devices}
-    assert len(first) == 2  # the first stage, from fleet-a alone
+    assert set(first) | set(second) == {d.device_id for d in devices}, (first, second)
+    assert len(first) == 2, first  # the first stage, from fleet-a alone
     # the first stage's downloads came from fleet-a, the rest from fleet-b: a bundle
     # uploaded through fleet-a served by fleet-b from the shared storage
     for device in devices:
         expected = a.port if device.device_id in first else b.port
-        assert any(f":{expected}/" in url for url in device.downloads), device.downloads
+        assert any(f":{expected}/" in url for url in device.downloads), (
+            device.device_id,
+            device.downloads,
+            a.text()[-3000:],
+            log_b[-3000:],
+        )
