@@ -27,7 +27,10 @@ def get_session(fleet: FleetDep) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the route returns, before the response is
+# sent. With the default ("request") the commit came after it, so a client that created
+# an enrollment token and used it at once could be told it did not exist.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_actor(request: Request, fleet: FleetDep) -> Actor:

@@ -9,7 +9,9 @@ from tests.fleet_server.app import as_token, fleet_client
 
 def test_tokens_roles_and_audit(tmp_path: Path, db_url: str) -> None:
     with fleet_client(tmp_path, db_url) as client:
-        assert client.get("/api/v1/health").json() == {"status": "ok"}
+        health = client.get("/api/v1/health").json()  # no token needed
+        assert health["status"] == "ok"
+        assert health["leading"] is True  # the only replica leads
         anonymous = client.get("/api/v1/tokens", headers=as_token(client, None))
         assert anonymous.status_code == 401
         assert anonymous.json()["error"] == "unauthorized"
