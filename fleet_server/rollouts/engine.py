@@ -51,6 +51,7 @@ from fleet_server.rollouts.service import ACTIVE, aware, get_rollout
 __all__ = ["TICK_S", "RolloutEngine", "start"]
 
 log = logging.getLogger(__name__)
+SEND_CHUNK = 100  # desired states recorded, and published, per transaction
 TICK_S = 0.25
 _PROGRESS = ("update.downloading", "update.downloaded", "update.verified", "update.warmed_up")
 _TERMINAL = ("failed", "rolled_back", "incompatible")
@@ -110,11 +111,11 @@ class RolloutEngine:
         if not orders:
             return
         sent: list[tuple[_Order, DesiredState]] = []
-        try:
-            for order in orders:
-                sent.append(
-                    (order, self.ports.send_desired(self.fleet, order.desired) or order.desired)
-                )
+        try:  # a transaction per chunk: one per order made 1,000 rollbacks take 7 s
+            for start in range(0, len(orders), SEND_CHUNK):
+                chunk = orders[start : start + SEND_CHUNK]
+                states = self.ports.send_desired(self.fleet, [o.desired for o in chunk])
+                sent += zip(chunk, states, strict=True)
         finally:  # record what went out in one transaction; what did not goes next tick
             self._record(rollout_id, sent)
             if sent:

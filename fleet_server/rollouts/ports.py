@@ -59,9 +59,10 @@ def _download_url(settings: Settings, sha256: str, device_id: str, now: datetime
     return url
 
 
-def _send_desired(fleet: Fleet, desired: DesiredState) -> DesiredState | None:
-    sent: DesiredState | None = _real("fleet_server.devices", "send_desired")(fleet, desired)
-    return sent
+def _send_desired(fleet: Fleet, states: Sequence[DesiredState]) -> list[DesiredState]:
+    send = _real("fleet_server.devices", "send_desired")
+    with fleet.db.session() as session:  # published when, and only if, this commits
+        return [send(fleet, s, session=session) for s in states]
 
 
 def _max_psi(
@@ -82,13 +83,12 @@ def _max_psi(
 class Ports:
     """The other components' functions the rollouts use.
 
-    `send_desired` stores and publishes a retained desired state in its own
-    transaction and returns what it sent (its revision may be raised), or None
-    when it sent the state as given.
+    `send_desired` stores and publishes retained desired states in one transaction
+    (all or none) and returns what it sent, in order (a revision may be raised).
     """
 
     bundle_for: Callable[[Session, str, str, str], Bundle | None] = _bundle_for
     version_by: Callable[[Session, str, str], ModelVersion | None] = _version_by
     download_url: Callable[[Settings, str, str, datetime], str] = _download_url
-    send_desired: Callable[[Fleet, DesiredState], DesiredState | None] = _send_desired
+    send_desired: Callable[[Fleet, Sequence[DesiredState]], list[DesiredState]] = _send_desired
     max_psi: MaxPsi = _max_psi

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,17 +120,19 @@ class World:
     psi: dict[str, float] = field(default_factory=dict)
     sent: list[DesiredState] = field(default_factory=list)
 
-    def send_desired(self, fleet: Fleet, desired: DesiredState) -> DesiredState:
+    def send_desired(self, fleet: Fleet, states: Sequence[DesiredState]) -> list[DesiredState]:
         with fleet.db.session() as session:
-            device = session.get(Device, desired.device_id)
-            assert device is not None
-            device.desired = desired.model_dump(mode="json")
-            device.desired_revision = desired.revision
-        self.broker.pub.publish(
-            topics.desired(desired.device_id), encode(desired), qos=1, retain=True
-        ).wait_for_publish(10)
-        self.sent.append(desired)
-        return desired
+            for desired in states:
+                device = session.get(Device, desired.device_id)
+                assert device is not None
+                device.desired = desired.model_dump(mode="json")
+                device.desired_revision = desired.revision
+        for desired in states:
+            self.broker.pub.publish(
+                topics.desired(desired.device_id), encode(desired), qos=1, retain=True
+            ).wait_for_publish(10)
+            self.sent.append(desired)
+        return list(states)
 
     def max_psi(self, session: Session, settings: Settings, **kw: Any) -> float | None:
         return self.psi.get(kw["bundle_sha256"])
