@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -42,7 +43,7 @@ from converter.pack import pack_bundle
 from converter.prepare import prepare_for_quantization
 from converter.reference import compute_reference, stack
 from converter.report import render_html
-from converter.sources import SKLEARN_SUFFIXES, export_sklearn, export_torch
+from converter.sources import SKLEARN_SUFFIXES, TFLITE_SUFFIX, export_sklearn, export_torch
 from converter.tflite.toolenv import ToolSettings
 from converter.tflite.variants import TFLiteBuilds, tflite_candidates
 from converter.validate import run_model
@@ -58,7 +59,7 @@ _INT8 = {Precision.INT8_STATIC, Precision.INT8_DYNAMIC, Precision.INT8_FULL}
 
 @dataclass(frozen=True)
 class ConvertRequest:
-    model: Path | None  # ONNX, or a pickled scikit-learn model (.pkl, .joblib)
+    model: Path | None  # ONNX, a pickled scikit-learn model (.pkl, .joblib), or .tflite
     profiles: list[HardwareProfile]
     name: str
     version: str
@@ -349,6 +350,8 @@ def _absolute(req: ConvertRequest) -> ConvertRequest:
 def _convert(
     req: ConvertRequest, key: Ed25519PrivateKey, staging: Path, progress: Progress
 ) -> tuple[SourceModel, list[ProfileResult]]:
+    if req.model is not None and req.model.suffix.lower() == TFLITE_SUFFIX:
+        return _import_tflite(req, key, staging, progress)
     model_path, origin = _onnx_source(req, staging, progress)
     progress(f"loading {model_path}")
     source = load_onnx(model_path)
@@ -419,18 +422,111 @@ def _convert(
     req.out_dir.mkdir(parents=True, exist_ok=True)
     for result in results:
         (staging / result.path.name).replace(result.path)
-    report = {
-        "source": {
-            "path": str(req.model) if req.model is not None else f"torch:{req.torch}",
-            "framework": origin.framework,
-            "sha256": source.sha256,
-            "size_bytes": source.size_bytes,
-            "opset": source.opset,
-        },
-        "bundles": [r.to_json(source) for r in results],
+    described = {
+        "path": str(req.model) if req.model is not None else f"torch:{req.torch}",
+        "framework": origin.framework,
+        "sha256": source.sha256,
+        "size_bytes": source.size_bytes,
+        "opset": source.opset,
     }
+    _publish(req, staging, results, source, described)
+    return source, results
+
+
+def _publish(
+    req: ConvertRequest,
+    staging: Path,
+    results: list[ProfileResult],
+    source: SourceModel,
+    described: dict[str, Any],
+) -> None:
+    """Move the bundles from `staging` into place, then write report.json and report.html."""
+    req.out_dir.mkdir(parents=True, exist_ok=True)
+    for result in results:
+        (staging / result.path.name).replace(result.path)
+    report = {"source": described, "bundles": [r.to_json(source) for r in results]}
     (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (staging / "report.html").write_text(render_html(report))
     for name in ("report.json", "report.html"):
         (staging / name).replace(req.out_dir / name)
+
+
+def _import_tflite(
+    req: ConvertRequest, key: Ed25519PrivateKey, staging: Path, progress: Progress
+) -> tuple[SourceModel, list[ProfileResult]]:
+    """An existing `.tflite` file, signed as it is for each TFLite profile
+    (`converter.tflite.importer`): validated, benchmarked, no conversion."""
+    from converter.tflite.importer import (
+        import_profile,
+        read_tflite,
+        reference_stats,
+        validation_data,
+    )
+
+    assert req.model is not None
+    if req.torch is not None:
+        raise SourceModelError("give either a MODEL file or --torch package.module:attr")
+    if req.labels is not None:
+        raise DataError(
+            "--labels compare a conversion with its original model; an imported .tflite "
+            "file has none: leave --labels out"
+        )
+    progress(f"reading {req.model} with LiteRT")
+    model = read_tflite(req.model)
+    if req.precision is not None and req.precision is not model.precision:
+        raise SourceModelError(
+            f"{req.model.name} holds a {model.precision.value} model ({model.described}) and "
+            f"is imported as it is: drop --precision {req.precision.value}"
+        )
+    source = model.source()
+    validation, notes = validation_data(
+        model, validation=req.validation, calibration=req.calibration
+    )
+    for note in notes:
+        progress(note)
+    results: list[ProfileResult] = []
+    reference = None
+    for profile in req.profiles:
+        imported = import_profile(
+            model,
+            profile,
+            validation=validation,
+            work=staging / "work" / profile.name,
+            allow_over_budget=req.allow_over_budget,
+            progress=progress,
+        )
+        reference = reference or reference_stats(validation, imported.outputs)
+        filename = f"{req.name}-{req.version}-{profile.name}.efb"
+        pack_bundle(
+            staging / filename,
+            compiled=imported.compiled,
+            chosen=imported.chosen,
+            source=source,
+            profile=profile,
+            name=req.name,
+            version=req.version,
+            validation=validation,
+            reference=reference,
+            signing_key=key,
+            origin=(req.model.name, "tflite"),
+        )
+        results.append(
+            ProfileResult(
+                profile,
+                req.out_dir / filename,
+                imported.chosen,
+                [imported.chosen],
+                imported.gaps,
+                notes + imported.notes,
+            )
+        )
+    described = {
+        "path": str(req.model),
+        "framework": "tflite",
+        "sha256": source.sha256,
+        "size_bytes": source.size_bytes,
+        "precision": model.precision.value,
+        "operators": model.ops,
+    }
+    _publish(req, staging, results, source, described)
     return source, results

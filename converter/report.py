@@ -25,6 +25,8 @@ def _metric(metrics: dict[str, float] | None) -> str:
         return f"acc {metrics['accuracy']:.4f} (float {metrics['reference_accuracy']:.4f})"
     if "top1_agreement" in metrics:
         return f"top-1 agree {metrics['top1_agreement']:.4f}"
+    if "finite_fraction" in metrics:  # an imported .tflite file: no original to compare with
+        return f"finite {metrics['finite_fraction']:.4f}"
     return f"rel err {metrics['mean_relative_error']:.4f}"
 
 
@@ -88,6 +90,11 @@ def render_html(report: dict[str, Any]) -> str:
         if notes:
             body.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     source = report["source"]
+    kind = (
+        f"opset {source['opset']}"
+        if "opset" in source
+        else f"{e(source['framework'])}, {e(source.get('precision', ''))}, imported as it is"
+    )
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         "<title>edgefleet conversion report</title><style>"
@@ -97,5 +104,5 @@ def render_html(report: dict[str, Any]) -> str:
         "font-weight:600}</style></head><body>"
         f"<h1>Conversion report</h1><p>source {e(source['path'])} "
         f"(sha256 {e(source['sha256'][:16])}…, {e(_size(source['size_bytes']))}, "
-        f"opset {source['opset']})</p>" + "".join(body) + "</body></html>\n"
+        f"{kind})</p>" + "".join(body) + "</body></html>\n"
     )

@@ -20,10 +20,11 @@ import numpy as np
 
 from converter.errors import MissingDependencyError, SourceModelError, first_line
 
-__all__ = ["SKLEARN_SUFFIXES", "export_sklearn", "export_torch"]
+__all__ = ["SKLEARN_SUFFIXES", "TFLITE_SUFFIX", "export_sklearn", "export_torch"]
 
 log = logging.getLogger(__name__)
 SKLEARN_SUFFIXES = (".pkl", ".pickle", ".joblib")
+TFLITE_SUFFIX = ".tflite"  # imported as it is (`converter.tflite.importer`), not exported
 EXPORT_OPSET = 18
 
 
