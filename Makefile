@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test bench lint typecheck system-deps tflite-tools clean screenshots
+.PHONY: demo test bench lint typecheck system-deps tflite-tools test-models clean screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11; set PYTHON=python3.11")'
@@ -46,6 +46,11 @@ system-deps:
 tflite-tools: $(STAMP)
 	$(VENV)/bin/edgefleet convert --setup tflite
 
+# mediapipe's wheel (its 14 .tflite models, read with zipfile; never installed: it pins
+# numpy<2), fetched once into ~/.cache/edgefleet/test-models: the .tflite import tests need it.
+test-models: $(STAMP)
+	$(PY) -m tests.harness.mediapipe
+
 demo: $(STAMP)
 	$(VENV)/bin/edgefleet demo
 
@@ -59,7 +64,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) system-deps tflite-tools lint typecheck
+test: $(STAMP) system-deps tflite-tools test-models lint typecheck
 	$(PY) -m pytest
 
 # the console's browser tests, saving their screenshots where docs/console.md shows them
