@@ -150,7 +150,8 @@ def convert(
 
     MODEL is an ONNX file (external data next to it), or a pickled scikit-learn
     model (.pkl, .joblib; needs the 'sklearn' extra); --torch converts a
-    PyTorch module instead (needs the 'torch' extra).
+    PyTorch module instead (needs the 'torch' extra). A .tflite MODEL is
+    imported as it is for TFLite profiles: validated, benchmarked and signed.
 
     Writes the bundles, report.json and report.html into --out; nothing partial
     is left there on failure.
