@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from converter.data import synthetic_dataset
 from converter.errors import ConverterError, SourceModelError
+from converter.load import load_onnx
 from converter.pipeline import ConvertRequest, convert
+from converter.sources import export_torch
+from converter.tflite.export import VariantSpec, export_variants
+from converter.tflite.importer import generated_dataset, read_tflite
+from converter.tflite.toolenv import ToolSettings, ensure_tool_env
 from edge_agent import open_bundle
 from edge_agent.bundle import ModelFormat, Precision, read_bundle
 from edge_agent.keys import load_trusted_keys, write_keypair
@@ -149,3 +156,51 @@ def test_refusals_name_the_problem(
         convert(req, progress=print)
     assert not (tmp_path / "a").exists()
     assert not (tmp_path / "b").exists()
+
+
+def test_full_integer_file_takes_and_gives_floats(keys: tuple[Path, Path], tmp_path: Path) -> None:
+    """A full-integer file (made here by the TFLite tool environment from a small CNN):
+    its int8 input and output are float in the manifest, the agent quantizes and
+    dequantizes exactly as a caller of the bare interpreter would."""
+    cnn = "tests.converter.test_tflite:small_cnn"
+    source = load_onnx(export_torch(cnn, (1, 1, 8, 8), tmp_path / "cnn.onnx"))
+    env = ensure_tool_env(ToolSettings.from_environ(os.environ), progress=print)
+    variant = VariantSpec("full-integer", io="int8")
+    files = export_variants(
+        source.path,
+        source.inputs,
+        variants=[variant],
+        calibration=synthetic_dataset(source.inputs, samples=16),
+        samples=16,
+        env=env,
+        work=tmp_path / "tool",
+        progress=print,
+    )
+    path = files[variant.name]
+    assert isinstance(path, Path), path
+    model = read_tflite(path)
+    assert model.precision is Precision.INT8_FULL
+    (spec,) = model.inputs
+    assert (spec.dtype, spec.runtime_dtype, spec.shape) == ("float32", "int8", [None, 8, 8, 1])
+    assert spec.quantization is not None
+    scale, zero = spec.quantization.scale[0], spec.quantization.zero_point[0]
+    generated = generated_dataset(model, samples=4).feeds[0][spec.name]
+    assert scale * (-128 - zero) <= generated.min() < generated.max() <= scale * (127 - zero)
+
+    _, (result,) = convert(_request(path, "raspberry-pi-4", keys, tmp_path / "out"), progress=print)
+    loaded = open_bundle(result.path, trust=[keys[1]])
+    x = np.random.default_rng(3).uniform(-1.0, 1.0, (1, 8, 8, 1)).astype(np.float32)
+    got = loaded.predict({spec.name: x})
+
+    interp = interpreter_module().Interpreter(
+        model_path=str(path), num_threads=loaded.manifest.benchmark.threads
+    )
+    interp.allocate_tensors()
+    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
+    interp.set_tensor(inp["index"], np.clip(np.rint(x / scale + zero), -128, 127).astype(np.int8))
+    interp.invoke()
+    (out_spec,) = loaded.manifest.outputs
+    assert out_spec.quantization is not None
+    raw = interp.get_tensor(out["index"]).astype(np.float32)
+    want = (raw - out_spec.quantization.zero_point[0]) * out_spec.quantization.scale[0]
+    np.testing.assert_allclose(got[out_spec.name], want, rtol=1e-6)
