@@ -33,10 +33,17 @@ from converter.host import host_gaps
 from converter.load import SourceModel, TensorInfo
 from converter.reference import compute_reference, stack
 from converter.tflite.edgetpu import EDGETPU_DELEGATE, check_edgetpu
-from converter.tflite.micro import MICRO_SOURCE, c_array, check_micro
 from converter.tflite.run import run_tflite, write_specs
+from converter.tflite.variants import check_micro_candidate
 from converter.validate import ValidationResult
-from edge_agent.bundle import ModelFormat, Precision, QuantizationRecipe, QuantParams, TensorSpec
+from edge_agent.bundle import (
+    ModelFormat,
+    Precision,
+    QuantizationRecipe,
+    QuantParams,
+    RuntimeName,
+    TensorSpec,
+)
 from edge_agent.bundle.reference import ReferenceStats
 from edge_agent.profiles import HardwareProfile
 from edge_agent.runtime.tflite import interpreter_module
@@ -326,8 +333,12 @@ def import_profile(
             + " (pass --validation with the inputs the model expects)"
         )
     notes: list[str] = []
-    if profile.runtime.name.value == "tflite-micro":
-        _micro(cand, dest, profile)
+    if profile.runtime.name is RuntimeName.TFLITE_MICRO:
+        check_micro_candidate(cand, dest, profile)
+        if cand.error is not None:
+            raise SourceModelError(
+                f"[{profile.name}] {model.path.name}: {cand.error}, or choose a LiteRT profile"
+            )
     if EDGETPU_DELEGATE in profile.runtime.delegates:
         cand.notes.append(check_edgetpu(dest).describe())
     gaps = host_gaps(profile)
@@ -346,26 +357,6 @@ def import_profile(
         )
     notes.append(f"imported {model.path.name} as it is ({model.described}); no conversion")
     return ImportedProfile(dest, chosen, gaps, notes, outputs)
-
-
-def _micro(cand: Candidate, model: Path, profile: HardwareProfile) -> None:
-    report = check_micro(model)
-    budget = profile.budgets.max_memory_bytes
-    cand.notes.append(
-        f"TFLite Micro: tensor arena about {report.arena_bytes} B at batch 1 (activations "
-        f"alive at once; kernel scratch on top), budget {budget} B; flash "
-        f"{report.flash_bytes} B; operators {', '.join(report.ops)}"
-    )
-    if report.unsupported:
-        raise SourceModelError(
-            f"[{profile.name}] TFLite Micro has no kernel for {', '.join(report.unsupported)} "
-            f"in {model.name}: choose a LiteRT profile, or re-export the model without them"
-        )
-    if report.arena_bytes > budget:
-        cand.rejected = (
-            f"tensor arena about {report.arena_bytes} B is over the {budget} B memory budget"
-        )
-    c_array(model, model.with_name(MICRO_SOURCE))
 
 
 def reference_stats(validation: Dataset, outputs: dict[str, np.ndarray]) -> ReferenceStats:

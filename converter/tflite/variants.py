@@ -33,7 +33,7 @@ from converter.tflite.toolenv import ToolSettings, ensure_tool_env
 from edge_agent.bundle import Precision, QuantizationRecipe, RuntimeName
 from edge_agent.profiles import HardwareProfile
 
-__all__ = ["TFLiteBuilds", "tflite_candidates", "variant_for"]
+__all__ = ["TFLiteBuilds", "check_micro_candidate", "tflite_candidates", "variant_for"]
 
 Progress = Callable[[str], None]
 _KIND = {
@@ -177,15 +177,16 @@ def tflite_candidates(
         except Exception as exc:  # LiteRT refusing the model (an op it lacks)
             cand.error = f"the TFLite model does not run: {first_line(exc)}"
         if profile.runtime.name is RuntimeName.TFLITE_MICRO and cand.error is None:
-            _micro(cand, dest, profile)
+            check_micro_candidate(cand, dest, profile)
         if EDGETPU_DELEGATE in profile.runtime.delegates and p is Precision.INT8_FULL:
             cand.notes.append(check_edgetpu(dest).describe())
         out.append(cand)
     return out
 
 
-def _micro(cand: Candidate, model: Path, profile: HardwareProfile) -> None:
-    """TFLite Micro: TFLM's kernels, the arena against the memory budget, the C array."""
+def check_micro_candidate(cand: Candidate, model: Path, profile: HardwareProfile) -> None:
+    """TFLite Micro: TFLM's kernels (`cand.error` names those it lacks), the arena against
+    the memory budget (`cand.rejected`), the C array beside `model`."""
     report = check_micro(model)
     budget = profile.budgets.max_memory_bytes
     cand.notes.append(
