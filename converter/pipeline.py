@@ -419,9 +419,6 @@ def _convert(
                 profile, req.out_dir / filename, chosen, candidates, gaps, notes + profile_notes
             )
         )
-    req.out_dir.mkdir(parents=True, exist_ok=True)
-    for result in results:
-        (staging / result.path.name).replace(result.path)
     described = {
         "path": str(req.model) if req.model is not None else f"torch:{req.torch}",
         "framework": origin.framework,
