@@ -59,6 +59,12 @@ def decode_as(kind: type[M], payload: bytes, *, topic: str | None = None) -> M:
             f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
             topic=topic,
         )
+    try:  # pydantic parses valid JSON itself, about half the time of json.loads + validate
+        fast = kind.model_validate_json(payload)
+        if "schema_version" in fast.model_fields_set:  # given, not defaulted
+            return fast
+    except ValidationError:
+        pass  # the slow path below names what is wrong, as precisely as it always did
     try:
         raw = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -121,6 +121,13 @@ def test_malformed_payloads_get_a_clear_error(payload: bytes, error: type, match
         decode(topics.telemetry("dev-1"), payload)
 
 
+def test_a_valid_message_without_its_schema_version_is_refused() -> None:
+    doc = json.loads(encode(telemetry()))
+    del doc["schema_version"]  # every other field valid: the model's default must not fill it
+    with pytest.raises(SchemaVersionError, match="schema_version None"):
+        decode(topics.telemetry("dev-1"), json.dumps(doc).encode())
+
+
 def test_unknown_and_invalid_fields_are_named() -> None:
     doc = json.loads(encode(telemetry()))
     with pytest.raises(MessageError, match="'gpu_temp': unknown field") as err:
