@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,28 @@ def _calibration(
     return paths
 
 
+def _failure(onnx_path: Path, result: dict[str, Any]) -> str:
+    """One message: the node and operator onnx2tf stopped at, why, and what to do."""
+    where = ""
+    if result.get("node") or result.get("op"):
+        where = f" at node {result.get('node')!r} (operator {result.get('op') or '?'})"
+    why = str(result.get("error"))
+    shapes = result.get("onnx_shapes") or []
+    if shapes:
+        why += f"; in ONNX its inputs are {', '.join(shapes)}"
+    if "Dimensions must be equal" in why:
+        # onnx2tf moves the channel axis of 3-D to 5-D tensors last (NCW -> NWC, NCHW -> NHWC)
+        why += (
+            ": onnx2tf reordered the axes to channel-last and these inputs no longer broadcast "
+            "against each other"
+        )
+    return (
+        f"onnx2tf cannot convert {onnx_path.name}{where}: {why}. This model cannot target a "
+        "TFLite profile as it is: convert it for a profile whose runtime is onnxruntime "
+        "(e.g. x86-64, jetson-orin-nano), or change the model so that this node converts"
+    )
+
+
 def export_variants(
     onnx_path: Path,
     inputs: Sequence[TensorInfo],
@@ -114,10 +137,7 @@ def export_variants(
             f"its log is in {work / 'tool'}"
         )
     if not result.get("ok"):
-        where = ""
-        if result.get("node") or result.get("op"):
-            where = f" at node {result.get('node')!r} (operator {result.get('op') or '?'})"
-        raise ExportError(f"onnx2tf cannot convert {onnx_path.name}{where}: {result.get('error')}")
+        raise ExportError(_failure(onnx_path, result))
     out: dict[str, Path | str] = {}
     for name, item in result["variants"].items():
         out[name] = Path(item["file"]) if item.get("file") else str(item.get("error"))

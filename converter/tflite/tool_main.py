@@ -11,7 +11,7 @@ TensorFlow is imported once for all of a model's variants and profiles.
 The request names the ONNX file, a work directory, the calibration arrays
 (NHWC, by input name) and the variants; the last line of stdout is a JSON result:
 `{"ok": true, "variants": {name: {"file": ..., "error": ...}}}` or
-`{"ok": false, "error": ..., "node": ..., "op": ...}`. It imports nothing from
+`{"ok": false, "error": ..., "node": ..., "op": ..., "onnx_shapes": [...]}`. It imports nothing from
 edgefleet: this interpreter has other versions of everything.
 """
 
@@ -47,16 +47,36 @@ def _sample_file(work: Path, calibration: dict[str, str]) -> None:
             return
 
 
-def _op_of(onnx_path: str, node: str | None) -> str | None:
+def _node_of(onnx_path: str, node: str | None) -> tuple[str | None, list[str]]:
+    """The ONNX operator of the node onnx2tf names, and its inputs' ONNX shapes."""
     if not node:
-        return None
+        return None, []
     import onnx
 
     model = onnx.load(onnx_path, load_external_data=False)
+    with contextlib.suppress(Exception):  # shapes are a help to the message, not a need
+        model = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, str] = {}
+    for info in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = f"[{','.join(str(d.dim_value) if d.dim_value else '?' for d in dims)}]"
+    for init in model.graph.initializer:
+        shapes[init.name] = f"[{','.join(str(d) for d in init.dims)}]"
     for n in model.graph.node:
         if n.name == node or n.name.replace(":", "__").lstrip("/") == node.lstrip("/"):
-            return str(n.op_type)
-    return None
+            return str(n.op_type), [shapes.get(i, "?") for i in n.input if i]
+    return None, []
+
+
+def _cause(exc: Exception) -> str:
+    """The line of a TensorFlow error that says what went wrong (Keras puts it second)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling layer"):
+        lines = lines[1:]
+    first = lines[0] if lines else ""
+    head, _, tail = first.partition(" for '{{node ")
+    shapes = tail.partition("with input shapes: ")[2].rstrip(".")
+    return f"{head} (TensorFlow shapes {shapes})" if shapes else head
 
 
 def _onnx2tf(request: dict[str, Any], saved: Path, log: io.StringIO) -> dict[str, Any] | None:
@@ -75,14 +95,13 @@ def _onnx2tf(request: dict[str, Any], saved: Path, log: io.StringIO) -> dict[str
         return {"ok": False, "error": (lines[-1] if lines else f"onnx2tf exited with {exc.code}")}
     except Exception as exc:
         node = getattr(exc, "onnx_op_name", None)
-        op = _op_of(request["onnx"], node)
+        op, shapes = _node_of(request["onnx"], node)
         if isinstance(exc, ModuleNotFoundError) and "onnx2tf.ops." in str(exc):
             op = str(exc).split("onnx2tf.ops.")[-1].strip("'\" ")
             message = f"onnx2tf has no conversion for the ONNX operator {op}"
         else:
-            text = str(exc).strip().splitlines()
-            message = f"{type(exc).__name__}: {text[0] if text else ''}"
-        return {"ok": False, "error": message, "node": node, "op": op}
+            message = f"{type(exc).__name__}: {_cause(exc)}"
+        return {"ok": False, "error": message, "node": node, "op": op, "onnx_shapes": shapes}
     return None
 
 

@@ -262,3 +262,34 @@ def test_setup_reuses_the_environment_and_fails_in_one_line(
     assert len(errors) == 1
     assert "--wheelhouse" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+def test_magika_names_the_node_tflite_cannot_take_and_why(
+    tool_env: ToolEnv,
+    magika_model: Path,
+    magika_data: tuple[Path, Path],
+    keys: tuple[Path, Path],
+    tmp_path: Path,
+) -> None:
+    """magika's one-hot step compares its byte input, [N,2048,1], with the range 0..256 laid
+    out as [1,1,257]; onnx2tf moves that constant's axes to channel-last and the comparison no
+    longer broadcasts. The three TFLite profiles fail with one line naming the node, the
+    operator, both layouts and what to do, and no bundle is written."""
+    args: list[str | Path] = ["convert", magika_model, "--name", "magika", "--version", "1.0.3"]
+    for profile in PROFILES:
+        args += ["--profile", profile]
+    args += ["--calibration", magika_data[0], "--validation", magika_data[1]]
+    args += ["--sign-key", keys[0], "--out", tmp_path / "out"]
+    done = run(*args, cwd=tmp_path)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, done.stderr
+    assert errors[0].startswith(
+        "Error: onnx2tf cannot convert model.onnx at node "
+        "'jax2tf_get_logits_/pjit_get_logits_/pjit__one_hot_/Equal' (operator Equal): "
+        "ValueError: Dimensions must be equal, but are 2048 and 257 "
+        "(TensorFlow shapes [?,2048,?], [1,257,1]); in ONNX its inputs are [?,2048,?], [1,1,257]"
+        ": onnx2tf reordered the axes to channel-last"
+    ), errors[0]
+    assert "profile whose runtime is onnxruntime" in errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
