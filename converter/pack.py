@@ -114,9 +114,11 @@ def pack_bundle(
             reference.model_dump_json().encode(), MemberRole.REFERENCE
         ),
     }
-    source_file = compiled.with_name("model_data.cc")  # TFLite Micro: the model as a C array
-    if compiled.suffix == ".tflite" and source_file.exists():
-        files[f"model/{source_file.name}"] = BundleFile(source_file, MemberRole.EXTRA)
+    # TFLite Micro: the model as a C array; Edge TPU: the static batch-1 model for edgetpu_compiler
+    for extra in ("model_data.cc", "edgetpu_input.tflite"):
+        extra_file = compiled.with_name(extra)
+        if compiled.suffix == ".tflite" and extra_file.exists():
+            files[f"model/{extra}"] = BundleFile(extra_file, MemberRole.EXTRA)
     budget = {
         "max_top1_disagreement": profile.accuracy.max_top1_disagreement,
         "max_relative_error": profile.accuracy.max_relative_error,

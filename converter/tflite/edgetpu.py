@@ -5,7 +5,8 @@ not installable with pip) has mapped it: full-integer int8/uint8, static shapes,
 operators from its list. The compiler maps the graph up to the first operator
 it cannot run; that one and everything after it run on the CPU. The converter
 cannot run the compiler, so it reports what the compiler would find and ships
-the full-integer model the compiler takes.
+the full-integer model the compiler takes: `model/edgetpu_input.tflite`, every
+shape static with a batch of 1, beside the entrypoint the agent runs on the CPU.
 """
 
 from __future__ import annotations
@@ -16,9 +17,19 @@ from typing import Any
 
 from edge_agent.runtime.tflite import interpreter_module
 
-__all__ = ["EDGETPU_DELEGATE", "EDGETPU_OPS", "EdgeTpuReport", "check_edgetpu"]
+__all__ = [
+    "EDGETPU_COMPILE",
+    "EDGETPU_DELEGATE",
+    "EDGETPU_INPUT",
+    "EDGETPU_OPS",
+    "EdgeTpuReport",
+    "check_edgetpu",
+]
 
 EDGETPU_DELEGATE = "edgetpu"  # the profile's runtime.delegates names it
+# the full-integer model with static shapes (batch 1), beside model.tflite and in the bundle
+EDGETPU_INPUT = "edgetpu_input.tflite"
+EDGETPU_COMPILE = f"edgetpu_compiler --show_operations model/{EDGETPU_INPUT}"
 # operators the Edge TPU compiler maps (coral.ai/docs/edgetpu/models-intro, "Supported operations")
 _EDGETPU_OP_NAMES = """
 ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D DEQUANTIZE EXPAND_DIMS
@@ -42,11 +53,13 @@ class EdgeTpuReport:
         if self.fallback:
             text += f"; CPU fallback from {self.fallback[0]} on ({', '.join(self.fallback)})"
         if self.dynamic_inputs:
-            text += (
+            return text + (
                 f"; inputs {', '.join(self.dynamic_inputs)} have a dynamic batch axis, which "
                 "edgetpu_compiler refuses: fix it to 1 before compiling"
             )
-        return text + "; compile the bundle's model with Google's edgetpu_compiler"
+        return text + (
+            f"; next step, on a machine with Google's edgetpu_compiler: {EDGETPU_COMPILE}"
+        )
 
 
 def check_edgetpu(path: Path) -> EdgeTpuReport:

@@ -33,18 +33,23 @@ _TOOL_MAIN = Path(__file__).resolve().parent / "tool_main.py"
 @dataclass(frozen=True)
 class VariantSpec:
     """One `.tflite` file to make: float32, float16, dynamic (int8 weights), integer (int8
-    weights and activations, float I/O) or full-integer (int8/uint8 I/O too)."""
+    weights and activations, float I/O) or full-integer (int8/uint8 I/O too); with `batch`,
+    static shapes with that batch size."""
 
     kind: str
     per_channel: bool = True
     io: str = "int8"
+    batch: int | None = None  # None: the batch axis stays dynamic; n: every shape static
 
     @property
     def name(self) -> str:
         if self.kind in ("float32", "float16", "dynamic"):
-            return self.kind
-        name = f"{self.kind}-{'per-channel' if self.per_channel else 'per-tensor'}"
-        return f"{name}-{self.io}-io" if self.kind == "full-integer" else name
+            name = self.kind
+        else:
+            name = f"{self.kind}-{'per-channel' if self.per_channel else 'per-tensor'}"
+            if self.kind == "full-integer":
+                name += f"-{self.io}-io"
+        return name if self.batch is None else f"{name}-batch{self.batch}"
 
 
 def _calibration(
@@ -108,7 +113,13 @@ def export_variants(
         "work": str(work / "tool"),
         "calibration": _calibration(calibration, inputs, samples, work),
         "variants": [
-            {"name": v.name, "kind": v.kind, "per_channel": v.per_channel, "io": v.io}
+            {
+                "name": v.name,
+                "kind": v.kind,
+                "per_channel": v.per_channel,
+                "io": v.io,
+                "batch": v.batch,
+            }
             for v in variants
         ],
     }

@@ -5,7 +5,8 @@
 One process per source model: onnx2tf turns the ONNX model into a TensorFlow
 SavedModel and a float32 `.tflite`; then TensorFlow's own converter makes each
 requested variant from the SavedModel (float16, dynamic range, integer with
-float I/O, full integer with int8/uint8 I/O, per-channel or per-tensor), so
+float I/O, full integer with int8/uint8 I/O, per-channel or per-tensor, the batch
+axis dynamic or fixed), so
 TensorFlow is imported once for all of a model's variants and profiles.
 
 The request names the ONNX file, a work directory, the calibration arrays
@@ -105,8 +106,23 @@ def _onnx2tf(request: dict[str, Any], saved: Path, log: io.StringIO) -> dict[str
     return None
 
 
+def _converter(tf: Any, saved: Path, batch: int | None) -> Any:
+    """TensorFlow's converter for the SavedModel; with `batch`, every shape in the model is
+    static, the batch axis fixed to it (what edgetpu_compiler asks for)."""
+    if batch is None:
+        return tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    loaded = tf.saved_model.load(str(saved))
+    serving = loaded.signatures["serving_default"]
+    specs = {
+        name: tf.TensorSpec([batch, *spec.shape[1:]], spec.dtype, name=name)
+        for name, spec in serving.structured_input_signature[1].items()
+    }
+    fixed = tf.function(lambda **feed: serving(**feed)).get_concrete_function(**specs)
+    return tf.lite.TFLiteConverter.from_concrete_functions([fixed], loaded)
+
+
 def _variant(tf: Any, saved: Path, spec: dict[str, Any], calibration: dict[str, Any]) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter = _converter(tf, saved, spec.get("batch"))
     kind = spec["kind"]
     if kind == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

@@ -6,6 +6,10 @@
     int8-static   integer: int8 weights and activations, float inputs and outputs
     int8-full     full integer: int8 or uint8 inputs and outputs too (the profile's io_type)
 
+For an Edge TPU profile, int8-full is also made with every shape static, batch 1:
+edgetpu_compiler refuses a dynamic batch axis, so the bundle carries that model too
+(`model/edgetpu_input.tflite`) while the agent runs the one with a dynamic batch.
+
 per-channel or per-tensor as the profile says. All variants every TFLite profile
 of a conversion needs are made in one run of the tool environment
 (`TFLiteBuilds`), then each profile's are validated with the LiteRT interpreter
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,7 @@ from converter.candidates import Candidate, validate_candidate
 from converter.data import Dataset
 from converter.errors import ExportError, first_line
 from converter.load import SourceModel
-from converter.tflite.edgetpu import EDGETPU_DELEGATE, check_edgetpu
+from converter.tflite.edgetpu import EDGETPU_DELEGATE, EDGETPU_INPUT, check_edgetpu
 from converter.tflite.export import VariantSpec, export_variants
 from converter.tflite.micro import MICRO_SOURCE, c_array, check_micro
 from converter.tflite.run import tensor_specs, write_specs
@@ -83,6 +88,12 @@ class TFLiteBuilds:
         self._work = work
         self._samples = min((p.quantization.calibration_samples for p in profiles), default=256)
         wanted = [variant_for(x, p) for p in profiles for x in _precisions(p, precision)]
+        wanted += [
+            replace(variant_for(Precision.INT8_FULL, p), batch=1)  # what edgetpu_compiler takes
+            for p in profiles
+            if EDGETPU_DELEGATE in p.runtime.delegates
+            and Precision.INT8_FULL in _precisions(p, precision)
+        ]
         self._variants = list(dict.fromkeys(wanted))
         self._files: dict[str, Path | str] | None = None
 
@@ -179,9 +190,25 @@ def tflite_candidates(
         if profile.runtime.name is RuntimeName.TFLITE_MICRO and cand.error is None:
             check_micro_candidate(cand, dest, profile)
         if EDGETPU_DELEGATE in profile.runtime.delegates and p is Precision.INT8_FULL:
-            cand.notes.append(check_edgetpu(dest).describe())
+            cand.notes.append(_edgetpu_input(builds, variant, dest, progress))
         out.append(cand)
     return out
+
+
+def _edgetpu_input(
+    builds: TFLiteBuilds, variant: VariantSpec, model: Path, progress: Progress
+) -> str:
+    """Put the model edgetpu_compiler takes (the same full-integer model with every shape
+    static, batch 1) beside `model`, for the bundle; the Edge TPU check of it."""
+    built = builds.get(replace(variant, batch=1), progress)
+    if isinstance(built, str):
+        return (
+            f"{check_edgetpu(model).describe()}; the static batch-1 model for edgetpu_compiler "
+            f"could not be made: {built}"
+        )
+    dest = model.with_name(EDGETPU_INPUT)
+    shutil.copyfile(built, dest)
+    return check_edgetpu(dest).describe()
 
 
 def check_micro_candidate(cand: Candidate, model: Path, profile: HardwareProfile) -> None:

@@ -131,6 +131,47 @@ def test_the_manifest_records_layout_and_integer_io(
     assert any(re.match(r"Edge TPU: (\d+) of \1 operators map", n) for n in chosen["notes"])
 
 
+def test_the_coral_bundle_carries_the_static_batch_1_model_edgetpu_compiler_takes(
+    cnn: dict[str, Any], keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """edgetpu_compiler refuses a dynamic batch axis: beside the entrypoint the agent runs, the
+    bundle holds the same full-integer model with every shape static (batch 1), and it runs in
+    LiteRT as well as the entrypoint does."""
+    from edge_agent.runtime.tflite import interpreter_module
+
+    bundle = _bundle(cnn["report"], "coral-edgetpu")
+    coral = open_bundle(bundle["path"], trust=[keys[1]])
+    member = "model/edgetpu_input.tflite"
+    assert coral.manifest.members[member].role.value == "extra"
+    assert coral.manifest.entrypoint != member
+    (tmp_path / "e.tflite").write_bytes(coral.bundle.read_member(member))
+    interp = interpreter_module().Interpreter(model_path=str(tmp_path / "e.tflite"))
+    interp.allocate_tensors()
+    tensors = interp.get_tensor_details()
+    assert all(-1 not in list(t["shape_signature"]) for t in tensors)  # static everywhere
+    assert {np.dtype(t["dtype"]).name for t in tensors} <= {"uint8", "int8", "int32"}
+    (image,) = interp.get_input_details()
+    (logits,) = interp.get_output_details()
+    assert list(image["shape"]) == [1, 8, 8, 1]
+    assert (np.dtype(image["dtype"]).name, np.dtype(logits["dtype"]).name) == ("uint8", "uint8")
+    scale, zero = image["quantization"]
+    got = []
+    for x in cnn["x"][:100]:
+        q = np.clip(np.round(x.transpose(1, 2, 0) / scale + zero), 0, 255).astype(np.uint8)
+        interp.set_tensor(image["index"], q[None])
+        interp.invoke()
+        got.append(interp.get_tensor(logits["index"])[0].astype(np.int32))
+    agreement = float((np.argmax(got, 1) == cnn["float"][:100].argmax(1)).mean())
+    assert agreement >= 1 - load_profile("coral-edgetpu").accuracy.max_top1_disagreement - 0.01
+    chosen = next(c for c in bundle["candidates"] if c["chosen"])
+    note = next(n for n in chosen["notes"] if n.startswith("Edge TPU:"))
+    assert "dynamic batch" not in note
+    assert note.endswith("edgetpu_compiler --show_operations model/edgetpu_input.tflite")
+    # the agent still runs the entrypoint, batch and all
+    assert coral.manifest.selftest is not None
+    assert coral.selftest().max_abs_error <= coral.manifest.selftest.atol
+
+
 def test_a_tflite_micro_bundle_carries_its_c_array_and_arena_estimate(
     cnn: dict[str, Any], keys: tuple[Path, Path], tmp_path: Path
 ) -> None:
