@@ -18,7 +18,6 @@ from typing import Any
 from edge_agent.runtime.tflite import interpreter_module
 
 __all__ = [
-    "EDGETPU_COMPILE",
     "EDGETPU_DELEGATE",
     "EDGETPU_INPUT",
     "EDGETPU_OPS",
@@ -29,7 +28,6 @@ __all__ = [
 EDGETPU_DELEGATE = "edgetpu"  # the profile's runtime.delegates names it
 # the full-integer model with static shapes (batch 1), beside model.tflite and in the bundle
 EDGETPU_INPUT = "edgetpu_input.tflite"
-EDGETPU_COMPILE = f"edgetpu_compiler --show_operations model/{EDGETPU_INPUT}"
 # operators the Edge TPU compiler maps (coral.ai/docs/edgetpu/models-intro, "Supported operations")
 _EDGETPU_OP_NAMES = """
 ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D DEQUANTIZE EXPAND_DIMS
@@ -48,7 +46,8 @@ class EdgeTpuReport:
     fallback: list[str]  # the first unmappable operator and those after it, by name
     dynamic_inputs: list[str]  # inputs with a dynamic dimension (the compiler needs static)
 
-    def describe(self) -> str:
+    def describe(self, *, member: str) -> str:
+        """The note for the report; `member` is the bundle's file edgetpu_compiler would take."""
         text = f"Edge TPU: {self.on_tpu} of {self.ops} operators map to the TPU"
         if self.fallback:
             text += f"; CPU fallback from {self.fallback[0]} on ({', '.join(self.fallback)})"
@@ -58,7 +57,8 @@ class EdgeTpuReport:
                 "edgetpu_compiler refuses: fix it to 1 before compiling"
             )
         return text + (
-            f"; next step, on a machine with Google's edgetpu_compiler: {EDGETPU_COMPILE}"
+            f"; next step, on a machine with Google's edgetpu_compiler: "
+            f"edgetpu_compiler --show_operations {member}"
         )
 
 

@@ -340,7 +340,7 @@ def import_profile(
                 f"[{profile.name}] {model.path.name}: {cand.error}, or choose a LiteRT profile"
             )
     if EDGETPU_DELEGATE in profile.runtime.delegates:
-        cand.notes.append(check_edgetpu(dest).describe())
+        cand.notes.append(check_edgetpu(dest).describe(member=f"model/{dest.name}"))
     gaps = host_gaps(profile)
     if threads < profile.runtime.threads:
         notes.append(

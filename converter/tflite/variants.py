@@ -203,12 +203,13 @@ def _edgetpu_input(
     built = builds.get(replace(variant, batch=1), progress)
     if isinstance(built, str):
         return (
-            f"{check_edgetpu(model).describe()}; the static batch-1 model for edgetpu_compiler "
+            f"{check_edgetpu(model).describe(member=f'model/{model.name}')}; the static "
+            "batch-1 model for edgetpu_compiler "
             f"could not be made: {built}"
         )
     dest = model.with_name(EDGETPU_INPUT)
     shutil.copyfile(built, dest)
-    return check_edgetpu(dest).describe()
+    return check_edgetpu(dest).describe(member=f"model/{EDGETPU_INPUT}")
 
 
 def check_micro_candidate(cand: Candidate, model: Path, profile: HardwareProfile) -> None:
