@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,10 @@ import httpx2
 import numpy as np
 import pytest
 
-from edge_agent.server import LocalClient
 from fleet_server.settings import Settings
 from tests.edge_agent import agent_bundles
 from tests.edge_agent.agent_env import wait_for
-from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, ok
+from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, nan_traffic, ok
 from tests.harness.mosquitto import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,24 +60,6 @@ def _convert(tmp: Path, private: Path, version: str) -> Path:
         cwd=ROOT, check=True, capture_output=True,
     )  # fmt: skip
     return out / f"tiny-{version}-x86-64.efb"
-
-
-def _traffic(sockets: list[Path], stop: threading.Event) -> None:
-    """Every device serves requests, as in the field; one input in two is far out of the
-    reference (drift), and makes the broken 3.0.0 answer NaN."""
-    x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
-    live = x.copy()
-    live[0, 0] = agent_bundles.NAN_THRESHOLD + 1
-    clients = [LocalClient(unix_socket=s) for s in sockets]
-    try:
-        while not stop.is_set():
-            for client in clients:
-                client.predict({"x": x})
-                client.predict({"x": live})
-            time.sleep(0.02)
-    finally:
-        for client in clients:
-            client.close()
 
 
 @pytest.fixture(scope="package")
@@ -154,7 +134,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             )
             stop = threading.Event()
             sender = threading.Thread(
-                target=_traffic, args=([c.parent / "agent.sock" for c in configs], stop)
+                target=nan_traffic, args=([c.parent / "agent.sock" for c in configs], stop)
             )
             sender.start()
             try:

@@ -8,18 +8,20 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
+import numpy as np
 
 from fleet_server.app import create_app
 from fleet_server.settings import Settings
 from tests.edge_agent.agent_env import toml_value, wait_for
 
-__all__ = ["ADMIN", "agent_config", "agents", "fleet_server", "ok"]
+__all__ = ["ADMIN", "agent_config", "agents", "fleet_server", "nan_traffic", "ok", "stop_processes"]
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "admin-token-for-the-e2e-test"
@@ -74,15 +76,41 @@ def agents(configs: list[Path]) -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running, then wait; kill one that outlasts 20 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def nan_traffic(sockets: list[Path], stop: threading.Event) -> None:
+    """Every device serves requests until `stop`, as in the field: one input in two is far
+    out of the reference (drift) and makes `agent_bundles`' nan_on_live bundle answer NaN."""
+    from edge_agent.server import LocalClient
+    from tests.edge_agent import agent_bundles
+
+    x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
+    live = x.copy()
+    live[0, 0] = agent_bundles.NAN_THRESHOLD + 1
+    clients = [LocalClient(unix_socket=s) for s in sockets]
+    try:
+        while not stop.is_set():
+            for client in clients:
+                client.predict({"x": x})
+                client.predict({"x": live})
+            time.sleep(0.02)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def agent_config(

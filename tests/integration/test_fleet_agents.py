@@ -5,19 +5,16 @@ staged rollout that the agents follow; then a broken version the gates roll back
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import numpy as np
 import pytest
 
-from edge_agent.server import LocalClient
 from fleet_server.settings import Settings
 from tests.edge_agent import agent_bundles
 from tests.edge_agent.agent_env import wait_for
-from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, ok
+from tests.harness.fleet import ADMIN, agent_config, agents, fleet_server, nan_traffic, ok
 from tests.harness.mosquitto import free_port
 
 
@@ -98,24 +95,9 @@ def test_agents_enroll_report_and_follow_a_staged_rollout_and_an_automatic_rollb
                 timeout=60,
                 what="four agents online on 1.0.0",
             )
-            stop = threading.Event()
-            x = np.random.default_rng(0).normal(size=(1, 4)).astype(np.float32)
-            live = x.copy()
-            live[0, 0] = agent_bundles.NAN_THRESHOLD + 1  # makes 3.0.0 answer NaN
-
-            def traffic() -> None:  # every device serves requests, as in the field
-                clients = [LocalClient(unix_socket=c.parent / "agent.sock") for c in configs]
-                try:
-                    while not stop.is_set():
-                        for client in clients:
-                            client.predict({"x": x})
-                            client.predict({"x": live})
-                        time.sleep(0.02)
-                finally:
-                    for client in clients:
-                        client.close()
-
-            sender = threading.Thread(target=traffic, daemon=True)
+            stop = threading.Event()  # every device serves requests; 3.0.0 answers NaN to some
+            sockets = [c.parent / "agent.sock" for c in configs]
+            sender = threading.Thread(target=nan_traffic, args=(sockets, stop), daemon=True)
             sender.start()
             try:
                 plan = {

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -34,7 +33,7 @@ from edge_agent.server import LocalClient
 from fleet_server.settings import Settings
 from tests.edge_agent import agent_bundles
 from tests.edge_agent.agent_env import wait_for
-from tests.harness.fleet import ADMIN, fleet_server, ok
+from tests.harness.fleet import ADMIN, fleet_server, ok, stop_processes
 from tests.harness.mosquitto import free_port, wait_for_port
 
 WHEELHOUSE = Path(
@@ -109,15 +108,7 @@ def overlay_agents(roots: list[Path]) -> Iterator[list[Path]]:
             sockets.append(socket)
         yield sockets
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs)
         shutil.rmtree(sockets_dir, ignore_errors=True)
 
 
