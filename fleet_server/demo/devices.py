@@ -21,24 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from fleet_server.provisioning.overlay import toml_value
+
 __all__ = ["AgentProcess", "Traffic", "render_toml"]
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
 
 
 def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     """A TOML document of flat sections (all `agent.toml` needs)."""
     return "\n".join(
-        f"[{name}]\n" + "".join(f"{key} = {_toml_value(v)}\n" for key, v in values.items())
+        f"[{name}]\n" + "".join(f"{key} = {toml_value(v)}\n" for key, v in values.items())
         for name, values in sections.items()
     )
 

@@ -32,6 +32,7 @@ __all__ = [
     "Entry",
     "device_entries",
     "launcher_entry",
+    "toml_value",
 ]
 
 AGENT_TOML = "etc/edgefleet/agent.toml"
@@ -50,13 +51,16 @@ class Entry:
     link: str | None = None
 
 
-def _toml(value: object) -> str:
+def toml_value(value: object) -> str:
+    """One TOML value: a string, number, bool, list or (inline) table."""
     if isinstance(value, dict):
         if not value:
             return "{}"
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
     if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return json.dumps(value)  # strings and numbers: JSON's escapes are TOML's
 
 
@@ -68,17 +72,17 @@ def agent_toml(identity: DeviceIdentity, *, trusted: list[str], batch_id: str) -
         "# Paths are relative to this file, so the overlay also runs from a root prefix.",
         "",
         "[device]",
-        f"id = {_toml(plan.device_id)}",
-        f"profile = {_toml(plan.profile)}",
-        f"labels = {_toml(plan.labels)}",
+        f"id = {toml_value(plan.device_id)}",
+        f"profile = {toml_value(plan.profile)}",
+        f"labels = {toml_value(plan.labels)}",
         "",
         "[paths]",
         'state_dir = "../../var/lib/edgefleet"',
-        f"trusted_keys = {_toml(trusted)}",
+        f"trusted_keys = {toml_value(trusted)}",
         'initial_bundle = "../../var/lib/edgefleet/initial.efb"',
         "",
         "[mqtt]",
-        f"url = {_toml(identity.mqtt_url)}",
+        f"url = {toml_value(identity.mqtt_url)}",
         "# the unit hands this file to the agent as a systemd credential",
         'password_file = "/etc/edgefleet/mqtt.password"',
         "",
