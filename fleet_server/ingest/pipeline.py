@@ -25,14 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
-from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from edge_agent.errors import MessageError, SpoofedMessageError, TopicError
 from edge_agent.protocol import Ack, DeviceState, Event, Telemetry, decode, topics
 from fleet_server.broker.embedded import EmbeddedBroker
 from fleet_server.context import Fleet
-from fleet_server.db.tables import Device
 from fleet_server.ingest.bridge import BrokerKind, Delivery, MqttBridge, without_credentials
 from fleet_server.ingest.stats import IngestStats, Rejection
 from fleet_server.ingest.store import Incoming, store_batch
@@ -219,44 +217,41 @@ class Ingest:
         return True
 
     def _store(self, decoded: list[Incoming]) -> None:
-        known = self._known({m.message.device_id for m in decoded})
-        for m in decoded:
-            if m.message.device_id not in known:
-                self.stats.reject(Rejection.UNKNOWN_DEVICE)
-        batch = [m for m in decoded if m.message.device_id in known]
-        if not batch:
-            return
         try:
             with self.fleet.db.session() as session:
-                store_batch(session, batch, self.stats)
+                unknown = store_batch(session, decoded, self.stats)
         except OperationalError:
             raise
         except Exception:
             # one bad row (or a replica that stored the same window first) must not cost
             # the batch its other messages: store them one by one
-            log.warning("a batch of %d failed; storing one by one", len(batch), exc_info=True)
-            for item in batch:
+            log.warning("a batch of %d failed; storing one by one", len(decoded), exc_info=True)
+            for item in decoded:
                 self._write_one(item)
             return
         self.stats.count("batches")
-        for m in batch:
+        for _ in unknown:
+            self.stats.reject(Rejection.UNKNOWN_DEVICE)
+        if unknown:
+            refused = set(map(id, unknown))
+            decoded = [m for m in decoded if id(m) not in refused]
+        for m in decoded:
             self.stats.accept(_channel(m))
 
     def _write_one(self, item: Incoming) -> None:
         try:
             with self.fleet.db.session() as session:
-                store_batch(session, [item], self.stats)
+                unknown = store_batch(session, [item], self.stats)
         except OperationalError:
             raise
         except Exception:
             log.exception("storing a message of %s failed", item.message.device_id)
             self.stats.reject(Rejection.STORE_FAILED)
         else:
-            self.stats.accept(_channel(item))
-
-    def _known(self, ids: set[str]) -> set[str]:
-        with self.fleet.db.session() as session:
-            return set(session.scalars(select(Device.id).where(Device.id.in_(sorted(ids)))))
+            if unknown:
+                self.stats.reject(Rejection.UNKNOWN_DEVICE)
+            else:
+                self.stats.accept(_channel(item))
 
     def _decode(self, raw: _Raw) -> Incoming | None:
         try:

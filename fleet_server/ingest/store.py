@@ -6,11 +6,13 @@ lost windows, a window below it is either a duplicate (already stored) or a
 late arrival that fills a gap (stored, one loss fewer). The unique constraint
 on (device_id, seq) backs this up across server replicas.
 
-Telemetry is most of the traffic, so it takes a path without the ORM's unit of
-work: the batch's devices are read (and locked) in one query, their counters
-tallied in Python, the windows inserted in one executemany and the devices
-updated in another; possible duplicates are looked up in one query. States,
-events and acks go through the ORM first, in the same transaction.
+Every batch starts by locking its devices (in id order) and reading their
+counters in one query, which also finds the devices the fleet does not know.
+Telemetry is most of the traffic, so it takes a path without the ORM: the
+counters are tallied in Python, possible duplicates looked up in one query, the
+windows written in one statement and the devices' counters in another
+(`fleet_server.ingest.bulk`). States, events and acks go through the ORM first,
+in the same transaction.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Ack, BundleRef, DeviceState, Event, Severity, Telemetry
 from fleet_server.db.tables import Alert, Device, DeviceEvent, TelemetryWindow
+from fleet_server.ingest.bulk import (
+    TALLIES,
+    insert_windows,
+    update_tallies,
+    window_row,
+)
 from fleet_server.ingest.stats import IngestStats
 
 __all__ = ["ALERTING_EVENTS", "Incoming", "store_batch"]
@@ -48,26 +56,47 @@ def _bundle(ref: BundleRef | None) -> dict[str, Any] | None:
     return ref.model_dump(mode="json") if ref is not None else None
 
 
-def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> None:
-    """Apply `batch` in `session`; messages of unknown devices must be filtered out before."""
+def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> list[Incoming]:
+    """Apply `batch` in `session`; return the messages of devices it does not know (not stored).
+
+    The batch's devices are locked first, in id order, in one query that also finds the
+    unknown ones: replicas splitting the same devices' messages serialize on them.
+    """
+    ids = sorted({item.message.device_id for item in batch})
     if session.get_bind().dialect.name == "sqlite":
         # SQLite knows no SELECT ... FOR UPDATE: a write first takes the database's write lock,
         # so the counters read below are the newest and no other writer (a second process on
         # the same file) can change them before this transaction commits
-        ids = sorted({item.message.device_id for item in batch})
         session.execute(
             update(Device)
             .where(Device.id.in_(ids))
             .values(windows_received=Device.windows_received)
             .execution_options(synchronize_session=False)
         )
+    tallies = _tallies(session, ids)
+    unknown = [item for item in batch if item.message.device_id not in tallies]
+    if unknown:
+        batch = [item for item in batch if item.message.device_id in tallies]
     others = [item for item in batch if not isinstance(item.message, Telemetry)]
     if others:
         _store_others(session, others)
-        session.flush()  # the telemetry path reads the devices as these left them
+        session.flush()
+        # the telemetry path goes on from the devices as these left them (still locked)
+        tallies = _tallies(session, sorted(tallies))
     windows = [item for item in batch if isinstance(item.message, Telemetry)]
     if windows:
-        _store_telemetry(session, windows, stats)
+        _store_telemetry(session, windows, tallies, stats)
+    return unknown
+
+
+def _tallies(session: Session, ids: list[str]) -> dict[str, _Tally]:
+    query = select(*_TALLIED).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
+    tallies = {}
+    for row in session.execute(query):
+        tally = _Tally(*row)
+        tally.stored_up_to = tally.last_seq
+        tallies[tally.id] = tally
+    return tallies
 
 
 def _seen(device: Device | _Tally, received_at: datetime) -> None:
@@ -115,32 +144,19 @@ class _Tally:
     pending: set[int] = field(default_factory=set)  # this batch's windows
 
 
-_TALLIED = (
-    Device.id,
-    Device.first_seen,
-    Device.last_seen,
-    Device.last_seq,
-    Device.windows_received,
-    Device.windows_lost,
-    Device.windows_dropped_on_device,
-    Device.duplicates,
-)
+_TALLIED = tuple(getattr(Device, name) for name in TALLIES)
 
 
-def _store_telemetry(session: Session, batch: list[Incoming], stats: IngestStats) -> None:
-    ids = sorted({item.message.device_id for item in batch})
-    query = select(*_TALLIED).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
-    tallies = {}
-    for row in session.execute(query):
-        tally = _Tally(*row)
-        tally.stored_up_to = tally.last_seq
-        tallies[tally.id] = tally
+def _store_telemetry(
+    session: Session, batch: list[Incoming], tallies: dict[str, _Tally], stats: IngestStats
+) -> None:
     stored = _already_stored(session, batch, tallies)
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    touched: dict[str, _Tally] = {}
     for item in batch:
         msg = item.message
         assert isinstance(msg, Telemetry)
-        tally = tallies[msg.device_id]
+        tally = touched[msg.device_id] = tallies[msg.device_id]
         _seen(tally, item.received_at)
         if tally.last_seq is None:
             tally.windows_lost += msg.seq  # sequence numbers start at 0 on a new device
@@ -157,15 +173,25 @@ def _store_telemetry(session: Session, batch: list[Incoming], stats: IngestStats
         tally.pending.add(msg.seq)
         tally.windows_received += 1
         tally.windows_dropped_on_device += msg.dropped
-        rows.append(_window_row(msg, item.received_at))
-    if rows:
-        session.execute(insert(TelemetryWindow), rows)
-    session.execute(
-        update(Device),
-        [
-            {column.key: getattr(tally, column.key) for column in _TALLIED}
-            for tally in tallies.values()
-        ],
+        rows.append(window_row(msg, item.received_at))
+    insert_windows(session, rows)
+    update_tallies(session, [_values(t) for t in sorted(touched.values(), key=_id)])
+
+
+def _id(tally: _Tally) -> str:
+    return tally.id
+
+
+def _values(t: _Tally) -> tuple[Any, ...]:
+    return (
+        t.id,
+        t.first_seen,
+        t.last_seen,
+        t.last_seq,
+        t.windows_received,
+        t.windows_lost,
+        t.windows_dropped_on_device,
+        t.duplicates,
     )
 
 
@@ -187,24 +213,6 @@ def _already_stored(
         select(TelemetryWindow.device_id, TelemetryWindow.seq).where(key.in_(sorted(maybe)))
     )
     return {(device_id, seq) for device_id, seq in found}
-
-
-def _window_row(msg: Telemetry, received_at: datetime) -> dict[str, Any]:
-    return {
-        "device_id": msg.device_id,
-        "seq": msg.seq,
-        "window_start": msg.window_start,
-        "window_end": msg.window_end,
-        "bundle_sha256": msg.bundle.sha256 if msg.bundle else None,
-        "requests": msg.requests,
-        "errors": dict(msg.errors),
-        "error_count": sum(msg.errors.values()),
-        "latency": list(msg.latency.counts),
-        "inputs": {k: v.model_dump(mode="json") for k, v in msg.inputs.items()},
-        "outputs": {k: v.model_dump(mode="json") for k, v in msg.outputs.items()},
-        "shadow": msg.shadow.model_dump(mode="json") if msg.shadow else None,
-        "received_at": received_at,
-    }
 
 
 def _state(session: Session, device: Device, msg: DeviceState) -> None:

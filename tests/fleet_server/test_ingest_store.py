@@ -1,21 +1,33 @@
 """`store_batch` against a real database: two writers (as two replicas have: their own engines)
 splitting one device's windows keep its counters exact; duplicates and late windows in one batch
-are counted as such. On SQLite and PostgreSQL."""
+are counted as such; a window reads back as sent; unknown devices' messages are handed back. On
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
-from edge_agent.protocol import Telemetry, decode, topics
+from edge_agent.protocol import (
+    LATENCY_BOUNDS_MS,
+    BinnedCounts,
+    BundleRef,
+    LatencyHistogram,
+    ShadowStats,
+    Telemetry,
+    decode,
+    encode,
+    topics,
+)
 from fleet_server.db import Database
 from fleet_server.db.tables import Device, TelemetryWindow
 from fleet_server.ingest.stats import IngestStats
 from fleet_server.ingest.store import Incoming, store_batch
-from tests.fleet_server.test_ingest import window
+from tests.fleet_server.test_ingest import REF, window
 
 NOW = datetime(2026, 11, 23, 13, 0, tzinfo=UTC)
 
@@ -84,5 +96,67 @@ def test_a_batch_counts_its_duplicates_and_fills_gaps(tmp_path: Path, db_url: st
         with db.session() as session:
             seqs = session.scalars(select(TelemetryWindow.seq).order_by(TelemetryWindow.seq))
             assert list(seqs) == [0, 1, 2, 4, 5]
+    finally:
+        db.dispose()
+
+
+def test_a_window_is_stored_as_it_was_sent(tmp_path: Path, db_url: str) -> None:
+    """Every field of the JSON columns, defaults included, reads back as the device sent it."""
+    ref = BundleRef(model="digits", version="2.0.0", profile="x86-64", sha256="c" * 64)
+    counts = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+    counts[12] = 7
+    payload = encode(
+        Telemetry(
+            device_id="dev-001",
+            seq=3,
+            window_start=NOW,
+            window_end=NOW + timedelta(seconds=10),
+            bundle=REF,
+            requests=7,
+            errors={"input": 2, "runtime": 1},
+            latency=LatencyHistogram(counts=counts),
+            inputs={"x": BinnedCounts(counts=[1, 2, 4], below=1, nan=2)},
+            outputs={"y": BinnedCounts(counts=[3, 4]), "z": BinnedCounts(counts=[0], above=9)},
+            shadow=ShadowStats(bundle=ref, compared=7, agreed=6, latency=None),
+        )
+    )
+    sent = json.loads(payload)
+    message = decode(topics.telemetry("dev-001"), payload)
+    assert isinstance(message, Telemetry)
+    received = NOW + timedelta(seconds=11)
+    db = enrolled(db_url)
+    try:
+        with db.session() as session:
+            assert store_batch(session, [Incoming(message, received)], IngestStats()) == []
+        with db.session() as session:
+            row = session.scalars(select(TelemetryWindow)).one()
+        assert (row.device_id, row.seq, row.requests, row.error_count) == ("dev-001", 3, 7, 3)
+        assert row.bundle_sha256 == REF.sha256
+        assert (row.errors, row.latency) == (sent["errors"], sent["latency"]["counts"])
+        assert (row.inputs, row.outputs, row.shadow) == (
+            sent["inputs"],
+            sent["outputs"],
+            sent["shadow"],
+        )
+        assert row.inputs["x"] == {"counts": [1, 2, 4], "below": 1, "above": 0, "nan": 2}
+
+        def utc(value: datetime) -> datetime:  # SQLite hands back naive UTC
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+        stamps = (utc(row.window_start), utc(row.window_end), utc(row.received_at))
+        assert stamps == (NOW, NOW + timedelta(seconds=10), received)
+    finally:
+        db.dispose()
+
+
+def test_messages_of_unknown_devices_are_handed_back_unstored(tmp_path: Path, db_url: str) -> None:
+    db = enrolled(db_url)
+    stranger = decode(topics.telemetry("dev-404"), window("dev-404", 0))
+    assert isinstance(stranger, Telemetry)
+    try:
+        with db.session() as session:
+            unknown = store_batch(session, [incoming(0), Incoming(stranger, NOW)], IngestStats())
+        assert [item.message.device_id for item in unknown] == ["dev-404"]
+        assert counters(db) == (1, 0, 0, 0)
     finally:
         db.dispose()
