@@ -52,6 +52,7 @@ from edge_agent.protocol import (
     encode,
     topics,
 )
+from edge_agent.schema import convert
 
 __all__ = ["RolloutResult", "rollouts"]
 
@@ -104,7 +105,7 @@ def _bundle(work: Path, private_key: Path, version: str) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     files = {"model/model.onnx": BundleFile(model.SerializeToString(), MemberRole.MODEL)}
-    manifest = Manifest.model_validate(
+    manifest = convert(
         {
             "schema_version": 1,
             "model": ModelId(name="bench", version=version, description="bench identity"),
@@ -118,7 +119,8 @@ def _bundle(work: Path, private_key: Path, version: str) -> bytes:
             "quantization": QuantizationRecipe(precision=Precision.FP32),
             "converter": Tool(name="edgefleet-bench", version="0"),
             "created_at": datetime.now(UTC),
-        }
+        },
+        Manifest,
     )
     path = write_bundle(
         work / f"bench-{version}.tar",

@@ -6,6 +6,7 @@ import io
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -110,9 +111,7 @@ def pack_bundle(
         entry: BundleFile(compiled, MemberRole.MODEL),
         "selftest/inputs.npz": BundleFile(_npz(selftest_in), MemberRole.SELFTEST),
         "selftest/outputs.npz": BundleFile(_npz(selftest_out), MemberRole.SELFTEST),
-        "reference/stats.json": BundleFile(
-            reference.model_dump_json().encode(), MemberRole.REFERENCE
-        ),
+        "reference/stats.json": BundleFile(msgspec.json.encode(reference), MemberRole.REFERENCE),
     }
     # TFLite Micro: the model as a C array; Edge TPU: the static batch-1 model for edgetpu_compiler
     for extra in ("model_data.cc", "edgetpu_input.tflite"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from msgspec.structs import replace
 
 from converter.validate import is_classifier
 from edge_agent.bundle.reference import (
@@ -38,15 +39,14 @@ def _tensor(values: np.ndarray) -> TensorReference:
     )
     if values.ndim == 2 and values.shape[1] <= MAX_FEATURES:
         features = [histogram(values[:, i]) for i in range(values.shape[1])]
-        return base.model_copy(update={"kind": "features", "features": features})
+        return replace(base, kind="features", features=features)
     if values.ndim >= 3:
         channels = np.moveaxis(floats, 1, -1).reshape(-1, values.shape[1])
-        return base.model_copy(
-            update={
-                "kind": "channels",
-                "channel_mean": [float(x) for x in channels.mean(axis=0)],
-                "channel_std": [float(x) for x in channels.std(axis=0)],
-            }
+        return replace(
+            base,
+            kind="channels",
+            channel_mean=[float(x) for x in channels.mean(axis=0)],
+            channel_std=[float(x) for x in channels.std(axis=0)],
         )
     return base
 
@@ -58,15 +58,12 @@ def _output(values: np.ndarray) -> TensorReference:
     confidence = values.max(axis=1)
     edges = np.linspace(float(confidence.min()), float(confidence.max()) + 1e-6, 11)
     counts, _ = np.histogram(confidence, bins=edges)
-    return _tensor(values).model_copy(
-        update={
-            "kind": "classes",
-            "features": None,
-            "classes": [int(c) for c in classes],
-            "confidence": Histogram(
-                edges=[float(e) for e in edges], counts=[int(c) for c in counts]
-            ),
-        }
+    return replace(
+        _tensor(values),
+        kind="classes",
+        features=None,
+        classes=[int(c) for c in classes],
+        confidence=Histogram(edges=[float(e) for e in edges], counts=[int(c) for c in counts]),
     )
 
 

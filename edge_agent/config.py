@@ -24,10 +24,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
+from msgspec import Meta, field
+from msgspec.structs import fields, replace
 
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.topics import check_device_id
+from edge_agent.schema import Strict, convert, problem
 
 __all__ = [
     "AgentConfig",
@@ -44,54 +47,50 @@ __all__ = [
 
 ENV_PREFIX = "EDGEFLEET_"
 
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+AtLeastOne = Annotated[int, Meta(ge=1)]
+Share = Annotated[float, Meta(ge=0, le=1)]
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class _Section(Strict, frozen=True, kw_only=True):
+    """A table of agent.toml; each key's meaning is in docs/agent.md."""
 
 
-class DeviceConfig(_Section):
-    id: str = Field(description="the device id: its MQTT username and topic level")
-    profile: str = Field(description="the hardware profile name; bundles must match it")
-    labels: dict[str, str] = Field(default_factory=dict)
+class DeviceConfig(_Section, frozen=True, kw_only=True):
+    id: str  # the device id: its MQTT username and topic level
+    profile: str  # the hardware profile name; bundles must match it
+    labels: dict[str, str] = field(default_factory=dict)
 
-    @field_validator("id")
-    @classmethod
-    def _device_id(cls, value: str) -> str:
+    def __post_init__(self) -> None:
         try:
-            return check_device_id(value)
+            check_device_id(self.id)
         except Exception as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(f"id: {exc}") from None
 
 
-class PathsConfig(_Section):
+class PathsConfig(_Section, frozen=True, kw_only=True):
     state_dir: Path = Path("/var/lib/edgefleet")
-    trusted_keys: list[Path] = Field(min_length=1, description="public keys bundles must carry")
-    initial_bundle: Path | None = Field(
-        default=None, description="installed when no bundle is active yet (provisioning)"
-    )
+    trusted_keys: Annotated[list[Path], Meta(min_length=1)]  # public keys bundles must carry
+    initial_bundle: Path | None = None  # installed when no bundle is active yet (provisioning)
 
 
-class MqttConfig(_Section):
-    url: str = Field(
-        default="", description="mqtt://host:1883 or mqtts://host:8883; empty = offline"
-    )
-    username: str | None = Field(default=None, description="defaults to the device id")
+class MqttConfig(_Section, frozen=True, kw_only=True):
+    url: str = ""  # mqtt://host:1883 or mqtts://host:8883; empty = offline
+    username: str | None = None  # defaults to the device id
     password: str | None = None
     password_file: Path | None = None
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
-    reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0)] = 60.0
-    max_inflight: Annotated[int, Field(ge=1, le=1000)] = 20
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
+    reconnect_min_s: Positive = 1.0
+    reconnect_max_s: Positive = 60.0
+    max_inflight: Annotated[int, Meta(ge=1, le=1000)] = 20
 
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, value: str) -> str:
-        if value and not value.startswith(("mqtt://", "mqtts://")):
-            raise ValueError(f"{value!r} must start with mqtt:// or mqtts://")
-        return value
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith(("mqtt://", "mqtts://")):
+            raise ValueError(f"url: {self.url!r} must start with mqtt:// or mqtts://")
 
     def read_password(self) -> str | None:
         if self.password_file is not None:
@@ -104,62 +103,56 @@ class MqttConfig(_Section):
         return self.password
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = Field(default=8470, description="0: a free port")
-    tcp: bool = Field(default=True, description="false: serve on the Unix socket only")
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8470  # 0: a free port
+    tcp: bool = True  # false: serve on the Unix socket only
     unix_socket: Path | None = None
-    max_body_mb: Annotated[float, Field(gt=0)] = 64.0
+    max_body_mb: Positive = 64.0
 
 
-class TelemetryConfig(_Section):
-    window_s: Annotated[float, Field(gt=0)] = 10.0
-    outbox_max_mb: Annotated[float, Field(gt=0)] = 64.0
+class TelemetryConfig(_Section, frozen=True, kw_only=True):
+    window_s: Positive = 10.0
+    outbox_max_mb: Positive = 64.0
     sync: Literal["normal", "full"] = "normal"
 
 
-class UpdateConfig(_Section):
-    max_bundle_mb: Annotated[float, Field(gt=0)] = 512.0
-    connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
-    read_timeout_s: Annotated[float, Field(gt=0)] = 30.0
-    attempts: Annotated[int, Field(ge=1)] = 6
-    backoff_s: Annotated[float, Field(ge=0)] = 1.0
-    backoff_max_s: Annotated[float, Field(ge=0)] = 60.0
-    download_token: str | None = Field(
-        default=None, description="sent as 'Authorization: Bearer ...' on bundle downloads"
-    )
-    warmup_runs: Annotated[int, Field(ge=1)] = 20
-    latency_budget_ms: Annotated[float, Field(gt=0)] | None = Field(
-        default=None, description="defaults to the hardware profile's max_latency_ms"
-    )
-    probation_s: Annotated[float, Field(ge=0)] = 300.0
-    probation_inferences: Annotated[int, Field(ge=1)] = 1000
-    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
-    max_nonfinite_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+class UpdateConfig(_Section, frozen=True, kw_only=True):
+    max_bundle_mb: Positive = 512.0
+    connect_timeout_s: Positive = 10.0
+    read_timeout_s: Positive = 30.0
+    attempts: AtLeastOne = 6
+    backoff_s: NonNegative = 1.0
+    backoff_max_s: NonNegative = 60.0
+    download_token: str | None = None  # sent as 'Authorization: Bearer ...' on downloads
+    warmup_runs: AtLeastOne = 20
+    latency_budget_ms: Positive | None = None  # defaults to the profile's max_latency_ms
+    probation_s: NonNegative = 300.0
+    probation_inferences: AtLeastOne = 1000
+    max_error_rate: Share = 0.01
+    max_nonfinite_rate: Share = 0.0
 
 
-class InferenceConfig(_Section):
-    threads: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="defaults to the bundle's (the profile's) thread count"
-    )
-    shadow_queue: Annotated[int, Field(ge=1)] = 64
+class InferenceConfig(_Section, frozen=True, kw_only=True):
+    threads: AtLeastOne | None = None  # defaults to the bundle's (the profile's) thread count
+    shadow_queue: AtLeastOne = 64
 
 
-class LogConfig(_Section):
+class LogConfig(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "text"] = "json"
 
 
-class AgentConfig(_Section):
+class AgentConfig(Strict, frozen=True, kw_only=True):
     device: DeviceConfig
     paths: PathsConfig
-    mqtt: MqttConfig = MqttConfig()
-    server: ServerConfig = ServerConfig()
-    telemetry: TelemetryConfig = TelemetryConfig()
-    update: UpdateConfig = UpdateConfig()
-    inference: InferenceConfig = InferenceConfig()
-    log: LogConfig = LogConfig()
-    source: Path | None = Field(default=None, exclude=True)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None  # the file it was read from (set by load_config, not a key)
 
     @property
     def outbox_path(self) -> Path:
@@ -170,6 +163,15 @@ class AgentConfig(_Section):
         return self.paths.state_dir / "events.db"
 
 
+def sections() -> dict[str, type[_Section]]:
+    """The config's tables by name (``device``, ``paths``, ``mqtt``, ...)."""
+    return {
+        f.name: f.type
+        for f in fields(AgentConfig)
+        if isinstance(f.type, type) and issubclass(f.type, _Section)
+    }
+
+
 def _env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
@@ -178,16 +180,12 @@ def _env_value(text: str) -> Any:
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> None:
-    sections = {
-        name
-        for name, field in AgentConfig.model_fields.items()
-        if isinstance(field.annotation, type) and issubclass(field.annotation, _Section)
-    } | {"device", "paths"}
+    tables = sections()
     for var, text in environ.items():
         if not var.startswith(ENV_PREFIX):
             continue
         section, _, key = var[len(ENV_PREFIX) :].lower().partition("_")
-        if section not in sections or not key:
+        if section not in tables or not key:
             continue  # EDGEFLEET_* variables of other tools
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
@@ -195,41 +193,29 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str], source: str) -> 
         target[key] = _env_value(text)
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc)
-
-
 def parse_config(raw: dict[str, Any], *, source: str) -> AgentConfig:
+    if "source" in raw:  # a field of the struct, but not a key of the file
+        raise ConfigError(f"{source}: unknown key 'source' (see docs/agent.md for every key)")
     try:
-        return AgentConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-        missing = [_where(e["loc"]) for e in errors if e["type"] == "missing"]
-        first = (unknown or errors)[0]
-        key = _where(first["loc"])
-        if first["type"] == "extra_forbidden":
+        return convert(raw, AgentConfig)
+    except msgspec.ValidationError as exc:
+        wrong = problem(exc)
+        key = wrong.path
+        if wrong.kind == "unknown":
             section = key.rpartition(".")[0]
-            known = _known_keys(section)
-            close = difflib.get_close_matches(key, [*missing, *known], n=1)
+            close = difflib.get_close_matches(key, _known_keys(section), n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see docs/agent.md for every key"
             raise ConfigError(f"{source}: unknown key {key!r} ({hint})") from None
-        if first["type"] == "missing":
+        if wrong.kind == "missing":
             raise ConfigError(f"{source}: required key {key!r} is missing") from None
-        raise ConfigError(f"{source}: key {key!r} is invalid: {first['msg']}") from None
+        raise ConfigError(f"{source}: key {key!r} is invalid: {wrong.message}") from None
 
 
 def _known_keys(section: str) -> list[str]:
-    model: type[BaseModel] = AgentConfig
-    for part in section.split(".") if section else []:
-        field = model.model_fields.get(part)
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
-            return []
-        model = field.annotation
-    prefix = f"{section}." if section else ""
-    return [prefix + name for name in model.model_fields]
+    if not section:
+        return [name for name in (f.name for f in fields(AgentConfig)) if name != "source"]
+    table = sections().get(section)
+    return [f"{section}.{f.name}" for f in fields(table)] if table else []
 
 
 def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -256,4 +242,4 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Agen
                 str(base / k) if isinstance(k, str) else k for k in paths["trusted_keys"]
             ]
     config = parse_config(raw, source=str(path))
-    return config.model_copy(update={"source": path})
+    return replace(config, source=path)

@@ -4,6 +4,12 @@ A publisher (the converter, a CI job) signs bundle manifests with a private
 key; every device trusts one or more public keys. Keys are PEM files
 (PKCS#8 private, SubjectPublicKeyInfo public), so OpenSSL reads them too.
 
+The two sides use two libraries on purpose. Verifying, which every device
+does, needs only libsodium (PyNaCl, about 1 MB resident) and the fixed
+RFC 8410 form of an Ed25519 public key. Signing and the PEM forms of
+private keys, which publishers need, use `cryptography` (about 8 MB
+resident), imported only by the functions that sign or read private keys.
+
 >>> private, public = generate_keypair()
 >>> sig = sign(private, b"manifest")
 >>> verify(public, b"manifest", sig)
@@ -12,51 +18,72 @@ True
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from edge_agent.errors import SigningKeyError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 __all__ = [
     "TrustedKey",
+    "VerifyKey",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_key",
     "load_trusted_keys",
+    "public_key",
     "sign",
     "verify",
     "write_keypair",
 ]
+
+# SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): this header, then the raw 32 bytes
+_SPKI_ED25519 = bytes.fromhex("302a300506032b6570032100")
+# the algorithm OIDs (DER) a wrong key is most likely to carry, to name it
+_OTHER_ALGORITHMS = {
+    bytes.fromhex("2a864886f70d010101"): "RSA",
+    bytes.fromhex("2a8648ce3d0201"): "EC",
+    bytes.fromhex("2b6571"): "Ed448",
+    bytes.fromhex("2b656e"): "X25519",
+    bytes.fromhex("2b656f"): "X448",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class TrustedKey:
     """A public key a reader trusts, with where it came from (for messages)."""
 
-    key: Ed25519PublicKey
+    key: VerifyKey
     key_id: str
     source: str
 
 
-def generate_keypair() -> tuple[Ed25519PrivateKey, Ed25519PublicKey]:
+def generate_keypair() -> tuple[Ed25519PrivateKey, VerifyKey]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     private = Ed25519PrivateKey.generate()
-    return private, private.public_key()
+    return private, public_key(private)
 
 
-def key_id(public: Ed25519PublicKey) -> str:
+def public_key(private: Ed25519PrivateKey) -> VerifyKey:
+    """The public half of a private key, as the verifying side holds it."""
+    return VerifyKey(private.public_key().public_bytes_raw())
+
+
+def key_id(public: VerifyKey) -> str:
     """The key's fingerprint: ``sha256:`` and the hex digest of its raw 32 bytes."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
+    return "sha256:" + hashlib.sha256(bytes(public)).hexdigest()
 
 
 def write_keypair(private_path: Path, public_path: Path, *, force: bool = False) -> str:
@@ -73,13 +100,15 @@ def write_keypair(private_path: Path, public_path: Path, *, force: bool = False)
             )
     if private_path.resolve() == public_path.resolve():
         raise SigningKeyError("the private and public key paths must differ")
+    from cryptography.hazmat.primitives import serialization
+
     private, public = generate_keypair()
     private_pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    public_pem = public.public_bytes(
+    public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     for path in (private_path, public_path):
@@ -113,6 +142,9 @@ def _read(path: Path, what: str) -> bytes:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     data = _read(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -128,18 +160,31 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
+def load_public_key(path: Path) -> VerifyKey:
+    """Read a PEM Ed25519 public key (``-----BEGIN PUBLIC KEY-----``, as OpenSSL writes it)."""
     data = _read(path, "public key")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as exc:
+    der = _pem_body(data, "PUBLIC KEY")
+    if der is None:
         hint = " (this is a private key: pass the .pub file)" if b"PRIVATE KEY" in data else ""
-        raise SigningKeyError(f"{path} is not a PEM public key{hint}") from exc
-    if not isinstance(key, Ed25519PublicKey):
-        raise SigningKeyError(
-            f"{path} holds a {type(key).__name__}, but edgefleet trusts Ed25519 keys only"
-        )
-    return key
+        raise SigningKeyError(f"{path} is not a PEM public key{hint}")
+    if len(der) == 44 and der.startswith(_SPKI_ED25519):
+        return VerifyKey(der[len(_SPKI_ED25519) :])
+    kind = next((name for oid, name in _OTHER_ALGORITHMS.items() if oid in der[:32]), None)
+    what = f"an {kind}" if kind else "another kind of"
+    raise SigningKeyError(f"{path} holds {what} key, but edgefleet trusts Ed25519 keys only")
+
+
+def _pem_body(data: bytes, label: str) -> bytes | None:
+    """The DER bytes of the first ``label`` block of a PEM file, or None."""
+    begin, end = f"-----BEGIN {label}-----".encode(), f"-----END {label}-----".encode()
+    start = data.find(begin)
+    stop = data.find(end, start + len(begin))
+    if start < 0 or stop < 0:
+        return None
+    try:
+        return base64.b64decode(b"".join(data[start + len(begin) : stop].split()), validate=True)
+    except binascii.Error:
+        return None
 
 
 def load_trusted_keys(paths: list[Path] | tuple[Path, ...]) -> list[TrustedKey]:
@@ -159,9 +204,10 @@ def sign(private: Ed25519PrivateKey, data: bytes) -> bytes:
     return private.sign(data)
 
 
-def verify(public: Ed25519PublicKey, data: bytes, signature: bytes) -> bool:
+def verify(public: VerifyKey, data: bytes, signature: bytes) -> bool:
+    """Whether `signature` is `public`'s Ed25519 signature of `data` (False for any other)."""
     try:
-        public.verify(signature, data)
-    except InvalidSignature:
+        public.verify(data, signature)
+    except (BadSignatureError, ValueError, TypeError):  # wrong length or type: not a signature
         return False
     return True

@@ -13,10 +13,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
+from msgspec import Meta, field
 
 from edge_agent.bundle.manifest import Dtype, ModelFormat, Precision, RuntimeName
 from edge_agent.errors import ProfileError, UnknownProfileError
+from edge_agent.schema import Strict, convert, problem
 
 __all__ = [
     "Accelerator",
@@ -35,72 +37,71 @@ __all__ = [
 PROFILE_SCHEMA_VERSION = 1
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+NonNegative = Annotated[float, Meta(ge=0)]
+AtLeastOne = Annotated[int, Meta(ge=1)]
+Opset = Annotated[int, Meta(ge=7)]
 
 
-class Accelerator(_Strict):
+class Accelerator(Strict, frozen=True, kw_only=True):
     kind: Literal["none", "gpu", "npu", "tpu", "dsp"]
     name: str = ""
-    int8_tops: float | None = Field(default=None, ge=0)
-    fp16_tflops: float | None = Field(default=None, ge=0)
+    int8_tops: NonNegative | None = None
+    fp16_tflops: NonNegative | None = None
 
 
-class Hardware(_Strict):
+class Hardware(Strict, frozen=True, kw_only=True):
     soc: str
     cpu: str
     arch: Literal["aarch64", "armv7l", "x86_64", "xtensa"]
-    cores: int = Field(ge=1)
-    max_clock_mhz: int = Field(ge=1)
-    isa_features: list[str] = Field(default_factory=list)
-    ram_bytes: int = Field(ge=1)
-    storage_bytes: int = Field(ge=1)
+    cores: AtLeastOne
+    max_clock_mhz: AtLeastOne
+    isa_features: list[str] = field(default_factory=list)
+    ram_bytes: AtLeastOne
+    storage_bytes: AtLeastOne
     accelerator: Accelerator
-    datasheet: str = Field(description="where the figures come from")
+    datasheet: str  # where the figures come from
 
 
-class RuntimeSpec(_Strict):
+class RuntimeSpec(Strict, frozen=True, kw_only=True):
     name: RuntimeName
     format: ModelFormat
-    execution_providers: list[str] = Field(default_factory=list)
-    delegates: list[str] = Field(default_factory=list)
-    threads: int = Field(ge=1)
-    opset_min: int | None = Field(default=None, ge=7)
-    opset_max: int | None = Field(default=None, ge=7)
+    execution_providers: list[str] = field(default_factory=list)
+    delegates: list[str] = field(default_factory=list)
+    threads: AtLeastOne
+    opset_min: Opset | None = None
+    opset_max: Opset | None = None
 
-    @model_validator(mode="after")
-    def _opsets(self) -> RuntimeSpec:
+    def __post_init__(self) -> None:
         if self.opset_min and self.opset_max and self.opset_min > self.opset_max:
-            raise ValueError(f"opset_min {self.opset_min} is above opset_max {self.opset_max}")
-        return self
+            raise ValueError(f"opset_min: {self.opset_min} is above opset_max {self.opset_max}")
 
 
-class QuantizationSpec(_Strict):
-    precisions: list[Precision] = Field(min_length=1, description="tried in this order")
+class QuantizationSpec(Strict, frozen=True, kw_only=True):
+    precisions: Annotated[list[Precision], Meta(min_length=1)]  # tried in this order
     per_channel: bool
     activation_type: Literal["int8", "uint8", "int16"]
     weight_type: Literal["int8", "uint8"]
     symmetric_activations: bool
     symmetric_weights: bool
-    reduce_range: bool = Field(description="7-bit weights, for CPUs without VNNI")
-    io_type: Dtype = Field(default="float32", description="I/O dtype of full-integer models")
-    calibration_samples: int = Field(default=256, ge=1)
+    reduce_range: bool  # 7-bit weights, for CPUs without VNNI
+    io_type: Dtype = "float32"  # I/O dtype of full-integer models
+    calibration_samples: AtLeastOne = 256
 
 
-class Budgets(_Strict):
-    max_model_bytes: int = Field(ge=1)
-    max_memory_bytes: int = Field(ge=1)
-    max_latency_ms: float = Field(gt=0)
+class Budgets(Strict, frozen=True, kw_only=True):
+    max_model_bytes: AtLeastOne
+    max_memory_bytes: AtLeastOne
+    max_latency_ms: Annotated[float, Meta(gt=0)]
 
 
-class AccuracyBudget(_Strict):
-    max_top1_disagreement: float = Field(ge=0, le=1)
-    max_relative_error: float = Field(ge=0)
+class AccuracyBudget(Strict, frozen=True, kw_only=True):
+    max_top1_disagreement: Annotated[float, Meta(ge=0, le=1)]
+    max_relative_error: NonNegative
 
 
-class HardwareProfile(_Strict):
+class HardwareProfile(Strict, frozen=True, kw_only=True):
     schema_version: Literal[1]
-    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+    name: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
     description: str
     hardware: Hardware
     runtime: RuntimeSpec
@@ -114,10 +115,6 @@ def builtin_profiles_dir() -> Path:
     return Path(str(resources.files("hardware_profiles")))
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc)
-
-
 def load_profile_file(path: Path) -> HardwareProfile:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -128,26 +125,32 @@ def load_profile_file(path: Path) -> HardwareProfile:
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path} is not valid TOML: {exc}") from exc
     try:
-        profile = HardwareProfile.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        # a misspelt key shows up twice: unknown, and its right spelling missing
-        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-        missing = [_where(e["loc"]) for e in errors if e["type"] == "missing"]
-        first = (unknown or errors)[0]
-        key = _where(first["loc"])
-        if first["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, missing, n=1)
+        profile = convert(raw, HardwareProfile)
+    except msgspec.ValidationError as exc:
+        wrong = problem(exc)
+        key = wrong.path
+        if wrong.kind == "unknown":
+            close = difflib.get_close_matches(key, _keys(HardwareProfile), n=1)
             hint = f"did you mean {close[0]!r}?" if close else "check its spelling"
             raise ProfileError(f"{path}: unknown key {key!r} ({hint})") from None
-        if first["type"] == "missing":
+        if wrong.kind == "missing":
             raise ProfileError(f"{path}: required key {key!r} is missing") from None
-        raise ProfileError(f"{path}: key {key!r} is invalid: {first['msg']}") from None
+        raise ProfileError(f"{path}: key {key!r} is invalid: {wrong.message}") from None
     if profile.name != path.stem:
         raise ProfileError(
             f"{path}: name {profile.name!r} differs from the file name; rename one of them"
         )
     return profile
+
+
+def _keys(kind: type, prefix: str = "") -> list[str]:
+    """Every key of a table and of its sub-tables, dotted (``budgets.max_latency_ms``)."""
+    out = []
+    for f in msgspec.structs.fields(kind):
+        out.append(prefix + f.name)
+        if isinstance(f.type, type) and issubclass(f.type, Strict):
+            out += _keys(f.type, f"{prefix}{f.name}.")
+    return out
 
 
 def _search(dirs: list[Path] | None) -> list[Path]:

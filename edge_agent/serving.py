@@ -28,6 +28,7 @@ from edge_agent.bundle.reference import ReferenceStats
 from edge_agent.errors import InputError, ModelError, NoModelError
 from edge_agent.model import BundleModel
 from edge_agent.protocol.messages import BundleRef
+from edge_agent.schema import to_builtins
 from edge_agent.telemetry.window import WindowAggregator, prometheus_lines
 from edge_agent.version import agent_version
 
@@ -184,7 +185,7 @@ class Serving:
             "agent_version": agent_version(),
             "uptime_s": round(time.monotonic() - self.started, 3),
             "probation": self.probation is not None,
-            "model": active.ref.model_dump() if active else None,
+            "model": to_builtins(active.ref) if active else None,
         }
         return active is not None, body
 
@@ -195,14 +196,14 @@ class Serving:
         m = active.model.manifest
         shadow = self.shadow
         return {
-            "bundle": active.ref.model_dump(),
+            "bundle": to_builtins(active.ref),
             "signature": active.model.signature,
             "runtime": m.runtime.value,
             "format": m.format.value,
             "precision": m.quantization.precision.value,
             "providers": active.model.providers,
             "probation": self.probation is not None,
-            "shadow": shadow.ref.model_dump() if shadow else None,
+            "shadow": to_builtins(shadow.ref) if shadow else None,
         }
 
     def metrics(self) -> str:

@@ -22,6 +22,7 @@ from converter.load import TensorInfo
 from edge_agent.bundle import QuantParams, TensorSpec
 from edge_agent.runtime import BackendOptions
 from edge_agent.runtime.tflite import TFLiteBackend, interpreter_module
+from edge_agent.schema import convert, to_builtins
 
 __all__ = ["TFLiteModel", "channel_last", "read_specs", "tensor_specs", "write_specs"]
 
@@ -108,8 +109,8 @@ def tensor_specs(
 def write_specs(path: Path, specs: tuple[list[TensorSpec], list[TensorSpec]]) -> None:
     """Beside the model file (`model.tflite.json`), for the benchmark's child process."""
     data = {
-        "inputs": [s.model_dump(mode="json") for s in specs[0]],
-        "outputs": [s.model_dump(mode="json") for s in specs[1]],
+        "inputs": [to_builtins(s) for s in specs[0]],
+        "outputs": [to_builtins(s) for s in specs[1]],
     }
     path.with_name(path.name + ".json").write_text(json.dumps(data))
 
@@ -117,8 +118,8 @@ def write_specs(path: Path, specs: tuple[list[TensorSpec], list[TensorSpec]]) ->
 def read_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     data = json.loads(path.with_name(path.name + ".json").read_text())
     return (
-        [TensorSpec.model_validate(s) for s in data["inputs"]],
-        [TensorSpec.model_validate(s) for s in data["outputs"]],
+        [convert(s, TensorSpec) for s in data["inputs"]],
+        [convert(s, TensorSpec) for s in data["outputs"]],
     )
 
 

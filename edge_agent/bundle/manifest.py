@@ -13,9 +13,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import msgspec
+from msgspec import Meta, field
 
 from edge_agent.errors import ManifestError, UnknownFieldError
+from edge_agent.schema import Strict, decode_json, problem, to_builtins
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -45,13 +47,13 @@ _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
 )
-_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-_MEMBER = r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$"
-_SHA256 = r"^[0-9a-f]{64}$"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
+MemberName = Annotated[
+    str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
+]
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+Count = Annotated[int, Meta(ge=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
 
 
 class RuntimeName(StrEnum):
@@ -83,25 +85,22 @@ Dtype = Literal[
     "bool", "string",
 ]  # fmt: skip
 
-Dim = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*$")] | None
+Dim = Count | Annotated[str, Meta(pattern=r"^[A-Za-z_][\w.]*$")] | None
 
 
-class QuantParams(_Strict):
+class QuantParams(Strict, frozen=True, kw_only=True):
     """Affine quantization of a tensor the runtime sees: real = scale * (q - zero_point)."""
 
-    scale: list[float] = Field(min_length=1)
-    zero_point: list[int] = Field(min_length=1)
+    scale: Annotated[list[float], Meta(min_length=1)]
+    zero_point: Annotated[list[int], Meta(min_length=1)]
     axis: int | None = None
 
-    @field_validator("scale")
-    @classmethod
-    def _positive(cls, value: list[float]) -> list[float]:
-        if any(not (s > 0.0) for s in value):
-            raise ValueError("every scale must be a positive number")
-        return value
+    def __post_init__(self) -> None:
+        if any(not (s > 0.0) for s in self.scale):
+            raise ValueError("scale: every scale must be a positive number")
 
 
-class TensorSpec(_Strict):
+class TensorSpec(Strict, frozen=True, kw_only=True):
     """One input or output as the caller sees it (the original model's tensor).
 
     `runtime_*` fields say how the compiled model differs, so the agent can
@@ -110,21 +109,21 @@ class TensorSpec(_Strict):
     integers a full-integer model takes.
     """
 
-    name: str = Field(min_length=1, max_length=256)
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
     dtype: Dtype
     shape: list[Dim]
-    layout: str | None = Field(default=None, pattern=r"^[A-Z]{1,8}$")
+    layout: Annotated[str, Meta(pattern=r"^[A-Z]{1,8}$")] | None = None
     runtime_name: str | None = None
     runtime_dtype: Dtype | None = None
     runtime_permutation: list[int] | None = None
     quantization: QuantParams | None = None
 
-    @field_validator("runtime_permutation")
-    @classmethod
-    def _is_permutation(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and sorted(value) != list(range(len(value))):
-            raise ValueError(f"{value} is not a permutation of 0..{len(value) - 1}")
-        return value
+    def __post_init__(self) -> None:
+        order = self.runtime_permutation
+        if order is not None and sorted(order) != list(range(len(order))):
+            raise ValueError(
+                f"runtime_permutation: {order} is not a permutation of 0..{len(order) - 1}"
+            )
 
 
 class MemberRole(StrEnum):
@@ -134,28 +133,25 @@ class MemberRole(StrEnum):
     EXTRA = "extra"
 
 
-class Member(_Strict):
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=_SHA256)
+class Member(Strict, frozen=True, kw_only=True):
+    size: Count
+    sha256: Sha256
     role: MemberRole
 
 
-class ModelId(_Strict):
-    name: str = Field(pattern=_NAME)
+class ModelId(Strict, frozen=True, kw_only=True):
+    name: Name
     version: str
-    description: str = Field(default="", max_length=2000)
+    description: Annotated[str, Meta(max_length=2000)] = ""
 
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, value: str) -> str:
-        if not _SEMVER.match(value):
-            raise ValueError(f"{value!r} is not a semantic version such as 1.4.0")
-        return value
+    def __post_init__(self) -> None:
+        if not _SEMVER.match(self.version):
+            raise ValueError(f"version: {self.version!r} is not a semantic version such as 1.4.0")
 
 
-class QuantizationRecipe(_Strict):
+class QuantizationRecipe(Strict, frozen=True, kw_only=True):
     precision: Precision
-    method: str = Field(default="none", max_length=64)
+    method: Annotated[str, Meta(max_length=64)] = "none"
     per_channel: bool | None = None
     activation_type: Dtype | None = None
     weight_type: Dtype | None = None
@@ -163,100 +159,93 @@ class QuantizationRecipe(_Strict):
     symmetric_weights: bool | None = None
     reduce_range: bool | None = None
     calibration_method: str | None = None
-    calibration_samples: int | None = Field(default=None, ge=0)
-    calibration_synthetic: bool = Field(
-        default=False, description="calibrated on random data: accuracy unproven"
-    )
-    excluded_nodes: list[str] = Field(default_factory=list)
+    calibration_samples: Count | None = None
+    calibration_synthetic: bool = False  # calibrated on random data: accuracy unproven
+    excluded_nodes: list[str] = field(default_factory=list)
 
 
-class Validation(_Strict):
+class Validation(Strict, frozen=True, kw_only=True):
     """How the compiled model compares with the original on real inputs."""
 
-    samples: int = Field(ge=0)
+    samples: Count
     metrics: dict[str, float]
     budget: dict[str, float]
     passed: bool
     dataset: str = ""
 
 
-class Benchmark(_Strict):
+class Benchmark(Strict, frozen=True, kw_only=True):
     """Measured on the converting host (`machine`), not necessarily the target."""
 
-    latency_ms_p50: float = Field(ge=0)
-    latency_ms_p95: float = Field(ge=0)
-    runs: int = Field(ge=1)
-    threads: int = Field(ge=1)
-    peak_memory_bytes: int | None = Field(default=None, ge=0)
+    latency_ms_p50: NonNegative
+    latency_ms_p95: NonNegative
+    runs: Annotated[int, Meta(ge=1)]
+    threads: Annotated[int, Meta(ge=1)]
+    peak_memory_bytes: Count | None = None
     machine: str = ""
 
 
-class SelfTest(_Strict):
+class SelfTest(Strict, frozen=True, kw_only=True):
     """Vectors a device runs before it trusts a model: outputs must match within tolerance."""
 
-    inputs: str = Field(pattern=_MEMBER)
-    outputs: str = Field(pattern=_MEMBER)
-    rtol: float = Field(ge=0)
-    atol: float = Field(ge=0)
+    inputs: MemberName
+    outputs: MemberName
+    rtol: NonNegative
+    atol: NonNegative
 
 
-class Source(_Strict):
-    sha256: str = Field(pattern=_SHA256)
-    filename: str = Field(max_length=255)
-    framework: str = Field(max_length=64)
+class Source(Strict, frozen=True, kw_only=True):
+    sha256: Sha256
+    filename: Annotated[str, Meta(max_length=255)]
+    framework: Annotated[str, Meta(max_length=64)]
 
 
-class Tool(_Strict):
+class Tool(Strict, frozen=True, kw_only=True):
     name: str
     version: str
 
 
-class Manifest(_Strict):
+class Manifest(Strict, frozen=True, kw_only=True):
     """The signed description of a bundle. Field order here is the documented order."""
 
     schema_version: Literal[1]
     model: ModelId
-    profile: str = Field(pattern=_NAME)
+    profile: Name
     runtime: RuntimeName
     format: ModelFormat
-    entrypoint: str = Field(pattern=_MEMBER)
-    members: dict[Annotated[str, Field(pattern=_MEMBER)], Member] = Field(min_length=1)
-    inputs: list[TensorSpec] = Field(min_length=1)
-    outputs: list[TensorSpec] = Field(min_length=1)
+    entrypoint: MemberName
+    members: Annotated[dict[MemberName, Member], Meta(min_length=1)]
+    inputs: Annotated[list[TensorSpec], Meta(min_length=1)]
+    outputs: Annotated[list[TensorSpec], Meta(min_length=1)]
     quantization: QuantizationRecipe
     selftest: SelfTest | None = None
-    reference: str | None = Field(default=None, pattern=_MEMBER)
+    reference: MemberName | None = None
     validation: Validation | None = None
     benchmark: Benchmark | None = None
     source: Source | None = None
     converter: Tool
     created_at: datetime
 
-    @field_validator("created_at")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("created_at must carry a time zone (e.g. 2026-11-23T13:00:00Z)")
-        return value
-
-    def model_post_init(self, context: Any, /) -> None:
+    def __post_init__(self) -> None:
+        if self.created_at.tzinfo is None:
+            raise ValueError("created_at: must carry a time zone (e.g. 2026-11-23T13:00:00Z)")
         referenced = {"entrypoint": self.entrypoint, "reference": self.reference}
         if self.selftest is not None:
             referenced["selftest.inputs"] = self.selftest.inputs
             referenced["selftest.outputs"] = self.selftest.outputs
-        for field, name in referenced.items():
+        for where, name in referenced.items():
             if name is not None and name not in self.members:
                 raise ManifestError(
-                    f"manifest field {field!r} names member {name!r}, "
+                    f"manifest field {where!r} names member {name!r}, "
                     "which 'members' does not list",
-                    field=field,
+                    field=where,
                 )
         for name in ("manifest.json", "signature.json"):
             if name in self.members:
                 raise ManifestError(f"'members' must not list {name!r}", field="members")
 
     def to_json_bytes(self) -> bytes:
-        return canonical_json(self.model_dump(mode="json"))
+        return canonical_json(to_builtins(self))
 
     @property
     def input_names(self) -> list[str]:
@@ -274,13 +263,6 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def parse_manifest(data: bytes, *, source: str = "manifest.json") -> Manifest:
     """Parse and validate manifest bytes; every failure names the field."""
     try:
@@ -296,21 +278,17 @@ def parse_manifest(data: bytes, *, source: str = "manifest.json") -> Manifest:
             f"{MANIFEST_SCHEMA_VERSION} (upgrade edgefleet to read newer bundles)",
             field="schema_version",
         )
-    try:
-        # strict JSON mode: no "1" for 1, but enums and datetimes from their JSON strings
-        return Manifest.model_validate_json(data, strict=True)
-    except ValidationError as exc:
-        errors = exc.errors()
-        unknown = [e for e in errors if e["type"] == "extra_forbidden"]
-        if unknown:
-            field = _location(unknown[0]["loc"])
+    try:  # strict: no "1" for 1, but enums and datetimes from their JSON strings
+        return decode_json(data, Manifest)
+    except msgspec.ValidationError as exc:
+        wrong = problem(exc)
+        if wrong.kind == "unknown":
             raise UnknownFieldError(
-                f"{source} has unknown field {field!r}; this edgefleet does not know it "
+                f"{source} has unknown field {wrong.path!r}; this edgefleet does not know it "
                 "(the bundle was made by a newer converter, or edited by hand)",
-                field=field,
+                field=wrong.path,
             ) from None
-        first = errors[0]
-        field = _location(first["loc"])
         raise ManifestError(
-            f"{source}: field {field!r} is invalid: {first['msg']}", field=field or None
+            f"{source}: field {wrong.path!r} is invalid: {wrong.message}",
+            field=wrong.path or None,
         ) from None

@@ -14,10 +14,14 @@ the two distributions to measure drift.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from msgspec import Meta
+
+from edge_agent.errors import BundleError
+from edge_agent.schema import Strict, decode_json, problem
 
 __all__ = [
     "MAX_FEATURES",
@@ -33,24 +37,18 @@ MAX_FEATURES = 256
 BINS = 10
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Histogram(_Strict):
-    edges: list[float] = Field(min_length=2)
+class Histogram(Strict, frozen=True, kw_only=True):
+    edges: Annotated[list[float], Meta(min_length=2)]
     counts: list[int]
 
-    @model_validator(mode="after")
-    def _shape(self) -> Histogram:
+    def __post_init__(self) -> None:
         if len(self.counts) != len(self.edges) - 1:
-            raise ValueError("a histogram has one count fewer than edges")
+            raise ValueError("counts: a histogram has one count fewer than edges")
         if any(b <= a for a, b in zip(self.edges, self.edges[1:], strict=False)):
-            raise ValueError("histogram edges must increase strictly")
-        return self
+            raise ValueError("edges: histogram edges must increase strictly")
 
 
-class TensorReference(_Strict):
+class TensorReference(Strict, frozen=True, kw_only=True):
     kind: Literal["features", "channels", "values", "classes"]
     dtype: str
     mean: float
@@ -65,9 +63,9 @@ class TensorReference(_Strict):
     confidence: Histogram | None = None
 
 
-class ReferenceStats(_Strict):
+class ReferenceStats(Strict, frozen=True, kw_only=True):
     schema_version: Literal[1] = 1
-    samples: int = Field(ge=0)
+    samples: Annotated[int, Meta(ge=0)]
     inputs: dict[str, TensorReference]
     outputs: dict[str, TensorReference]
 
@@ -96,5 +94,15 @@ def bin_counts(values: np.ndarray, edges: list[float]) -> tuple[list[int], int, 
     return [int(c) for c in counts], below, above, nan
 
 
-def parse_reference(data: bytes) -> ReferenceStats:
-    return ReferenceStats.model_validate_json(data)
+def parse_reference(data: bytes, *, member: str = "reference/stats.json") -> ReferenceStats:
+    """Decode the reference statistics; a `BundleError` names the member and the field."""
+    try:
+        return decode_json(data, ReferenceStats)
+    except msgspec.ValidationError as exc:
+        wrong = problem(exc)
+        raise BundleError(
+            f"{member}: field {wrong.path or '(document)'!r} is invalid: {wrong.message}",
+            member=member,
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise BundleError(f"{member} is not valid JSON: {exc}", member=member) from None

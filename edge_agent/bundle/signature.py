@@ -5,44 +5,50 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import Meta
 
 from edge_agent.errors import SignatureError, UntrustedKeyError
-from edge_agent.keys import TrustedKey, key_id, sign, verify
+from edge_agent.keys import TrustedKey, key_id, public_key, sign, verify
+from edge_agent.schema import Strict, decode_json, problem, to_builtins
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["SignatureDoc", "check_signature", "make_signature", "parse_signature"]
 
 
-class SignatureDoc(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
+class SignatureDoc(Strict, frozen=True, kw_only=True):
     schema_version: Literal[1]
     algorithm: Literal["ed25519"]
-    key_id: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
-    signature: str = Field(max_length=256)
+    key_id: Annotated[str, Meta(pattern=r"^sha256:[0-9a-f]{64}$")]
+    signature: Annotated[str, Meta(max_length=256)]
 
 
 def make_signature(private: Ed25519PrivateKey, manifest_bytes: bytes) -> bytes:
     doc = SignatureDoc(
         schema_version=1,
         algorithm="ed25519",
-        key_id=key_id(private.public_key()),
+        key_id=key_id(public_key(private)),
         signature=base64.b64encode(sign(private, manifest_bytes)).decode("ascii"),
     )
-    return json.dumps(doc.model_dump(), sort_keys=True, indent=2).encode() + b"\n"
+    return json.dumps(to_builtins(doc), sort_keys=True, indent=2).encode() + b"\n"
 
 
 def parse_signature(data: bytes) -> SignatureDoc:
     try:
-        return SignatureDoc.model_validate_json(data, strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(document)"
+        return decode_json(data, SignatureDoc)
+    except msgspec.ValidationError as exc:
+        wrong = problem(exc)
         raise SignatureError(
-            f"signature.json is malformed at {where!r}: {first['msg']}", member="signature.json"
+            f"signature.json is malformed at {wrong.path or '(document)'!r}: {wrong.message}",
+            member="signature.json",
+        ) from None
+    except msgspec.DecodeError as exc:
+        raise SignatureError(
+            f"signature.json is not valid JSON: {exc}", member="signature.json"
         ) from None
 
 

@@ -20,11 +20,12 @@ import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_agent.bundle.manifest import Manifest, Member, MemberRole
+from edge_agent.bundle.manifest import Manifest, Member, MemberRole, parse_manifest
 from edge_agent.bundle.reader import MANIFEST_NAME, SIGNATURE_NAME
 from edge_agent.bundle.signature import make_signature
 from edge_agent.errors import (
@@ -101,6 +102,9 @@ def write_bundle(
             )
 
     manifest_bytes = manifest.to_json_bytes()
+    # a struct built in code is not checked against its constraints: read the bytes
+    # back as a device will, so nothing is signed that a reader would refuse
+    parse_manifest(manifest_bytes, source="the manifest to sign")
     signature_bytes = make_signature(signing_key, manifest_bytes)
     mtime = int(manifest.created_at.timestamp())
     dest.parent.mkdir(parents=True, exist_ok=True)

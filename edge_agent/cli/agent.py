@@ -55,12 +55,13 @@ def check(config_path: Path) -> None:
     from edge_agent.config import load_config
     from edge_agent.keys import load_trusted_keys
     from edge_agent.profiles import load_profile
+    from edge_agent.schema import to_builtins
     from edge_agent.swap.store import BundleStore
 
     config = load_config(config_path)
     profile = load_profile(config.device.profile)
     trust = load_trusted_keys(list(config.paths.trusted_keys))
-    report: dict[str, object] = {"config": json.loads(config.model_dump_json())}
+    report: dict[str, object] = {"config": to_builtins(config)}
     store_state = None
     if config.paths.state_dir.is_dir():
         store = BundleStore(config.paths.state_dir)
@@ -68,7 +69,7 @@ def check(config_path: Path) -> None:
         for role, slot in (("active", store_state.active), ("previous", store_state.previous)):
             if slot is not None:
                 read_bundle(store.path_of(slot), trust=trust)
-                report[role] = slot.model_dump()
+                report[role] = to_builtins(slot)
     if config.paths.initial_bundle is not None and config.paths.initial_bundle.exists():
         bundle = read_bundle(config.paths.initial_bundle, trust=trust)
         if bundle.manifest.profile != profile.name:

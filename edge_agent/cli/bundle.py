@@ -32,13 +32,14 @@ def bundle() -> None:
 def inspect(bundle_path: Path, max_member_mb: int, as_json: bool) -> None:
     """Show what a bundle holds. Does not check the signature: use `bundle verify`."""
     from edge_agent.bundle import BundleLimits, inspect_bundle
+    from edge_agent.schema import to_builtins
 
     info = inspect_bundle(bundle_path, limits=BundleLimits(max_member_bytes=max_member_mb << 20))
     m = info.manifest
     if as_json:
         doc = {
             "path": str(info.path),
-            "manifest": m.model_dump(mode="json"),
+            "manifest": to_builtins(m),
             "manifest_sha256": info.manifest_sha256,
             "signer_key_id": info.signer_key_id,
             "member_sizes": info.member_sizes,

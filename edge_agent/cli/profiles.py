@@ -39,10 +39,11 @@ def profiles() -> None:
 def list_cmd(profiles_dirs: tuple[Path, ...], as_json: bool) -> None:
     """List every known hardware profile."""
     from edge_agent.profiles import list_profiles
+    from edge_agent.schema import to_builtins
 
     found = list_profiles(list(profiles_dirs))
     if as_json:
-        click.echo(json.dumps([p.model_dump(mode="json") for p in found], indent=2))
+        click.echo(json.dumps([to_builtins(p) for p in found], indent=2))
         return
     rows = [
         (
@@ -113,9 +114,10 @@ def _show(p: HardwareProfile) -> None:
 def show_cmd(name: str, profiles_dirs: tuple[Path, ...], as_json: bool) -> None:
     """Show one hardware profile in full."""
     from edge_agent.profiles import load_profile
+    from edge_agent.schema import to_builtins
 
     profile = load_profile(name, list(profiles_dirs))
     if as_json:
-        click.echo(json.dumps(profile.model_dump(mode="json"), indent=2))
+        click.echo(json.dumps(to_builtins(profile), indent=2))
     else:
         _show(profile)

@@ -7,10 +7,9 @@ the strict schema, and the device id matching the topic (no spoofing).
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+import msgspec
 
 from edge_agent.errors import MessageError, SchemaVersionError, SpoofedMessageError
 from edge_agent.protocol import topics
@@ -24,13 +23,14 @@ from edge_agent.protocol.messages import (
     Message,
     Telemetry,
 )
+from edge_agent.schema import Strict, problem
 
 __all__ = ["MAX_PAYLOAD_BYTES", "decode", "decode_as", "encode"]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound=Strict)
 
-_BY_CHANNEL: dict[topics.Channel, type[BaseModel]] = {
+_BY_CHANNEL: dict[topics.Channel, type[Strict]] = {
     topics.Channel.TELEMETRY: Telemetry,
     topics.Channel.STATE: DeviceState,
     topics.Channel.EVENTS: Event,
@@ -38,18 +38,24 @@ _BY_CHANNEL: dict[topics.Channel, type[BaseModel]] = {
     topics.Channel.DESIRED: DesiredState,
     topics.Channel.COMMANDS: Command,
 }
-_ADAPTERS: dict[type[BaseModel], TypeAdapter[Any]] = {
-    t: TypeAdapter(t) for t in _BY_CHANNEL.values()
+
+
+class _Version(msgspec.Struct):
+    """Only the version, read before the schema (other fields skipped unparsed)."""
+
+    schema_version: Any = None
+
+
+_ENCODER = msgspec.json.Encoder()
+_VERSION = msgspec.json.Decoder(_Version)
+_DECODERS: dict[type[Strict], msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(t) for t in _BY_CHANNEL.values()
 }
 
 
-def encode(message: BaseModel) -> bytes:
+def encode(message: Strict) -> bytes:
     """Compact UTF-8 JSON; optional fields left at their defaults are still written."""
-    return message.model_dump_json().encode("utf-8")
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(message)"
+    return _ENCODER.encode(message)
 
 
 def decode_as(kind: type[M], payload: bytes, *, topic: str | None = None) -> M:
@@ -59,20 +65,13 @@ def decode_as(kind: type[M], payload: bytes, *, topic: str | None = None) -> M:
             f"payload of {len(payload)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
             topic=topic,
         )
-    try:  # pydantic parses valid JSON itself, about half the time of json.loads + validate
-        fast = kind.model_validate_json(payload)
-        if "schema_version" in fast.model_fields_set:  # given, not defaulted
-            return fast
-    except ValidationError:
-        pass  # the slow path below names what is wrong, as precisely as it always did
-    try:
-        raw = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    try:  # the version first: a newer message is named as such, not as a schema error
+        version = _VERSION.decode(payload).schema_version
+    except msgspec.ValidationError:
+        raise MessageError("payload must be a JSON object", topic=topic) from None
+    except msgspec.DecodeError as exc:
         raise MessageError(f"payload is not UTF-8 JSON: {exc}", topic=topic) from None
-    if not isinstance(raw, dict):
-        raise MessageError("payload must be a JSON object", topic=topic)
-    version = raw.get("schema_version")
-    if version != PROTOCOL_SCHEMA_VERSION:
+    if type(version) is not int or version != PROTOCOL_SCHEMA_VERSION:
         raise SchemaVersionError(
             f"message schema_version {version!r} is not supported (this side speaks "
             f"{PROTOCOL_SCHEMA_VERSION}); upgrade the older of agent and fleet server",
@@ -80,13 +79,14 @@ def decode_as(kind: type[M], payload: bytes, *, topic: str | None = None) -> M:
             field="schema_version",
         )
     try:
-        message: M = kind.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = _where(first["loc"])
-        what = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        message: M = (_DECODERS.get(kind) or msgspec.json.Decoder(kind)).decode(payload)
+    except msgspec.ValidationError as exc:
+        wrong = problem(exc)
+        what = "unknown field" if wrong.kind == "unknown" else wrong.message
         raise MessageError(
-            f"invalid {kind.__name__} message at {where!r}: {what}", topic=topic, field=where
+            f"invalid {kind.__name__} message at {wrong.path or '(message)'!r}: {what}",
+            topic=topic,
+            field=wrong.path or None,
         ) from None
     return message
 

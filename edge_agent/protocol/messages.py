@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from msgspec import Meta, field
 
 from edge_agent.protocol.histogram import LATENCY_BOUNDS_MS, LATENCY_SCHEME
+from edge_agent.schema import Strict
 
 __all__ = [
     "PROTOCOL_SCHEMA_VERSION",
@@ -39,8 +40,11 @@ __all__ = [
 ]
 
 PROTOCOL_SCHEMA_VERSION: Final = 1
-_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
-_SHA256 = r"^[0-9a-f]{64}$"
+DeviceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+CommandId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Count = Annotated[int, Meta(ge=0)]
+Text = Annotated[str, Meta(max_length=4000)]
 Scalar = str | int | float | bool | None
 
 
@@ -48,79 +52,68 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class _Msg(Strict, frozen=True, kw_only=True):
     schema_version: Literal[1] = PROTOCOL_SCHEMA_VERSION
-    device_id: str = Field(pattern=_DEVICE_ID)
+    device_id: DeviceId
 
 
-class BundleRef(BaseModel):
+class BundleRef(Strict, frozen=True, kw_only=True):
     """Which bundle: model name and version, profile, and the bundle file's sha256."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str
     version: str
     profile: str
-    sha256: str = Field(pattern=_SHA256)
+    sha256: Sha256
 
 
-class LatencyHistogram(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class LatencyHistogram(Strict, frozen=True, kw_only=True):
     scheme: Literal["log10x10-10us-100s"] = LATENCY_SCHEME
-    counts: list[Annotated[int, Field(ge=0)]]
+    counts: list[Count]
 
-    @field_validator("counts")
-    @classmethod
-    def _length(cls, value: list[int]) -> list[int]:
-        if len(value) != len(LATENCY_BOUNDS_MS) + 1:
-            raise ValueError(f"needs {len(LATENCY_BOUNDS_MS) + 1} bucket counts, got {len(value)}")
-        return value
+    def __post_init__(self) -> None:
+        if len(self.counts) != len(LATENCY_BOUNDS_MS) + 1:
+            raise ValueError(
+                f"counts: needs {len(LATENCY_BOUNDS_MS) + 1} bucket counts, got {len(self.counts)}"
+            )
 
 
-class BinnedCounts(BaseModel):
+class BinnedCounts(Strict, frozen=True, kw_only=True):
     """Counts of a tensor's values in the bundle's reference bins (for drift)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    counts: list[Annotated[int, Field(ge=0)]]
-    below: int = Field(default=0, ge=0)
-    above: int = Field(default=0, ge=0)
-    nan: int = Field(default=0, ge=0)
+    counts: list[Count]
+    below: Count = 0
+    above: Count = 0
+    nan: Count = 0
 
 
-class ShadowStats(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ShadowStats(Strict, frozen=True, kw_only=True):
     bundle: BundleRef
-    compared: int = Field(ge=0)
-    agreed: int = Field(ge=0)
-    latency: LatencyHistogram | None = Field(default=None, description="the shadow model's")
+    compared: Count
+    agreed: Count
+    latency: LatencyHistogram | None = None  # the shadow model's
 
 
-class Telemetry(_Msg):
-    """One aggregation window of one device. `seq` rises by one per message, per device."""
+class Telemetry(_Msg, frozen=True, kw_only=True):
+    """One aggregation window of one device. `seq` rises by one per message, per device.
+
+    `binned` counts the requests whose tensors are in `inputs`/`outputs`; fewer
+    than `requests` when the agent sampled under load (compare distributions,
+    not totals). `dropped` counts windows dropped from a full outbox.
+    """
 
     kind: Literal["telemetry"] = "telemetry"
-    seq: int = Field(ge=0)
+    seq: Count
     window_start: datetime
     window_end: datetime
     bundle: BundleRef | None
-    requests: int = Field(ge=0)
-    errors: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    requests: Count
+    errors: dict[str, Count] = field(default_factory=dict)
     latency: LatencyHistogram
-    inputs: dict[str, BinnedCounts] = Field(default_factory=dict)
-    outputs: dict[str, BinnedCounts] = Field(default_factory=dict)
-    binned: int | None = Field(
-        default=None,
-        ge=0,
-        description="requests whose tensors are in inputs/outputs; fewer than `requests` "
-        "when the agent sampled under load (compare distributions, not totals)",
-    )
+    inputs: dict[str, BinnedCounts] = field(default_factory=dict)
+    outputs: dict[str, BinnedCounts] = field(default_factory=dict)
+    binned: Count | None = None
     shadow: ShadowStats | None = None
-    dropped: int = Field(default=0, ge=0, description="windows dropped from a full outbox")
+    dropped: Count = 0
 
 
 class Health(StrEnum):
@@ -130,7 +123,7 @@ class Health(StrEnum):
     UNKNOWN = "unknown"
 
 
-class DeviceState(_Msg):
+class DeviceState(_Msg, frozen=True, kw_only=True):
     """Retained. The agent publishes it on connect and on change; its last-will
     (``online: false``) replaces it when the connection drops uncleanly."""
 
@@ -142,8 +135,8 @@ class DeviceState(_Msg):
     active_bundle: BundleRef | None = None
     previous_bundle: BundleRef | None = None
     health: Health = Health.UNKNOWN
-    uptime_s: float | None = Field(default=None, ge=0)
-    desired_revision: int | None = Field(default=None, ge=0)
+    uptime_s: Annotated[float, Meta(ge=0)] | None = None
+    desired_revision: Count | None = None
 
 
 class Severity(StrEnum):
@@ -152,46 +145,43 @@ class Severity(StrEnum):
     ERROR = "error"
 
 
-class Event(_Msg):
+class Event(_Msg, frozen=True, kw_only=True):
     """Something that happened once: a bundle activated, a self-test failed, a rollback."""
 
     kind: Literal["event"] = "event"
-    seq: int = Field(ge=0)
+    seq: Count
     ts: datetime
-    type: str = Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+    type: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")]
     severity: Severity = Severity.INFO
-    message: str = Field(default="", max_length=4000)
+    message: Text = ""
     bundle: BundleRef | None = None
-    details: dict[str, Scalar] = Field(default_factory=dict)
+    details: dict[str, Scalar] = field(default_factory=dict)
 
 
-class DesiredBundle(BaseModel):
+class DesiredBundle(Strict, frozen=True, kw_only=True):
     """Where to fetch a bundle and how to know it is the right file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     ref: BundleRef
-    url: str = Field(min_length=1, max_length=2048)
-    size: int = Field(ge=0)
+    url: Annotated[str, Meta(min_length=1, max_length=2048)]
+    size: Count
 
 
-class DesiredState(_Msg):
+class DesiredState(_Msg, frozen=True, kw_only=True):
     """Retained, from the fleet: what the device should run. A device that was
-    offline gets the latest on reconnect and converges; `revision` only rises."""
+    offline gets the latest on reconnect and converges; `revision` only rises.
+
+    `shadow_sample` is the share of live requests the shadow also runs on.
+    `rollback` marks an ordered return to an older version: accepted although
+    lower, and not put on probation (there is nothing safer to fall back to).
+    """
 
     kind: Literal["desired"] = "desired"
-    revision: int = Field(ge=0)
+    revision: Count
     issued_at: datetime
     bundle: DesiredBundle | None
     shadow: DesiredBundle | None = None
-    shadow_sample: float = Field(
-        default=0.1, gt=0, le=1, description="share of live requests the shadow also runs on"
-    )
-    rollback: bool = Field(
-        default=False,
-        description="an ordered return to an older version: accepted although lower, "
-        "and not put on probation (there is nothing safer to fall back to)",
-    )
+    shadow_sample: Annotated[float, Meta(gt=0, le=1)] = 0.1
+    rollback: bool = False
     rollout_id: str | None = None
 
 
@@ -202,15 +192,15 @@ class CommandName(StrEnum):
     PING = "ping"
 
 
-class Command(_Msg):
+class Command(_Msg, frozen=True, kw_only=True):
     """A one-off instruction; the device answers on its acks topic with the same id."""
 
     kind: Literal["command"] = "command"
-    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    id: CommandId
     name: CommandName
     issued_at: datetime
     expires_at: datetime | None = None
-    args: dict[str, Scalar] = Field(default_factory=dict)
+    args: dict[str, Scalar] = field(default_factory=dict)
 
 
 class AckStatus(StrEnum):
@@ -221,12 +211,12 @@ class AckStatus(StrEnum):
     EXPIRED = "expired"
 
 
-class Ack(_Msg):
+class Ack(_Msg, frozen=True, kw_only=True):
     kind: Literal["ack"] = "ack"
-    command_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    command_id: CommandId
     status: AckStatus
     ts: datetime
-    detail: str = Field(default="", max_length=4000)
+    detail: Text = ""
 
 
 Message = Telemetry | DeviceState | Event | DesiredState | Command | Ack

@@ -21,11 +21,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
+from msgspec import Meta
 
 from edge_agent.bundle import Manifest
-from edge_agent.protocol.messages import BundleRef
+from edge_agent.protocol.messages import BundleRef, Sha256
+from edge_agent.schema import Strict, decode_json
 
 __all__ = ["BundleStore", "Probation", "Slot", "StoreState", "fsync_dir", "write_atomic"]
 
@@ -35,14 +38,10 @@ STATE_NAME = "state.json"
 TMP_SUFFIX = ".tmp"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Slot(_Strict):
+class Slot(Strict, frozen=True, kw_only=True):
     """One installed bundle."""
 
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: Sha256
     model: str
     version: str
     profile: str
@@ -63,23 +62,26 @@ class Slot(_Strict):
         )
 
 
-class Probation(_Strict):
-    """A bundle activated but not yet committed; `restore` is what a rollback goes back to."""
+class Probation(Strict, frozen=True, kw_only=True):
+    """A bundle activated but not yet committed; `restore` is what a rollback goes back to.
+
+    `boots` counts the agent's restarts during this probation.
+    """
 
     started_at: float
-    boots: int = Field(default=0, ge=0, description="agent restarts during this probation")
+    boots: Annotated[int, Meta(ge=0)] = 0
     restore_active: Slot | None
     restore_previous: Slot | None
 
 
-class StoreState(_Strict):
+class StoreState(Strict, frozen=True, kw_only=True):
+    """`desired_revision` is the last desired-state revision acted on (done or refused)."""
+
     schema_version: int = 1
     active: Slot | None = None
     previous: Slot | None = None
     probation: Probation | None = None
-    desired_revision: int | None = Field(
-        default=None, description="the last desired-state revision acted on (done or refused)"
-    )
+    desired_revision: int | None = None
 
 
 def fsync_dir(path: Path) -> None:
@@ -128,17 +130,17 @@ class BundleStore:
     def read_state(self) -> StoreState:
         """The committed state; an unreadable file is treated as no state (and logged)."""
         try:
-            return StoreState.model_validate_json(self.state_path.read_bytes())
+            return decode_json(self.state_path.read_bytes(), StoreState)
         except FileNotFoundError:
             return StoreState()
-        except (OSError, ValidationError) as exc:
+        except (OSError, msgspec.DecodeError) as exc:
             log.error(
                 "state file %s is unreadable, starting from no state: %s", self.state_path, exc
             )
             return StoreState()
 
     def write_state(self, state: StoreState) -> None:
-        write_atomic(self.state_path, state.model_dump_json(indent=2).encode())
+        write_atomic(self.state_path, msgspec.json.format(msgspec.json.encode(state), indent=2))
 
     def install(self, source: Path, sha256: str) -> Path:
         """Put a verified bundle file into ``bundles/`` atomically; return its path.
@@ -176,8 +178,8 @@ class BundleStore:
         unreadable = None
         if self.state_path.exists():
             try:
-                StoreState.model_validate_json(self.state_path.read_bytes())
-            except (OSError, ValidationError) as exc:
+                decode_json(self.state_path.read_bytes(), StoreState)
+            except (OSError, msgspec.DecodeError) as exc:
                 unreadable = str(exc).splitlines()[0]
         state = self.read_state()
         keep = {s.sha256 for s in self.referenced(state)}

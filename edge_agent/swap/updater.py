@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from msgspec.structs import replace
 
 from edge_agent.bundle import read_bundle
 from edge_agent.bundle.reference import parse_reference
@@ -151,9 +152,7 @@ class Updater:
                     )
                     continue
                 if role == "previous":  # the active one is broken: fall back for good
-                    state = state.model_copy(
-                        update={"active": slot, "previous": None, "probation": None}
-                    )
+                    state = replace(state, active=slot, previous=None, probation=None)
                     self.store.write_state(state)
                     self.emit(
                         "update.rolled_back",
@@ -193,12 +192,8 @@ class Updater:
                 details={"reason": "restarts_during_probation"},
             )
             return restored
-        resumed = state.model_copy(
-            update={
-                "probation": probation.model_copy(
-                    update={"boots": probation.boots + 1, "started_at": self.clock()}
-                )
-            }
+        resumed = replace(
+            state, probation=replace(probation, boots=probation.boots + 1, started_at=self.clock())
         )
         self.store.write_state(resumed)
         return resumed
@@ -234,9 +229,7 @@ class Updater:
             )
             return
         self.store.install(path, sha)
-        new = state.model_copy(
-            update={"active": candidate.slot, "previous": None, "probation": None}
-        )
+        new = replace(state, active=candidate.slot, previous=None, probation=None)
         self.store.write_state(new)
         self.serving.switch(candidate.loaded)
         self.emit(
@@ -257,9 +250,7 @@ class Updater:
             target = desired.bundle
             active = state.active
             if target is None or (active is not None and target.ref.sha256 == active.sha256):
-                self.store.write_state(
-                    state.model_copy(update={"desired_revision": desired.revision})
-                )
+                self.store.write_state(replace(state, desired_revision=desired.revision))
                 return
             if state.probation is not None:  # judge the current probation now
                 self.tick(force=True)
@@ -271,9 +262,7 @@ class Updater:
                 )
             except (UpdateError, BundleError, ModelError) as exc:
                 self.store.write_state(
-                    self.store.read_state().model_copy(
-                        update={"desired_revision": desired.revision}
-                    )
+                    replace(self.store.read_state(), desired_revision=desired.revision)
                 )
                 self.emit(
                     "update.refused",
@@ -507,7 +496,7 @@ class Updater:
         state = self.store.read_state()
         active = state.active
         if verdict.outcome is Outcome.COMMIT:
-            committed = state.model_copy(update={"probation": None})
+            committed = replace(state, probation=None)
             self.store.write_state(committed)
             self.serving.end_probation()
             self._restore = None

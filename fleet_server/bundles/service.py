@@ -36,6 +36,7 @@ from edge_agent.errors import (
     UntrustedKeyError,
 )
 from edge_agent.keys import TrustedKey, load_trusted_keys
+from edge_agent.schema import to_builtins
 from fleet_server.auth import Actor, audit
 from fleet_server.bundles.errors import NotConfiguredError
 from fleet_server.bundles.storage import BundleStore, Staged
@@ -228,7 +229,7 @@ def accept_upload(
         profile=profile,
         size=size,
         signer_key_id=verified.signer_key_id,
-        manifest=manifest.model_dump(mode="json"),
+        manifest=to_builtins(manifest),
         uploaded_at=now,
         uploaded_by=actor.name,
     )

@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+from msgspec.structs import replace
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Command, CommandName, DesiredState, encode, topics
+from edge_agent.schema import to_builtins
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db.tables import Device, DeviceEvent
 from fleet_server.errors import NotFoundError
@@ -79,8 +81,8 @@ def send_desired(
     with _transaction(fleet, session) as s:
         device = _device(s, state.device_id)
         if state.revision <= device.desired_revision:
-            state = state.model_copy(update={"revision": device.desired_revision + 1})
-        device.desired = state.model_dump(mode="json")
+            state = replace(state, revision=device.desired_revision + 1)
+        device.desired = to_builtins(state)
         device.desired_revision = state.revision
         bundle = state.bundle.ref if state.bundle else None
         s.add(

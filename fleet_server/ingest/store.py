@@ -25,6 +25,7 @@ from sqlalchemy import select, tuple_, update
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Ack, BundleRef, DeviceState, Event, Severity, Telemetry
+from edge_agent.schema import to_builtins
 from fleet_server.db.tables import Alert, Device, DeviceEvent, TelemetryWindow
 from fleet_server.ingest.bulk import (
     TALLIES,
@@ -53,7 +54,7 @@ class Incoming:
 
 
 def _bundle(ref: BundleRef | None) -> dict[str, Any] | None:
-    return ref.model_dump(mode="json") if ref is not None else None
+    return to_builtins(ref) if ref is not None else None
 
 
 def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> list[Incoming]:

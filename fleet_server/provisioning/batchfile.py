@@ -22,7 +22,7 @@ from typing import Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_agent.keys import TrustedKey, key_id, sign, verify
+from edge_agent.keys import TrustedKey, key_id, public_key, sign, verify
 from fleet_server.provisioning.errors import BatchFileError, BatchSignatureError
 
 __all__ = [
@@ -77,7 +77,7 @@ def canonical(batch: BatchManifest) -> bytes:
 
 def write_batch(path: Path, batch: BatchManifest, station_key: Ed25519PrivateKey) -> None:
     """Sign `batch` with the station's key and write it to `path` (replaced by rename)."""
-    if batch.station_key_id != key_id(station_key.public_key()):
+    if batch.station_key_id != key_id(public_key(station_key)):
         raise BatchFileError("the batch names another station key than the one signing it")
     signature = _Signature(
         key_id=batch.station_key_id,

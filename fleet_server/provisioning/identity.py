@@ -44,11 +44,10 @@ def _keys() -> tuple[bytes, bytes, str, str]:
     private_pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public_pem = public.public_bytes(
+    public_pem = private.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return private_pem, public_pem, base64.b64encode(raw).decode(), key_id(public)
+    return private_pem, public_pem, base64.b64encode(bytes(public)).decode(), key_id(public)
 
 
 def new_identity(plan: DevicePlan, *, mqtt_url: str) -> DeviceIdentity:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.bundle import read_bundle
 from edge_agent.errors import EdgeAgentError
-from edge_agent.keys import key_id, load_private_key, load_trusted_keys, write_keypair
+from edge_agent.keys import key_id, load_private_key, load_trusted_keys, public_key, write_keypair
 from edge_agent.profiles import load_profile
 from fleet_server.provisioning.archive import (
     entries_member,
@@ -181,7 +181,7 @@ def _sign(
         id=batch_id,
         created_at=created,
         station=station,
-        station_key_id=key_id(station_key.public_key()),
+        station_key_id=key_id(public_key(station_key)),
         devices=[
             BatchDevice(
                 id=i.plan.device_id,

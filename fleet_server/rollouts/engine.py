@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import BundleRef, DesiredBundle, DesiredState
+from edge_agent.schema import convert
 from fleet_server.cluster import LeaderLoop
 from fleet_server.context import Fleet
 from fleet_server.db.tables import (
@@ -310,7 +311,7 @@ class RolloutEngine:
     ) -> DesiredState:
         bundle: DesiredBundle | None = None
         if ref is not None:
-            bundle_ref = BundleRef.model_validate(ref)
+            bundle_ref = convert(ref, BundleRef)
             row = session.get(Bundle, bundle_ref.sha256)
             bundle = DesiredBundle(
                 ref=bundle_ref,

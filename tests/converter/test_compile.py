@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from msgspec.structs import replace
 
 from converter.compile import CompileTarget
 from converter.errors import ExportError
@@ -22,7 +23,7 @@ def test_ort_format_for_any_other_provider_stays_basic() -> None:
         ["XnnpackExecutionProvider", "CPUExecutionProvider"],
         ["CUDAExecutionProvider", "CPUExecutionProvider"],
     ):
-        other = runtime.model_copy(update={"execution_providers": providers})
+        other = replace(runtime, execution_providers=providers)
         assert CompileTarget.for_runtime(other) == CompileTarget(ModelFormat.ORT, "basic")
 
 

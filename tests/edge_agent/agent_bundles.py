@@ -8,10 +8,10 @@ does not load, self-test vectors it misses, NaN on live data, too slow).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
+import msgspec
 import numpy as np
 
 from edge_agent.bundle import BundleFile, MemberRole, ModelId, write_bundle
@@ -126,9 +126,7 @@ def build(
         "model/model.onnx": BundleFile(model, MemberRole.MODEL),
         "selftest/inputs.npz": BundleFile(npz(x=SELFTEST_X), MemberRole.SELFTEST),
         "selftest/outputs.npz": BundleFile(npz(y=expected), MemberRole.SELFTEST),
-        "reference/stats.json": BundleFile(
-            json.dumps(reference.model_dump(mode="json")).encode(), MemberRole.REFERENCE
-        ),
+        "reference/stats.json": BundleFile(msgspec.json.encode(reference), MemberRole.REFERENCE),
     }
     manifest = make_manifest(
         files,

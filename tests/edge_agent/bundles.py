@@ -26,6 +26,7 @@ from edge_agent.bundle import (
     write_bundle,
 )
 from edge_agent.keys import load_private_key
+from edge_agent.schema import convert
 
 
 def tiny_onnx_model() -> bytes:
@@ -106,7 +107,7 @@ def make_manifest(files: dict[str, BundleFile], **overrides: object) -> Manifest
         "created_at": datetime(2026, 11, 23, 13, 0, tzinfo=UTC),
     }
     fields.update(overrides)
-    return Manifest.model_validate(fields)
+    return convert(fields, Manifest)
 
 
 def make_bundle(path: Path, private_key: Path) -> Path:

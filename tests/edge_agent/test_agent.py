@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from msgspec.structs import replace
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
@@ -262,7 +263,7 @@ def test_half_finished_state_on_disk_is_recovered(device: Device) -> None:
     v2_path = device.bundle("2.0.0")
     v2_sha = agent_bundles.sha256(v2_path)
     shutil.copy(v2_path, store.bundles / f"{v2_sha}.efb")
-    v2 = v1.model_copy(update={"sha256": v2_sha, "version": "2.0.0"})
+    v2 = replace(v1, sha256=v2_sha, version="2.0.0")
     store.write_state(
         StoreState(
             active=v2,

@@ -32,7 +32,8 @@ def test_help_lists_every_command_and_loads_no_heavy_module() -> None:
     probe = (
         "import sys; from edge_agent.cli.main import main; rc = main(['--help']);"
         "heavy = sorted(m for m in ('numpy', 'onnx', 'onnxruntime', 'pydantic', 'fastapi',"
-        " 'sqlalchemy', 'paho', 'cryptography') if m in sys.modules); print(heavy)"
+        " 'sqlalchemy', 'paho', 'cryptography', 'msgspec', 'nacl') if m in sys.modules);"
+        " print(heavy)"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     for command in (

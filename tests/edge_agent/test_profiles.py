@@ -53,7 +53,7 @@ def test_a_missing_key_and_a_bad_value_are_named(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match=r"required key 'runtime\.threads' is missing"):
         load_profile("raspberry-pi-4", [directory])
     directory = write_variant(tmp_path, 'precisions = ["int8-static"', 'precisions = ["int4"')
-    with pytest.raises(ProfileError, match=r"'quantization\.precisions\.0' is invalid"):
+    with pytest.raises(ProfileError, match=r"'quantization\.precisions\[0\]' is invalid"):
         load_profile("raspberry-pi-4", [directory])
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edge_agent.bundle.reference import ReferenceStats, bin_counts
+from edge_agent.schema import to_builtins
 from edge_agent.telemetry.bins import Binner
 from fleet_server.context import Fleet as FleetContext
 from fleet_server.db import Database
@@ -169,8 +170,8 @@ class Fleet:
                     bundle_sha256=self.sha,
                     requests=len(x),
                     latency=[0] * 72,
-                    inputs={k: v.model_dump() for k, v in inputs.items()},
-                    outputs={k: v.model_dump() for k, v in outputs.items()},
+                    inputs=to_builtins(inputs),
+                    outputs=to_builtins(outputs),
                     received_at=end,
                 )
             )

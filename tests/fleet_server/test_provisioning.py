@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.keys import key_id, load_private_key, load_trusted_keys, write_keypair
+from edge_agent.keys import key_id, load_private_key, load_trusted_keys, public_key, write_keypair
 from fleet_server.auth import Actor, Role
 from fleet_server.db import Database
 from fleet_server.db.tables import Device
@@ -113,7 +113,7 @@ def make_batch(path: Path, station_key: Path, serials: list[str]) -> tuple[Path,
         id="20261123T120000Z-abcdef",
         created_at=NOW,
         station="line3",
-        station_key_id=key_id(key.public_key()),
+        station_key_id=key_id(public_key(key)),
         devices=[
             BatchDevice(
                 id=i.plan.device_id,

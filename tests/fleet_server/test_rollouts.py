@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from edge_agent.protocol import DesiredState, decode_as, encode, topics
 from edge_agent.protocol.histogram import LATENCY_BOUNDS_MS, bucket_index
+from edge_agent.schema import to_builtins
 from fleet_server.auth import Actor, Role
 from fleet_server.context import Fleet
 from fleet_server.db import Database
@@ -125,7 +126,7 @@ class World:
             for desired in states:
                 device = session.get(Device, desired.device_id)
                 assert device is not None
-                device.desired = desired.model_dump(mode="json")
+                device.desired = to_builtins(desired)
                 device.desired_revision = desired.revision
         for desired in states:
             self.broker.pub.publish(

@@ -1,0 +1,98 @@
+"""Strict schemas for the contract and the device's files, and their errors in words.
+
+Messages, manifests, reference statistics, hardware profiles and the agent's
+config are `msgspec` structs deriving from `Strict`: frozen, keyword-only, and
+refusing unknown fields. msgspec validates while it decodes (JSON bytes, or
+TOML already parsed into builtins), costs about a megabyte on the device, and
+decodes a telemetry window in microseconds.
+
+A struct built in code (``Telemetry(device_id=..., seq=...)``) is *not*
+checked against its constraints, only its ``__post_init__`` runs; whatever
+crosses a boundary is checked on the way in (`decode_json`, `convert`), and
+the converter checks a manifest by reading back the bytes it signs.
+
+A ``__post_init__`` check raises `ValueError` with a message that starts
+with the field's name and a colon (``"counts: needs 72 bucket counts"``), so
+that the path names the field and not only its struct.
+
+`problem` turns msgspec's one-line error into its kind (unknown field,
+missing field, invalid value), the dotted path of the field and the text, so
+each reader can name the file and suggest the fix in its own words.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+__all__ = ["Problem", "Strict", "convert", "decode_json", "problem", "to_builtins"]
+
+T = TypeVar("T")
+
+
+class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The base of every schema: immutable, keyword-only, unknown fields refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """What is wrong with a document: `kind`, the field's dotted `path`, and `message`.
+
+    `path` is ``""`` for the document itself, ``update.probation_s`` for a
+    table's key, ``inputs[0].name`` for a list item's field, and
+    ``members[...]`` for a value of a mapping.
+    """
+
+    kind: Literal["unknown", "missing", "invalid"]
+    path: str
+    message: str
+
+
+_AT = re.compile(r"^(?P<text>.*?)(?: - at `(?P<key>key` in `)?\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_OWN = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<text>.*)$", re.DOTALL)
+_FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]*)`$")
+
+
+def problem(exc: msgspec.ValidationError) -> Problem:
+    """Split msgspec's ``"<text> - at `$.a.b`"`` into kind, path and text."""
+    match = _AT.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    text, path = match["text"], (match["path"] or "").removeprefix(".")
+    if match["key"]:
+        return Problem("invalid", path, f"a key {text[0].lower()}{text[1:]}")
+    own = _OWN.match(text)
+    if own is not None:  # a __post_init__ check naming its field
+        return Problem("invalid", f"{path}.{own['name']}" if path else own["name"], own["text"])
+    field = _FIELD.match(text)
+    if field is None:
+        return Problem("invalid", path, text)
+    full = f"{path}.{field['name']}" if path else field["name"]
+    if field["what"] == "missing required":
+        return Problem("missing", full, "required field is missing")
+    return Problem("unknown", full, "unknown field")
+
+
+def _dec_hook(kind: type, value: Any) -> Any:
+    if isinstance(kind, type) and issubclass(kind, PurePath) and isinstance(value, str):
+        return kind(value)
+    raise ValueError(f"expected a path (a string), got {type(value).__name__}")
+
+
+def decode_json(data: bytes | str, kind: type[T]) -> T:
+    """Decode JSON into `kind`, validating as it goes; raise `msgspec.ValidationError`
+    for a schema problem and `msgspec.DecodeError` for bytes that are not JSON."""
+    return msgspec.json.decode(data, type=kind)
+
+
+def convert(raw: Any, kind: type[T]) -> T:
+    """Validate builtins (a parsed TOML document, say) into `kind`; strings become `Path`s."""
+    return msgspec.convert(raw, kind, dec_hook=_dec_hook)
+
+
+def to_builtins(value: Any) -> Any:
+    """Dicts, lists, strings and numbers (datetimes as RFC 3339, enums as their values)."""
+    return msgspec.to_builtins(value, enc_hook=str)
