@@ -114,10 +114,7 @@ def main() -> None:
     command = "`make bench` (`python -m bench.run`)"
     if args.only:
         command = f"`python -m bench.run {' '.join(f'--only {n}' for n in chosen)}`"
-    old_header, kept = _split(OUTPUT.read_text() if OUTPUT.exists() else "")
-    # sections written before stamps were per section carry the file's header stamp
-    old_stamp = [line for line in old_header if line.startswith(_STAMP_KEYS)]
-    kept = {name: _stamped(text, old_stamp) for name, text in kept.items()}
+    measured: dict[str, str] = {}
     for name in chosen:
         before = revision()
         section = importlib.import_module(SECTIONS[name]).run()
@@ -130,10 +127,15 @@ def main() -> None:
             f"- command: {command}",
         ]
         # kept by its title, as _split keys them ("provision" writes "## Provisioning")
-        kept[section.partition("\n")[0].removeprefix("## ").strip().lower()] = _stamped(
+        measured[section.partition("\n")[0].removeprefix("## ").strip().lower()] = _stamped(
             section, stamp
         )
         print(f"measured {name}")
+    # read only now: a run of another section that ended meanwhile is kept, not overwritten
+    old_header, kept = _split(OUTPUT.read_text() if OUTPUT.exists() else "")
+    # sections written before stamps were per section carry the file's header stamp
+    old_stamp = [line for line in old_header if line.startswith(_STAMP_KEYS)]
+    kept = {name: _stamped(text, old_stamp) for name, text in kept.items()} | measured
     order = [*SECTIONS, *(name for name in kept if name not in SECTIONS)]
     sections = [kept[name] for name in order if name in kept]
     OUTPUT.write_text("\n".join(HEADER) + "\n" + "\n".join(sections))
