@@ -1,42 +1,64 @@
 """The `edgefleet` command: a root group whose subcommands load only when used.
 
-Subcommands are registered as entry points (group ``edgefleet.commands`` in
-pyproject.toml), so this module names no converter or fleet-server code and
-the agent never imports them. Command modules import their heavy
+The agent package's own commands are named here (`OWN_COMMANDS`); the
+converter's and the fleet server's are entry points (group
+``edgefleet.commands`` in pyproject.toml), so this module names no converter
+or fleet-server code and the agent never imports them. Running one of our own
+commands reads no package metadata: ``edgefleet agent run`` on a device never
+imports ``importlib.metadata`` (about 2 MB of a running agent). Command modules import their heavy
 dependencies (onnx, numpy, FastAPI) inside the command body, so
 ``edgefleet --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
-from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING
 
 import click
 
-__all__ = ["cli", "main"]
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+__all__ = ["OWN_COMMANDS", "cli", "main"]
+
+OWN_COMMANDS = {
+    "agent": "edge_agent.cli.agent:agent",
+    "bundle": "edge_agent.cli.bundle:bundle",
+    "keys": "edge_agent.cli.keys:keys",
+    "predict": "edge_agent.cli.predict:predict",
+    "profiles": "edge_agent.cli.profiles:profiles",
+}
 
 _GROUP = "edgefleet.commands"
 _OUR_PACKAGES = {"edge_agent", "converter", "fleet_server"}
 
 
 class LazyGroup(click.Group):
-    """A group that finds its subcommands among entry points and loads one on demand."""
+    """A group that loads a subcommand on demand: ours by name, the others' by entry point."""
 
     def _entry_points(self) -> dict[str, EntryPoint]:
+        from importlib.metadata import entry_points
+
         return {ep.name: ep for ep in entry_points(group=_GROUP)}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self._entry_points())
+        return sorted(OWN_COMMANDS.keys() | self._entry_points().keys())
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        ep = self._entry_points().get(cmd_name)
-        if ep is None:
-            return None
-        command = ep.load()
+        if cmd_name in OWN_COMMANDS:
+            where = OWN_COMMANDS[cmd_name]
+            module, _, attr = where.partition(":")
+            command = getattr(importlib.import_module(module), attr)
+        else:
+            ep = self._entry_points().get(cmd_name)
+            if ep is None:
+                return None
+            where, command = ep.value, ep.load()
         if not isinstance(command, click.Command):
-            raise click.ClickException(f"entry point {ep.value} is not a click command")
+            raise click.ClickException(f"{where} is not a click command")
         return command
 
 
