@@ -62,7 +62,11 @@ def _utcnow() -> datetime:
 @dataclass
 class Fleet:
     """The settings, the database, the broker link, the clock and the leadership of one
-    server (the app's lifespan makes `leader` a `fleet_server.cluster.Leadership`)."""
+    server (the app's lifespan makes `leader` a `fleet_server.cluster.Leadership`).
+
+    `device_reported` is set by ingestion once it has stored a device's state or event:
+    the rollout engine wakes on it rather than wait for its next tick.
+    """
 
     settings: Settings
     db: Database
@@ -71,3 +75,4 @@ class Fleet:
     leader: Leader = field(default_factory=Solo)
     background: list[Stoppable] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
+    device_reported: threading.Event = field(default_factory=threading.Event)

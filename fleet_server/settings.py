@@ -41,7 +41,6 @@ class Settings:
     url_signing_secret: bytes = field(default=b"", repr=False)
     subscription_group: str = "edgefleet"
     ingest_batch: int = 500
-    ingest_flush_s: float = 0.2
     replica_id: str = ""
     leader_retry_s: float = 2.0
     stale_after_s: float = 90.0

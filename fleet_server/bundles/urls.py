@@ -30,11 +30,16 @@ __all__ = ["check_download_signature", "download_path", "signed_download_url", "
 SECRET_FILE = "url-secret"  # noqa: S105 (a file name, not a secret)
 
 
+_READ: dict[Path, bytes] = {}  # a file read once per process: a new one takes a restart
+
+
 def url_secret(settings: Settings) -> bytes:
     """The configured secret, or the server's own from ``<data_dir>/url-secret``."""
     if settings.url_signing_secret:
         return settings.url_signing_secret
     path = settings.data_dir / SECRET_FILE
+    if (known := _READ.get(path)) is not None:
+        return known
     try:
         return _read_secret(path)
     except FileNotFoundError:
@@ -64,6 +69,7 @@ def _read_secret(path: Path) -> bytes:
             f"the URL signing secret in {path} is shorter than 32 bytes; delete the file "
             "and restart the server to make a new one (outstanding download URLs stop working)"
         )
+    _READ[path] = secret
     return secret
 
 

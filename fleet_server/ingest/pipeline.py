@@ -157,20 +157,21 @@ class Ingest:
     # -- the writer thread ------------------------------------------------------------------
 
     def _write_loop(self) -> None:
-        settings = self.fleet.settings
+        # no waiting for a batch to fill: a batch is what arrived while the last one was being
+        # written (up to ingest_batch), so one message alone is stored at once and a stream
+        # gets batches as large as the database's pace makes them (a group commit)
+        limit = self.fleet.settings.ingest_batch
         stopping = False
         while not stopping:
-            batch: list[_Raw] = []
             first = self._queue.get()
             if first is _STOP:
                 self._queue.task_done()
                 break
             assert isinstance(first, _Raw)
-            batch.append(first)
-            deadline = time.monotonic() + settings.ingest_flush_s
-            while len(batch) < settings.ingest_batch:
+            batch = [first]
+            while len(batch) < limit:
                 try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -230,6 +231,8 @@ class Ingest:
                 self._write_one(item)
             return
         self.stats.count("batches")
+        if any(not isinstance(m.message, Telemetry) for m in decoded):
+            self.fleet.device_reported.set()  # the rollout engine acts on it now
         for _ in unknown:
             self.stats.reject(Rejection.UNKNOWN_DEVICE)
         if unknown:
@@ -250,8 +253,10 @@ class Ingest:
         else:
             if unknown:
                 self.stats.reject(Rejection.UNKNOWN_DEVICE)
-            else:
-                self.stats.accept(_channel(item))
+                return
+            self.stats.accept(_channel(item))
+            if not isinstance(item.message, Telemetry):
+                self.fleet.device_reported.set()
 
     def _decode(self, raw: _Raw) -> Incoming | None:
         try:

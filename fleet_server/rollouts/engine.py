@@ -1,6 +1,7 @@
 """The rollout engine: one background thread that moves every active rollout along.
 
-Each tick (about every 0.25 s) and for each active rollout it reads the devices'
+Each tick (every 0.25 s, and at once when ingestion has stored a device's state
+or event: `Fleet.device_reported`) and for each active rollout it reads the devices'
 reports (``devices`` rows and ``device_events``) into per-device statuses,
 judges the stage's gates (`fleet_server.rollouts.gates`), then dispatches the
 stage's devices, advances, completes, pauses or rolls back. Every decision is
@@ -74,11 +75,17 @@ class RolloutEngine:
         self.ports = ports or Ports()
         self._loop: LeaderLoop | None = None
 
-    # the thread: a tick every TICK_S on the leader; a bad tick is logged, the next retries
+    # the thread: a tick every TICK_S on the leader, and as soon as ingestion stored a device's
+    # state or event (a gate may be breached, a stage done); a bad tick is logged, the next
+    # retries
 
     def start(self) -> RolloutEngine:
         self._loop = LeaderLoop(
-            self.fleet, name="rollout-engine", interval_s=TICK_S, work=self.tick
+            self.fleet,
+            name="rollout-engine",
+            interval_s=TICK_S,
+            work=self.tick,
+            wake=self.fleet.device_reported,
         ).start()
         return self
 
@@ -308,15 +315,19 @@ class RolloutEngine:
         ref: dict[str, Any] | None,
         rollback: bool,
         now: datetime,
+        sizes: dict[str, int],
     ) -> DesiredState:
         bundle: DesiredBundle | None = None
         if ref is not None:
             bundle_ref = convert(ref, BundleRef)
-            row = session.get(Bundle, bundle_ref.sha256)
+            if (size := sizes.get(bundle_ref.sha256)) is None:
+                # once per bundle and decision (a bundle not stored is looked up once, too)
+                row = session.get(Bundle, bundle_ref.sha256)
+                size = sizes[bundle_ref.sha256] = row.size if row is not None else 0
             bundle = DesiredBundle(
                 ref=bundle_ref,
                 url=self.ports.download_url(self.fleet.settings, bundle_ref.sha256, device.id, now),
-                size=row.size if row is not None else 0,
+                size=size,
             )
         return DesiredState(
             device_id=device.id,
@@ -339,6 +350,7 @@ class RolloutEngine:
         todo = [r for r in rows if r.stage <= stage and r.desired_revision is None]
         todo = [r for r in todo if r.status in ("pending", "offline_pending")]
         orders = []
+        sizes: dict[str, int] = {}
         devices = _devices(session, [r.device_id for r in todo])
         for row in todo:
             device = devices.get(row.device_id)
@@ -355,7 +367,13 @@ class RolloutEngine:
                 "sha256": bundle.sha256,
             }
             desired = self._desired(
-                session, device=device, rollout_id=rollout_id, ref=ref, rollback=False, now=now
+                session,
+                device=device,
+                rollout_id=rollout_id,
+                ref=ref,
+                rollback=False,
+                now=now,
+                sizes=sizes,
             )
             orders.append(
                 _Order(
@@ -383,6 +401,7 @@ class RolloutEngine:
             )
         )
         orders = []
+        sizes: dict[str, int] = {}
         devices = _devices(session, [r.device_id for r in rows])
         for row in rows:
             device = devices.get(row.device_id)
@@ -395,6 +414,7 @@ class RolloutEngine:
                 ref=row.previous_bundle,
                 rollback=True,
                 now=now,
+                sizes=sizes,
             )
             was = f" (was {row.status}: {row.detail})" if row.status == "failed" else ""
             orders.append(

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import DesiredState
 from fleet_server.context import Fleet
-from fleet_server.db.tables import Bundle, ModelVersion
+from fleet_server.db.tables import Bundle, Device, ModelVersion
 from fleet_server.settings import Settings
 
 __all__ = ["MaxPsi", "Ports"]
@@ -62,7 +63,11 @@ def _download_url(settings: Settings, sha256: str, device_id: str, now: datetime
 def _send_desired(fleet: Fleet, states: Sequence[DesiredState]) -> list[DesiredState]:
     send = _real("fleet_server.devices", "send_desired")
     with fleet.db.session() as session:  # published when, and only if, this commits
-        return [send(fleet, s, session=session) for s in states]
+        # the devices in one query (send_desired finds them in the session), and no flush
+        # per device: the desired states and timeline entries go out at the commit, batched
+        list(session.scalars(select(Device).where(Device.id.in_([s.device_id for s in states]))))
+        with session.no_autoflush:
+            return [send(fleet, s, session=session) for s in states]
 
 
 def _max_psi(

@@ -325,3 +325,25 @@ def test_a_leader_loop_works_only_while_its_replica_leads(tmp_path: Path) -> Non
     finally:
         loop.stop()
         db.dispose()
+
+
+def test_a_leader_loop_with_a_wake_event_works_as_soon_as_it_is_set(tmp_path: Path) -> None:
+    db = Database("sqlite://")
+    fleet = Fleet(settings=Settings(data_dir=tmp_path), db=db)
+    rounds: list[int] = []
+    loop = LeaderLoop(
+        fleet,
+        name="test",
+        interval_s=3600,  # never by the clock in this test
+        work=lambda: rounds.append(1),
+        wake=fleet.device_reported,
+    ).start()
+    try:
+        fleet.device_reported.set()
+        wait_for(lambda: len(rounds) == 1, what="a round on the wake-up")
+        assert not fleet.device_reported.is_set()  # taken by the round it started
+        fleet.device_reported.set()
+        wait_for(lambda: len(rounds) == 2, what="a second round on the next wake-up")
+    finally:
+        loop.stop()
+        db.dispose()
