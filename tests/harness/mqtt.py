@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,11 @@ class Client:
         will: tuple[str, bytes] | None = None,
         protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTProtocolVersion.MQTTv5,
         keepalive: int = 60,
+        session_expiry_s: int | None = None,
     ) -> None:
+        """`session_expiry_s`: keep the session (subscriptions, queued QoS 1 messages) on
+        the broker for that long after a disconnect, and resume it on connect (MQTT 5)."""
+        self.session_expiry_s = session_expiry_s
         self.messages: queue.Queue[Received] = queue.Queue()
         self.port = port
         self._connected = threading.Event()
@@ -59,7 +65,18 @@ class Client:
         self.subscribe_granted.put(list(reasons))
 
     def connect(self, timeout: float = 10.0) -> Any:
-        self.client.connect("127.0.0.1", self.port, keepalive=self.keepalive)
+        if self.session_expiry_s is None:
+            self.client.connect("127.0.0.1", self.port, keepalive=self.keepalive)
+        else:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = self.session_expiry_s
+            self.client.connect(
+                "127.0.0.1",
+                self.port,
+                keepalive=self.keepalive,
+                clean_start=False,
+                properties=properties,
+            )
         self.client.loop_start()
         if not self._connected.wait(timeout):
             raise TimeoutError("no CONNACK")

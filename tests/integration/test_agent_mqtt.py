@@ -29,7 +29,7 @@ from edge_agent.protocol.messages import (
     Telemetry,
     utcnow,
 )
-from edge_agent.server.client import LocalClient
+from edge_agent.server.client import LocalClient, LocalServerError
 from tests.conftest import DEVICE_USERS
 from tests.edge_agent.agent_env import DEVICE, Device, served_device, wait_for
 from tests.harness.mosquitto import Mosquitto
@@ -41,8 +41,14 @@ ROOT = Path(__file__).resolve().parents[2]
 class Fleet:
     """The fleet's side of the broker: everything devices publish, decoded."""
 
-    def __init__(self, port: int) -> None:
-        self.client = Client(port, "fleet-test", username="fleet", password=DEVICE_USERS["fleet"])
+    def __init__(self, port: int, *, session_expiry_s: int | None = None) -> None:
+        self.client = Client(
+            port,
+            "fleet-test",
+            username="fleet",
+            password=DEVICE_USERS["fleet"],
+            session_expiry_s=session_expiry_s,
+        )
         self.client.connect()
         self.client.subscribe(f"{topics.PREFIX}/+/+")
         self.received: list[Received] = []
@@ -246,6 +252,75 @@ def test_no_telemetry_window_is_lost_across_kill_9_and_a_broker_outage(
         assert unique == sorted(unique), "windows arrived out of order"
         assert unique == list(range(first_after, first_after + len(unique))), "a gap"
         assert all(t.dropped == 0 for t in windows)
+    finally:
+        fleet.close()
+        broker.stop()
+
+
+OUTAGE_S = 120.0
+
+
+@pytest.mark.slow
+def test_a_broker_down_for_two_minutes_loses_no_window_and_serving_goes_on(
+    tmp_path: Path, device: Device, agent_process: AgentProcess
+) -> None:
+    """Minutes, not seconds: the agent's reconnect backoff grows to its cap, and 1 s windows
+    pile up in the outbox, while it serves; a power cut mid-outage loses nothing either.
+    (This one test waits its two minutes on the wall clock: paho's timers cannot be faked.)"""
+    broker = Mosquitto(
+        tmp_path / "broker", users=DEVICE_USERS, fleet_users=["fleet"], persistence=True
+    )
+    broker.start()
+    # the fleet's session outlives the broker's restart, so that windows the agent sends the
+    # moment it is back are queued for the fleet even before the fleet has reconnected
+    fleet = Fleet(broker.port, session_expiry_s=3600)
+    socket_path = tmp_path / "agent.sock"
+    try:
+        device.write_config(
+            paths={"initial_bundle": str(device.bundle("1.0.0"))},
+            mqtt={**mqtt_section(broker), "reconnect_max_s": 15},
+            server={"tcp": False, "unix_socket": str(socket_path)},
+            telemetry={"window_s": 1.0},
+        )
+        agent_process.start()
+        wait_for(lambda: len(fleet.of(Telemetry)) >= 2, what="first windows")
+        broker.stop()
+        fleet.close()
+        down = time.monotonic()
+        x = np.random.default_rng(3).normal(size=(2, 4)).astype(np.float32)
+        served = 0
+        killed = False
+        while time.monotonic() - down < OUTAGE_S:
+            if not killed and time.monotonic() - down > OUTAGE_S / 2:
+                agent_process.kill()  # a power cut in the middle of the outage
+                agent_process.start()
+                killed = True
+            try:
+                with LocalClient(unix_socket=socket_path) as local:
+                    assert local.predict({"x": x})["y"].shape == (2, 3)
+                    served += 1
+            except LocalServerError:
+                pass  # the socket is not there yet, just after the restart
+            time.sleep(1.0)
+        assert served >= OUTAGE_S * 0.8, f"served only {served} times in {OUTAGE_S:.0f} s"
+        broker.start()
+        fleet = Fleet(broker.port, session_expiry_s=3600)
+        # every window of the outage, about one a second, arrives: none lost, none out of order
+        wait_for(
+            lambda: len({t.seq for t in fleet.of(Telemetry)}) >= OUTAGE_S * 0.9,
+            timeout=60,
+            what="the outage's windows",
+        )
+        agent_process.kill()
+        windows = fleet.of(Telemetry)
+        unique: list[int] = []
+        for t in windows:
+            if t.seq not in unique:
+                unique.append(t.seq)
+        assert unique == sorted(unique), "windows arrived out of order"
+        assert unique == list(range(unique[0], unique[0] + len(unique))), "a gap"
+        assert all(t.dropped == 0 for t in windows)
+        assert sum(t.requests for t in windows) >= served - 2  # a kill loses its open window
     finally:
         fleet.close()
         broker.stop()
