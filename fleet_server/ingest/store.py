@@ -28,8 +28,8 @@ from edge_agent.protocol import Ack, BundleRef, DeviceState, Event, Severity, Te
 from edge_agent.schema import to_builtins
 from fleet_server.db.tables import Alert, Device, DeviceEvent, TelemetryWindow
 from fleet_server.ingest.bulk import (
-    TALLIES,
     insert_windows,
+    lock_tallies,
     update_tallies,
     window_row,
 )
@@ -91,9 +91,8 @@ def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> 
 
 
 def _tallies(session: Session, ids: list[str]) -> dict[str, _Tally]:
-    query = select(*_TALLIED).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
     tallies = {}
-    for row in session.execute(query):
+    for row in lock_tallies(session, ids):
         tally = _Tally(*row)
         tally.stored_up_to = tally.last_seq
         tallies[tally.id] = tally
@@ -143,9 +142,6 @@ class _Tally:
     duplicates: int
     stored_up_to: int | None = None  # last_seq as the batch found it: stored windows are <= it
     pending: set[int] = field(default_factory=set)  # this batch's windows
-
-
-_TALLIED = tuple(getattr(Device, name) for name in TALLIES)
 
 
 def _store_telemetry(

@@ -25,6 +25,7 @@ from edge_agent.protocol import (
 )
 from fleet_server.db import Database
 from fleet_server.db.tables import Device, TelemetryWindow
+from fleet_server.ingest.bulk import pg_array
 from fleet_server.ingest.stats import IngestStats
 from fleet_server.ingest.store import Incoming, store_batch
 from tests.fleet_server.test_ingest import REF, window
@@ -123,7 +124,7 @@ def test_a_window_is_stored_as_it_was_sent(tmp_path: Path, db_url: str) -> None:
     sent = json.loads(payload)
     message = decode(topics.telemetry("dev-001"), payload)
     assert isinstance(message, Telemetry)
-    received = NOW + timedelta(seconds=11)
+    received = NOW + timedelta(seconds=11, microseconds=250)
     db = enrolled(db_url)
     try:
         with db.session() as session:
@@ -158,5 +159,20 @@ def test_messages_of_unknown_devices_are_handed_back_unstored(tmp_path: Path, db
             unknown = store_batch(session, [incoming(0), Incoming(stranger, NOW)], IngestStats())
         assert [item.message.device_id for item in unknown] == ["dev-404"]
         assert counters(db) == (1, 0, 0, 0)
+    finally:
+        db.dispose()
+
+
+def test_array_literals_carry_any_text_to_postgresql(postgres_url: str) -> None:
+    odd = ["plain", 'a"quote', "back\\slash", "{brace},comma", " spaced ", "NULL", ""]
+    stamp = datetime(2026, 11, 23, 13, 0, 0, 250, tzinfo=UTC)
+    db = Database(postgres_url)
+    try:
+        with db.engine.connect() as conn:
+            texts, numbers, stamps = conn.exec_driver_sql(
+                "SELECT %s::varchar[], %s::bigint[], %s::timestamptz[]",
+                (pg_array(odd), pg_array([1, None, -5]), pg_array([stamp, None])),
+            ).one()
+        assert (texts, numbers, stamps) == (odd, [1, None, -5], [stamp, None])
     finally:
         db.dispose()
