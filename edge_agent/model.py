@@ -154,8 +154,10 @@ class _Binding:
     runtime_dtype: np.dtype[Any]
     permutation: tuple[int, ...] | None
     inverse: tuple[int, ...] | None
-    scale: np.ndarray | None
-    zero: np.ndarray | None
+    # per-tensor parameters as Python floats: numpy's scalar broadcasting is the cheap path
+    scale: float | np.ndarray | None
+    zero: float | np.ndarray | None
+    bounds: tuple[float, float] | None
 
     @classmethod
     def of(cls, spec: TensorSpec) -> _Binding:
@@ -167,8 +169,9 @@ class _Binding:
             runtime_dtype=np.dtype(spec.runtime_dtype or spec.dtype),
             permutation=tuple(perm) if perm is not None else None,
             inverse=tuple(int(i) for i in np.argsort(perm)) if perm is not None else None,
-            scale=np.asarray(q.scale, dtype=np.float32) if q else None,
-            zero=np.asarray(q.zero_point, dtype=np.float32) if q else None,
+            scale=_parameter(q.scale) if q else None,
+            zero=_parameter(q.zero_point) if q else None,
+            bounds=_bounds(spec.runtime_dtype or spec.dtype) if q else None,
         )
 
     @property
@@ -184,17 +187,34 @@ class _Binding:
     def to_runtime(self, array: np.ndarray) -> np.ndarray:
         if self.permutation is not None:
             array = array.transpose(self.permutation)
-        if self.scale is not None and self.zero is not None:
-            info = np.iinfo(self.runtime_dtype)
-            array = np.clip(np.rint(array / self.scale + self.zero), info.min, info.max)
+        if self.scale is not None and self.zero is not None and self.bounds is not None:
+            # q = clip(rint(x / scale + zero)), in place on one float32 temporary
+            t = np.divide(array, self.scale, dtype=np.float32)
+            t += self.zero
+            np.rint(t, out=t)
+            np.maximum(t, self.bounds[0], out=t)
+            np.minimum(t, self.bounds[1], out=t)
+            array = t
         return np.ascontiguousarray(array, dtype=self.runtime_dtype)
 
     def from_runtime(self, array: np.ndarray) -> np.ndarray:
         if self.scale is not None and self.zero is not None:
-            array = ((array.astype(np.float32) - self.zero) * self.scale).astype(self.dtype)
+            t = array.astype(np.float32)
+            t -= self.zero
+            t *= self.scale
+            array = t.astype(self.dtype, copy=False)
         if self.inverse is not None:
             array = array.transpose(self.inverse)
         return array
+
+
+def _parameter(values: list[float] | list[int]) -> float | np.ndarray:
+    return float(values[0]) if len(values) == 1 else np.asarray(values, dtype=np.float32)
+
+
+def _bounds(dtype: str) -> tuple[float, float]:
+    info = np.iinfo(np.dtype(dtype))
+    return float(info.min), float(info.max)
 
 
 @dataclass(frozen=True, slots=True)
