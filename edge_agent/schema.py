@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import PurePath
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
@@ -57,11 +59,19 @@ _OWN = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<text>.*)$", re.DOTALL)
 _FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]*)`$")
 
 
-def problem(exc: msgspec.ValidationError) -> Problem:
-    """Split msgspec's ``"<text> - at `$.a.b`"`` into kind, path and text."""
+def problem(exc: msgspec.ValidationError, kind: type | None = None) -> Problem:
+    """Split msgspec's ``"<text> - at `$.a.b`"`` into kind, path and text.
+
+    Given the decoded `kind`, a value outside an enum or a ``Literal`` is
+    answered with the values the field takes.
+    """
     match = _AT.match(str(exc))
     assert match is not None  # the pattern matches any text
     text, path = match["text"], (match["path"] or "").removeprefix(".")
+    if kind is not None and text.startswith("Invalid enum value"):
+        choices = _choices(_field_type(kind, path))
+        if choices:
+            text = f"{text[len('Invalid enum value ') :]} is not one of {', '.join(choices)}"
     if match["key"]:
         return Problem("invalid", path, f"a key {text[0].lower()}{text[1:]}")
     own = _OWN.match(text)
@@ -76,6 +86,42 @@ def problem(exc: msgspec.ValidationError) -> Problem:
     return Problem("unknown", full, "unknown field")
 
 
+def _field_type(kind: Any, path: str) -> Any:
+    """The type at `path` (``a.b[0]``, ``m[...]``) inside struct type `kind`, or None."""
+    for step in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path):
+        kind = _unwrap(kind)
+        if step.startswith("["):  # a list item or a mapping's value
+            args = get_args(kind)
+            kind = args[-1] if args else None
+        elif isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            kind = next((f.type for f in msgspec.structs.fields(kind) if f.name == step), None)
+        else:
+            return None
+    return _unwrap(kind)
+
+
+def _unwrap(kind: Any) -> Any:
+    """`X` of ``Annotated[X, ...]`` and of ``X | None``."""
+    while True:
+        if get_origin(kind) is Annotated:
+            kind = get_args(kind)[0]
+        elif get_origin(kind) in (Union, UnionType):
+            rest = [a for a in get_args(kind) if a is not type(None)]
+            if len(rest) != 1:
+                return kind
+            kind = rest[0]
+        else:
+            return kind
+
+
+def _choices(kind: Any) -> list[str]:
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return [repr(member.value) for member in kind]
+    if get_origin(kind) is Literal:
+        return [repr(value) for value in get_args(kind)]
+    return []
+
+
 def _dec_hook(kind: type, value: Any) -> Any:
     if isinstance(kind, type) and issubclass(kind, PurePath) and isinstance(value, str):
         return kind(value)
@@ -85,7 +131,7 @@ def _dec_hook(kind: type, value: Any) -> Any:
 def decode_json(data: bytes | str, kind: type[T]) -> T:
     """Decode JSON into `kind`, validating as it goes; raise `msgspec.ValidationError`
     for a schema problem and `msgspec.DecodeError` for bytes that are not JSON."""
-    return msgspec.json.decode(data, type=kind)
+    return msgspec.json.decode(data, type=kind, dec_hook=_dec_hook)
 
 
 def convert(raw: Any, kind: type[T]) -> T:

@@ -41,7 +41,7 @@ def parse_signature(data: bytes) -> SignatureDoc:
     try:
         return decode_json(data, SignatureDoc)
     except msgspec.ValidationError as exc:
-        wrong = problem(exc)
+        wrong = problem(exc, SignatureDoc)
         raise SignatureError(
             f"signature.json is malformed at {wrong.path or '(document)'!r}: {wrong.message}",
             member="signature.json",
