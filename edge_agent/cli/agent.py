@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+# settings `agent check` reports as set or not, never by value
+_SECRETS = (("mqtt", "password"), ("update", "download_token"))
+
 _CONFIG = click.option(
     "--config",
     "config_path",
@@ -61,7 +64,11 @@ def check(config_path: Path) -> None:
     config = load_config(config_path)
     profile = load_profile(config.device.profile)
     trust = load_trusted_keys(list(config.paths.trusted_keys))
-    report: dict[str, object] = {"config": to_builtins(config)}
+    settings = to_builtins(config)
+    for section, key in _SECRETS:  # the report goes to terminals and tickets: no secrets
+        if settings[section][key] is not None:
+            settings[section][key] = "(set, not shown)"
+    report: dict[str, object] = {"config": settings}
     store_state = None
     if config.paths.state_dir.is_dir():
         store = BundleStore(config.paths.state_dir)

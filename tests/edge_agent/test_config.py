@@ -114,12 +114,17 @@ profile = "x86-64"
 state_dir = "state"
 trusted_keys = ["{keypair[1]}"]
 initial_bundle = "{bundle}"
+[mqtt]
+password = "hunter2-secret"
 """,
     )
     done = edgefleet("agent", "check", "--config", str(path))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["initial_bundle"] == "tiny 1.0.0"
+    assert "hunter2-secret" not in done.stdout  # a report is pasted into tickets
+    assert report["config"]["mqtt"]["password"] == "(set, not shown)"
+    assert report["config"]["update"]["download_token"] is None
     wrong = path.read_text().replace('"x86-64"', '"raspberry-pi-4"')
     path.write_text(wrong)
     done = edgefleet("agent", "check", "--config", str(path))
