@@ -18,7 +18,8 @@ class Settings:
     stations whose offline batches it imports. `admin_token`, when set, is ensured as an admin
     API token at start (first boot, tests); otherwise `edgefleet fleet token create`
     makes one. Drift alerts are evaluated every `drift_interval_s` over the last
-    `drift_minutes` of telemetry.
+    `drift_minutes` of telemetry. Ingestion writes at most `ingest_batch` messages per
+    transaction (a batch is what arrived while the last was written).
 
     Replicas sharing one database (docs/scaling.md): `replica_id` names this one
     (default ``<host>:<data dir>``); a follower tries to take the leader lock
@@ -40,7 +41,7 @@ class Settings:
     download_url_ttl_s: int = 3600
     url_signing_secret: bytes = field(default=b"", repr=False)
     subscription_group: str = "edgefleet"
-    ingest_batch: int = 500
+    ingest_batch: int = 2000
     replica_id: str = ""
     leader_retry_s: float = 2.0
     stale_after_s: float = 90.0
