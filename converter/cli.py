@@ -26,6 +26,31 @@ def _shape(
     return shape
 
 
+def _check_identity(name: str, version: str) -> None:
+    """Refuse a bad --name or --version now, not after the conversion's work.
+
+    A struct built in code is not checked against its field constraints (only
+    the bundle writer's read-back would refuse the name, once every candidate
+    is built): the two values are validated as a manifest reader validates them.
+    """
+    import msgspec
+
+    from edge_agent.bundle import ModelId
+    from edge_agent.schema import convert, problem
+
+    try:
+        convert({"name": name, "version": version}, ModelId)
+    except msgspec.ValidationError as exc:
+        if problem(exc, ModelId).path == "name":
+            raise click.ClickException(
+                f"--name {name!r} is not a model name: use 1-64 lowercase letters, digits, "
+                "'.', '_' or '-', starting with a letter or digit (e.g. digits or kws.v2)"
+            ) from None
+        raise click.ClickException(
+            f"--version {version!r} is not a semantic version: use one such as 1.4.0"
+        ) from None
+
+
 def _setup(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     """`--setup tflite`: create the TFLite tool environment now, then exit."""
     if value is None or ctx.resilient_parsing:
@@ -165,10 +190,10 @@ def convert(
     from converter.pipeline import convert as run_convert
     from converter.report import render_table
     from converter.tflite.toolenv import ToolSettings
-    from edge_agent.bundle import ModelId, Precision
+    from edge_agent.bundle import Precision
     from edge_agent.profiles import load_profile
 
-    ModelId(name=name, version=version)  # a bad name or version fails now, not after the work
+    _check_identity(name, version)
     req = ConvertRequest(
         model=model,
         profiles=[load_profile(p, list(profiles_dirs)) for p in profiles],

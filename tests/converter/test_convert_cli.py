@@ -112,6 +112,25 @@ def test_a_truncated_model(files: dict[str, Path], digits: Digits, tmp_path: Pat
     assert_nothing_left(files)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--name", "Digits Model", "--name 'Digits Model' is not a model name: use 1-64 lowercase"),
+        ("--name", "-digits", "--name '-digits' is not a model name"),
+        ("--version", "1.0", "--version '1.0' is not a semantic version: use one such as 1.4.0"),
+    ],
+)
+def test_a_bad_name_or_version_is_refused_before_any_work(
+    files: dict[str, Path], tmp_path: Path, option: str, value: str, says: str
+) -> None:
+    # a model that cannot be read: the identity is checked before the model is opened
+    missing = tmp_path / "not-there.onnx"
+    done = convert(files, option, value, model=missing)
+    assert done.returncode == 1
+    assert says in one_error_line(done)
+    assert_nothing_left(files)
+
+
 def test_an_unknown_profile(files: dict[str, Path]) -> None:
     done = convert(files, profile="raspbery-pi-4")
     assert done.returncode == 1
