@@ -199,7 +199,7 @@ def parse_config(raw: dict[str, Any], *, source: str) -> AgentConfig:
     try:
         return convert(raw, AgentConfig)
     except msgspec.ValidationError as exc:
-        wrong = problem(exc, AgentConfig)
+        wrong = problem(exc, AgentConfig, document=raw)
         key = wrong.path
         if wrong.kind == "unknown":
             section = key.rpartition(".")[0]

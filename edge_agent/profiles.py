@@ -127,7 +127,7 @@ def load_profile_file(path: Path) -> HardwareProfile:
     try:
         profile = convert(raw, HardwareProfile)
     except msgspec.ValidationError as exc:
-        wrong = problem(exc, HardwareProfile)
+        wrong = problem(exc, HardwareProfile, document=raw)
         key = wrong.path
         if wrong.kind == "unknown":
             close = difflib.get_close_matches(key, _keys(HardwareProfile), n=1)

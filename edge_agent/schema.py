@@ -17,11 +17,14 @@ that the path names the field and not only its struct.
 
 `problem` turns msgspec's one-line error into its kind (unknown field,
 missing field, invalid value), the dotted path of the field and the text, so
-each reader can name the file and suggest the fix in its own words.
+each reader can name the file and suggest the fix in its own words. msgspec
+does not say which key of a mapping holds the bad value (``members[...]``);
+given the document, `problem` finds it (``members["model/model.onnx"]``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -46,7 +49,8 @@ class Problem:
 
     `path` is ``""`` for the document itself, ``update.probation_s`` for a
     table's key, ``inputs[0].name`` for a list item's field, and
-    ``members[...]`` for a value of a mapping.
+    ``members["model/model.onnx"]`` for a value of a mapping (``members[...]``
+    when the document was not given).
     """
 
     kind: Literal["unknown", "missing", "invalid"]
@@ -59,11 +63,15 @@ _OWN = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<text>.*)$", re.DOTALL)
 _FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]*)`$")
 
 
-def problem(exc: msgspec.ValidationError, kind: type | None = None) -> Problem:
+def problem(
+    exc: msgspec.ValidationError, kind: type | None = None, *, document: Any = None
+) -> Problem:
     """Split msgspec's ``"<text> - at `$.a.b`"`` into kind, path and text.
 
     Given the decoded `kind`, a value outside an enum or a ``Literal`` is
-    answered with the values the field takes.
+    answered with the values the field takes. Given also the `document` that
+    failed (builtins, or the JSON bytes), a mapping's bad value is named by its
+    key (``labels["line"]``) and a bad key is quoted.
     """
     match = _AT.match(str(exc))
     assert match is not None  # the pattern matches any text
@@ -72,8 +80,12 @@ def problem(exc: msgspec.ValidationError, kind: type | None = None) -> Problem:
         choices = _choices(_field_type(kind, path))
         if choices:
             text = f"{text[len('Invalid enum value ') :]} is not one of {', '.join(choices)}"
+    bad_key = None
+    if kind is not None and document is not None and ("[...]" in path or match["key"]):
+        path, bad_key = _with_keys(kind, document, path, key=bool(match["key"]))
     if match["key"]:
-        return Problem("invalid", path, f"a key {text[0].lower()}{text[1:]}")
+        which = "a key" if bad_key is None else f"key {bad_key!r}:"
+        return Problem("invalid", path, f"{which} {text[0].lower()}{text[1:]}")
     own = _OWN.match(text)
     if own is not None:  # a __post_init__ check naming its field
         return Problem("invalid", f"{path}.{own['name']}" if path else own["name"], own["text"])
@@ -86,9 +98,59 @@ def problem(exc: msgspec.ValidationError, kind: type | None = None) -> Problem:
     return Problem("unknown", full, "unknown field")
 
 
+_STEP = re.compile(r"[^.\[\]]+|\[[^\]]*\]")
+
+
+def _with_keys(kind: Any, document: Any, path: str, *, key: bool) -> tuple[str, str | None]:
+    """`path` with each ``[...]`` replaced by the key whose value fails, and the bad key
+    at its end if `key`; `path` and None where the document does not tell."""
+    if isinstance(document, bytes | str):
+        try:
+            document = msgspec.json.decode(document)
+        except msgspec.DecodeError:
+            return path, None
+    named, value = "", document
+    for step in _STEP.findall(path):
+        kind = _unwrap(kind)
+        if step.startswith("["):  # a list item or a mapping's value
+            args = get_args(kind)
+            kind = args[-1] if args else None
+            if kind is None:
+                return path, None
+            if step == "[...]" and isinstance(value, dict):
+                found = next((k for k, v in value.items() if not _fits(v, kind)), None)
+                if found is None:
+                    return path, None
+                step, value = f"[{json.dumps(found, ensure_ascii=False)}]", value[found]
+            elif isinstance(value, list) and step[1:-1].isdigit() and int(step[1:-1]) < len(value):
+                value = value[int(step[1:-1])]
+            else:
+                return path, None
+            named += step
+        elif (
+            isinstance(kind, type) and issubclass(kind, msgspec.Struct) and isinstance(value, dict)
+        ):
+            kind = next((f.type for f in msgspec.structs.fields(kind) if f.name == step), None)
+            named, value = f"{named}.{step}" if named else step, value.get(step)
+        else:
+            return path, None
+    if not key or not isinstance(value, dict):
+        return named, None
+    args = get_args(_unwrap(kind))
+    return named, next((k for k in value if args and not _fits(k, args[0])), None)
+
+
+def _fits(value: Any, kind: Any) -> bool:
+    try:
+        convert(value, kind)
+    except Exception:  # any refusal (a __post_init__'s own error too) is a no
+        return False
+    return True
+
+
 def _field_type(kind: Any, path: str) -> Any:
     """The type at `path` (``a.b[0]``, ``m[...]``) inside struct type `kind`, or None."""
-    for step in re.findall(r"[^.\[\]]+|\[[^\]]*\]", path):
+    for step in _STEP.findall(path):
         kind = _unwrap(kind)
         if step.startswith("["):  # a list item or a mapping's value
             args = get_args(kind)

@@ -281,7 +281,7 @@ def parse_manifest(data: bytes, *, source: str = "manifest.json") -> Manifest:
     try:  # strict: no "1" for 1, but enums and datetimes from their JSON strings
         return decode_json(data, Manifest)
     except msgspec.ValidationError as exc:
-        wrong = problem(exc, Manifest)
+        wrong = problem(exc, Manifest, document=data)
         if wrong.kind == "unknown":
             raise UnknownFieldError(
                 f"{source} has unknown field {wrong.path!r}; this edgefleet does not know it "

@@ -99,7 +99,7 @@ def parse_reference(data: bytes, *, member: str = "reference/stats.json") -> Ref
     try:
         return decode_json(data, ReferenceStats)
     except msgspec.ValidationError as exc:
-        wrong = problem(exc, ReferenceStats)
+        wrong = problem(exc, ReferenceStats, document=data)
         raise BundleError(
             f"{member}: field {wrong.path or '(document)'!r} is invalid: {wrong.message}",
             member=member,

@@ -81,7 +81,7 @@ def decode_as(kind: type[M], payload: bytes, *, topic: str | None = None) -> M:
     try:
         message: M = (_DECODERS.get(kind) or msgspec.json.Decoder(kind)).decode(payload)
     except msgspec.ValidationError as exc:
-        wrong = problem(exc, kind)
+        wrong = problem(exc, kind, document=payload)
         what = "unknown field" if wrong.kind == "unknown" else wrong.message
         raise MessageError(
             f"invalid {kind.__name__} message at {wrong.path or '(message)'!r}: {what}",

@@ -7,6 +7,7 @@ import json
 import re
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -273,6 +274,29 @@ def test_an_unknown_nested_manifest_field_is_named_with_its_path(
     with pytest.raises(UnknownFieldError) as err:
         read_bundle(bad, trust=trust)
     assert err.value.field == "inputs[0].mean"
+
+
+def test_a_bad_member_entry_is_named_by_its_member(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    bad = resign(
+        bundle, tmp_path / "bad.efb", keypair[0], lambda m: m["members"][MODEL].update(sha256="x")
+    )
+    with pytest.raises(ManifestError, match="is invalid: Expected `str` matching") as err:
+        read_bundle(bad, trust=trust)
+    assert err.value.field == f'members["{MODEL}"].sha256'
+
+
+def test_a_member_name_a_reader_refuses_is_quoted(
+    bundle: Path, trust: list, keypair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    def escape(m: dict[str, Any]) -> None:
+        m["members"]["../escape"] = m["members"][MODEL]
+
+    bad = resign(bundle, tmp_path / "bad.efb", keypair[0], escape)
+    said = re.escape("field 'members' is invalid: key '../escape': expected `str` matching")
+    with pytest.raises(ManifestError, match=said):
+        read_bundle(bad, trust=trust)
 
 
 def test_a_newer_manifest_schema_says_to_upgrade(

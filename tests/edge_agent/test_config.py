@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,12 +70,16 @@ def test_environment_overrides_any_key(tmp_path: Path) -> None:
         ('[mqtt]\nurl = "http://broker"\n', "must start with mqtt:// or mqtts://"),
         ("[telemetry]\nwindow_s = -1\n", "'telemetry.window_s' is invalid"),
         ('[device]\nid = "bad id/with slash"\nprofile = "x"\n', "device.id"),
+        (
+            '[device]\nid = "press-17"\nprofile = "x"\nlabels = { site = "lyon", line = 3 }\n',
+            """key 'device.labels["line"]' is invalid: Expected `str`, got `int`""",
+        ),
     ],
 )
 def test_invalid_values_are_named(tmp_path: Path, extra: str, expected: str) -> None:
     text = MINIMAL.replace('[device]\nid = "press-17"\nprofile = "raspberry-pi-4"\n', "")
     text = MINIMAL + "\n" + extra if not extra.startswith("[device]") else extra + text
-    with pytest.raises(ConfigError, match=expected.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
         load_config(write(tmp_path, text), environ={})
 
 

@@ -139,6 +139,11 @@ def test_unknown_and_invalid_fields_are_named() -> None:
         decode(
             topics.telemetry("dev-1"), json.dumps({**doc, "latency": {"counts": [1, 2]}}).encode()
         )
+    with pytest.raises(MessageError, match=r"""'errors\["timeout"\]': Expected `int` >= 0"""):
+        decode(
+            topics.telemetry("dev-1"),
+            json.dumps({**doc, "errors": {"bad_input": 2, "timeout": -1}}).encode(),
+        )
 
 
 def test_oversized_payloads_are_refused_before_parsing() -> None:

@@ -89,6 +89,51 @@ def test_a_bad_mapping_key_is_said_to_be_a_key() -> None:
     assert found.message.startswith("a key expected `str` matching regex")
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            {"name": "a", "by_key": {"k": {"count": 1}, "m": {"count": 1, "colour": "pink"}}},
+            Problem("invalid", 'by_key["m"].colour', "'pink' is not one of 'red', 'blue'"),
+        ),
+        (
+            {"name": "a", "by_key": {"k": {"count": 13}}},
+            Problem("invalid", 'by_key["k"].count', "13 is unlucky"),
+        ),
+        (
+            {"name": "a", "by_key": {"k": {"count": 1}, "m": {"count": 1, "x": 0}}},
+            Problem("unknown", 'by_key["m"].x', "unknown field"),
+        ),
+        (
+            {"name": "a", "by_key": {"ok": {"count": 1}, "UPPER": {"count": 1}}},
+            Problem(
+                "invalid",
+                "by_key",
+                "key 'UPPER': expected `str` matching regex '^[a-z]+$'",
+            ),
+        ),
+    ],
+)
+def test_given_the_document_a_mapping_problem_names_its_key(
+    raw: dict[str, object], expected: Problem
+) -> None:
+    with pytest.raises(msgspec.ValidationError) as caught:
+        convert(raw, Doc)
+    assert problem(caught.value, Doc, document=raw) == expected
+    data = msgspec.json.encode(raw)  # the same, found from the JSON bytes
+    with pytest.raises(msgspec.ValidationError) as caught:
+        decode_json(data, Doc)
+    assert problem(caught.value, Doc, document=data) == expected
+
+
+def test_a_document_that_does_not_tell_leaves_the_path_as_msgspec_gave_it() -> None:
+    raw = {"name": "a", "by_key": {"k": {"count": 1, "colour": "pink"}}}
+    with pytest.raises(msgspec.ValidationError) as caught:
+        convert(raw, Doc)
+    assert problem(caught.value, Doc, document=b"not json").path == "by_key[...].colour"
+    assert problem(caught.value, Doc, document={"name": "a"}).path == "by_key[...].colour"
+
+
 def test_round_trip_through_builtins_and_json() -> None:
     doc = Doc(name="a", leaves=[Leaf(count=2, colour=Colour.BLUE)], where=Path("/x"))
     data = to_builtins(doc)
