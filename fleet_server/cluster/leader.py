@@ -99,8 +99,18 @@ class Leadership:
     def info(self, session: Session) -> dict[str, Any]:
         """Who leads (from the ``cluster_leader`` row) and what this replica is."""
         row = session.get(ClusterLeader, LEADER_ROW)
-        leader = None
-        if row is not None:
+        leader: dict[str, Any] | None = None
+        since = self.since
+        if since is not None and (row is None or row.replica != self.replica):
+            # the lock is the truth: this replica took it a moment ago and has not yet
+            # rewritten the row, which still names the replica that led before
+            leader = {
+                "replica": self.replica,
+                "since": since.isoformat(),
+                "renewed_at": since.isoformat(),
+                "stale": False,
+            }
+        elif row is not None:
             renewed = _aware(row.renewed_at)
             leader = {
                 "replica": row.replica,
@@ -111,8 +121,8 @@ class Leadership:
             }
         return {
             "replica": self.replica,
-            "leading": self.since is not None,
-            "leading_since": self.since.isoformat() if self.since else None,
+            "leading": since is not None,
+            "leading_since": since.isoformat() if since else None,
             "lock": self.lock.where,
             "retry_s": self.retry_s,
             "leader": leader,
@@ -120,7 +130,7 @@ class Leadership:
                 session,
                 now=self.clock(),
                 gone_after_s=self.gone_after_s,
-                leader=row.replica if row is not None else None,
+                leader=leader["replica"] if leader is not None else None,
             ),
         }
 

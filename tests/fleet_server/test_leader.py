@@ -75,6 +75,14 @@ def test_one_replica_leads_and_the_other_takes_over_when_it_steps_down(
 
         a.stop()  # a clean stop releases the lock at once
         assert not a.leading()
+        # the moment between taking the lock and rewriting the row (a request can land
+        # there): the view follows the lock, not the row that still names fleet-a
+        assert b.lock.try_acquire()
+        b.since = b.clock()
+        with db.session() as s:
+            info = b.info(s)
+        assert leader_row(db)[0] == "fleet-a"  # type: ignore[index]
+        assert (info["leading"], info["leader"]["replica"]) == (True, "fleet-b")
         b.attempt()
         assert b.leading()
         assert leader_row(db)[0] == "fleet-b"  # type: ignore[index]
