@@ -59,6 +59,7 @@ class Problem:
 
 
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `(?P<key>key` in `)?\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_QUOTED = re.compile(r"^Expected `(?P<type>int|float|bool)[^`]*`, got `str`$")
 _OWN = re.compile(r"^(?P<name>[a-z_][a-z0-9_]*): (?P<text>.*)$", re.DOTALL)
 _FIELD = re.compile(r"^Object (?P<what>contains unknown|missing required) field `(?P<name>[^`]*)`$")
 
@@ -86,6 +87,10 @@ def problem(
     if match["key"]:
         which = "a key" if bad_key is None else f"key {bad_key!r}:"
         return Problem("invalid", path, f"{which} {text[0].lower()}{text[1:]}")
+    quoted = _QUOTED.match(text)
+    if quoted is not None:  # "8470" for 8470, "false" for false: the likeliest slip
+        what = "true or false" if quoted["type"] == "bool" else "the number"
+        text = f"{text} (write {what} without quotes)"
     own = _OWN.match(text)
     if own is not None:  # a __post_init__ check naming its field
         return Problem("invalid", f"{path}.{own['name']}" if path else own["name"], own["text"])
@@ -202,5 +207,12 @@ def convert(raw: Any, kind: type[T]) -> T:
 
 
 def to_builtins(value: Any) -> Any:
-    """Dicts, lists, strings and numbers (datetimes as RFC 3339, enums as their values)."""
-    return msgspec.to_builtins(value, enc_hook=str)
+    """Dicts, lists, strings and numbers (datetimes as RFC 3339, enums as their values,
+    paths as strings); any other type is a `TypeError`, never silently a string."""
+    return msgspec.to_builtins(value, enc_hook=_enc_hook)
+
+
+def _enc_hook(value: Any) -> Any:
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"cannot write a {type(value).__name__} ({value!r}) as JSON")

@@ -149,3 +149,17 @@ def test_structs_are_frozen_and_keyword_only() -> None:
         leaf.count = 2  # type: ignore[misc]
     with pytest.raises(TypeError):
         Leaf(1)  # type: ignore[call-arg]
+
+
+def test_a_quoted_number_gets_the_hint() -> None:
+    found = wrong({"name": "a", "leaf": {"count": "3"}})
+    assert found == Problem(
+        "invalid", "leaf.count", "Expected `int`, got `str` (write the number without quotes)"
+    )
+
+
+def test_to_builtins_refuses_what_it_cannot_write_rather_than_stringify_it() -> None:
+    import numpy as np
+
+    with pytest.raises(TypeError, match="cannot write a float32"):
+        to_builtins({"x": np.float32(0.5)})
