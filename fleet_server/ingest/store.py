@@ -116,16 +116,37 @@ def _store_others(session: Session, batch: list[Incoming]) -> None:
         select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
     )
     devices = {d.id: d for d in rows}
-    for item in batch:
-        device = devices[item.message.device_id]
-        _seen(device, item.received_at)
-        msg = item.message
-        if isinstance(msg, DeviceState):
-            _state(session, device, msg)
-        elif isinstance(msg, Event):
-            _event(session, device, msg)
-        elif isinstance(msg, Ack):
-            _ack(session, device, msg)
+    events = [item.message for item in batch if isinstance(item.message, Event)]
+    stored = _stored_events(session, events)
+    # nothing is read back in the loop: what it adds is flushed once, batched
+    with session.no_autoflush:
+        for item in batch:
+            device = devices[item.message.device_id]
+            _seen(device, item.received_at)
+            msg = item.message
+            if isinstance(msg, DeviceState):
+                _state(session, device, msg)
+            elif isinstance(msg, Event):
+                key = (msg.device_id, msg.seq, msg.type)
+                if key not in stored:  # else delivered again: recorded once
+                    stored.add(key)
+                    _event(session, device, msg)
+            elif isinstance(msg, Ack):
+                _ack(session, device, msg)
+
+
+def _stored_events(session: Session, events: list[Event]) -> set[tuple[str, int | None, str]]:
+    """The (device, seq, type) of `events` already recorded, in one query."""
+    if not events:
+        return set()
+    pairs = sorted({(e.device_id, e.seq) for e in events})
+    key = tuple_(DeviceEvent.device_id, DeviceEvent.seq)
+    found = session.execute(
+        select(DeviceEvent.device_id, DeviceEvent.seq, DeviceEvent.type).where(
+            DeviceEvent.source == "device", key.in_(pairs)
+        )
+    )
+    return {(device_id, seq, kind) for device_id, seq, kind in found}
 
 
 @dataclass(slots=True)
@@ -248,16 +269,6 @@ def _state_event(device: Device, msg: DeviceState, kind: str, text: str) -> Devi
 
 
 def _event(session: Session, device: Device, msg: Event) -> None:
-    duplicate = session.scalar(
-        select(DeviceEvent.id).where(
-            DeviceEvent.device_id == device.id,
-            DeviceEvent.source == "device",
-            DeviceEvent.seq == msg.seq,
-            DeviceEvent.type == msg.type,
-        )
-    )
-    if duplicate is not None:
-        return
     sha = msg.bundle.sha256 if msg.bundle else None
     details: dict[str, Any] = dict(msg.details)
     if msg.bundle is not None:

@@ -28,7 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from edge_agent.protocol import BundleRef, DesiredBundle, DesiredState
 from edge_agent.schema import convert
@@ -254,7 +254,7 @@ class RolloutEngine:
         if not live:
             return
         ids = [r.device_id for r in live]
-        devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))}
+        devices = _devices(session, ids)
         events: dict[str, list[DeviceEvent]] = {}
         for event in session.scalars(
             select(DeviceEvent)
@@ -431,10 +431,18 @@ class RolloutEngine:
         return orders
 
 
+# what the engine reads of a device: a rollout's thousand devices are read every tick, and
+# each of the other columns (labels, hardware, the last desired state...) is JSON to parse
+_READ = load_only(
+    Device.id, Device.online, Device.last_seen, Device.active_bundle, Device.desired_revision
+)
+
+
 def _devices(session: Session, ids: list[str]) -> dict[str, Device]:
     if not ids:
         return {}
-    return {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(ids)))}
+    query = select(Device).where(Device.id.in_(ids)).options(_READ)
+    return {d.id: d for d in session.scalars(query)}
 
 
 def start(fleet: Fleet, ports: Ports | None = None) -> RolloutEngine:

@@ -16,7 +16,9 @@ from edge_agent.protocol import (
     LATENCY_BOUNDS_MS,
     BinnedCounts,
     BundleRef,
+    Event,
     LatencyHistogram,
+    Severity,
     ShadowStats,
     Telemetry,
     decode,
@@ -24,7 +26,7 @@ from edge_agent.protocol import (
     topics,
 )
 from fleet_server.db import Database
-from fleet_server.db.tables import Device, TelemetryWindow
+from fleet_server.db.tables import Device, DeviceEvent, TelemetryWindow
 from fleet_server.ingest.bulk import pg_array
 from fleet_server.ingest.stats import IngestStats
 from fleet_server.ingest.store import Incoming, store_batch
@@ -174,5 +176,35 @@ def test_array_literals_carry_any_text_to_postgresql(postgres_url: str) -> None:
                 (pg_array(odd), pg_array([1, None, -5]), pg_array([stamp, None])),
             ).one()
         assert (texts, numbers, stamps) == (odd, [1, None, -5], [stamp, None])
+    finally:
+        db.dispose()
+
+
+def test_an_event_delivered_again_is_recorded_once(tmp_path: Path, db_url: str) -> None:
+    def event(seq: int, kind: str = "update.activated") -> Incoming:
+        payload = encode(
+            Event(device_id="dev-001", seq=seq, ts=NOW, type=kind, severity=Severity.INFO)
+        )
+        message = decode(topics.events("dev-001"), payload)
+        assert isinstance(message, Event)
+        return Incoming(message, NOW)
+
+    db = enrolled(db_url)
+    try:
+        with db.session() as session:
+            store_batch(session, [event(0), event(1), event(1)], IngestStats())
+        # again in a later batch, beside a new one and another type with the same seq
+        with db.session() as session:
+            store_batch(session, [event(1), event(2), event(2, "update.committed")], IngestStats())
+        with db.session() as session:
+            recorded = session.execute(
+                select(DeviceEvent.seq, DeviceEvent.type).order_by(DeviceEvent.id)
+            ).all()
+        assert [tuple(r) for r in recorded] == [
+            (0, "update.activated"),
+            (1, "update.activated"),
+            (2, "update.activated"),
+            (2, "update.committed"),
+        ]
     finally:
         db.dispose()
