@@ -5,7 +5,7 @@ is set); ``send_desired`` and ``send_command`` are how other components talk to 
 """
 
 from fleet_server.ingest.bridge import BrokerKind, MqttBridge
-from fleet_server.ingest.commands import send_command, send_desired
+from fleet_server.ingest.commands import send_command, send_desired, send_desired_batch
 from fleet_server.ingest.pipeline import Ingest, find_ingest, start_ingest
 from fleet_server.ingest.stats import IngestStats, Rejection
 
@@ -18,5 +18,6 @@ __all__ = [
     "find_ingest",
     "send_command",
     "send_desired",
+    "send_desired_batch",
     "start_ingest",
 ]

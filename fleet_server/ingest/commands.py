@@ -3,20 +3,21 @@
 Both are recorded (the device row and a fleet-side `DeviceEvent` on its
 timeline) and published once the transaction commits, so a device is never
 told what the database does not remember. Without a `session` each call is
-its own transaction.
+its own transaction. `send_desired_batch` is `send_desired` for many devices
+at once (the rollout engine's orders), without an ORM object per device.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from msgspec.structs import replace
-from sqlalchemy import event
+from sqlalchemy import event, insert, select, update
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Command, CommandName, DesiredState, encode, topics
@@ -25,7 +26,7 @@ from fleet_server.context import Fleet, Publisher
 from fleet_server.db.tables import Device, DeviceEvent
 from fleet_server.errors import NotFoundError
 
-__all__ = ["send_command", "send_desired"]
+__all__ = ["send_command", "send_desired", "send_desired_batch"]
 
 log = logging.getLogger(__name__)
 Scalar = str | int | float | bool | None
@@ -84,20 +85,69 @@ def send_desired(
             state = replace(state, revision=device.desired_revision + 1)
         device.desired = to_builtins(state)
         device.desired_revision = state.revision
-        bundle = state.bundle.ref if state.bundle else None
-        s.add(
-            DeviceEvent(
-                device_id=device.id,
-                ts=fleet.clock(),
-                source="fleet",
-                type="desired.rollback" if state.rollback else "desired.set",
-                message=f"{bundle.model} {bundle.version}" if bundle else "no bundle",
-                bundle_sha256=bundle.sha256 if bundle else None,
-                details={"revision": state.revision, "rollout_id": state.rollout_id},
-            )
-        )
+        s.add(DeviceEvent(**_desired_event(fleet, state)))
         _publish_on_commit(fleet, s, topics.desired(device.id), encode(state), retain=True)
     return state
+
+
+def _desired_event(fleet: Fleet, state: DesiredState) -> dict[str, Any]:
+    """The timeline entry of a desired state sent."""
+    bundle = state.bundle.ref if state.bundle else None
+    return {
+        "device_id": state.device_id,
+        "seq": None,
+        "ts": fleet.clock(),
+        "source": "fleet",
+        "type": "desired.rollback" if state.rollback else "desired.set",
+        "severity": "info",
+        "message": f"{bundle.model} {bundle.version}" if bundle else "no bundle",
+        "bundle_sha256": bundle.sha256 if bundle else None,
+        "details": {"revision": state.revision, "rollout_id": state.rollout_id},
+    }
+
+
+def send_desired_batch(
+    fleet: Fleet, states: Sequence[DesiredState], *, session: Session | None = None
+) -> list[DesiredState]:
+    """`send_desired` for each of `states` (one per device), recorded in three statements.
+
+    The devices are locked in id order (as ingestion locks them) and read in one query,
+    their desired states written in one UPDATE and the timeline entries in one INSERT;
+    each state is published on commit, in order. Returns what is sent (a revision not
+    above the device's goes out as its next one). `session` must hold no `Device` it
+    will read again: the rows are written around the ORM.
+    """
+    with _transaction(fleet, session) as s:
+        ids = sorted({state.device_id for state in states})
+        query = (
+            select(Device.id, Device.desired_revision)
+            .where(Device.id.in_(ids))
+            .order_by(Device.id)
+            .with_for_update()
+        )
+        revisions: dict[str, int] = {d: r for d, r in s.execute(query)}
+        if missing := [d for d in ids if d not in revisions]:
+            raise NotFoundError(f"no device {missing[0]!r}", field="device_id")
+        sent, rows = [], []
+        for state in states:
+            if state.revision <= revisions[state.device_id]:
+                state = replace(state, revision=revisions[state.device_id] + 1)
+            revisions[state.device_id] = state.revision
+            sent.append(state)
+            rows.append(
+                {
+                    "id": state.device_id,
+                    "desired": to_builtins(state),
+                    "desired_revision": state.revision,
+                }
+            )
+            _publish_on_commit(
+                fleet, s, topics.desired(state.device_id), encode(state), retain=True
+            )
+        if rows:
+            s.execute(update(Device), rows)
+            s.execute(insert(DeviceEvent), [_desired_event(fleet, state) for state in sent])
+    return sent
 
 
 def send_command(

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import DesiredState
 from fleet_server.context import Fleet
-from fleet_server.db.tables import Bundle, Device, ModelVersion
+from fleet_server.db.tables import Bundle, ModelVersion
 from fleet_server.settings import Settings
 
 __all__ = ["MaxPsi", "Ports"]
@@ -61,20 +60,8 @@ def _download_url(settings: Settings, sha256: str, device_id: str, now: datetime
 
 
 def _send_desired(fleet: Fleet, states: Sequence[DesiredState]) -> list[DesiredState]:
-    send = _real("fleet_server.devices", "send_desired")
-    with fleet.db.session() as session:  # published when, and only if, this commits
-        # the devices in one query (send_desired finds them in the session: held here, as
-        # the session keeps only weak references to unchanged rows), locked in id order as
-        # ingestion locks them (in any other order the two can deadlock, which PostgreSQL
-        # breaks only after a second), and no flush per device: the desired states and
-        # timeline entries go out at the commit, batched
-        ids = sorted(s.device_id for s in states)
-        query = select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
-        devices = list(session.scalars(query))
-        with session.no_autoflush:
-            sent = [send(fleet, s, session=session) for s in states]
-        del devices
-        return sent
+    send: Callable[..., list[DesiredState]] = _real("fleet_server.devices", "send_desired_batch")
+    return send(fleet, states)  # its own transaction: published when, and only if, it commits
 
 
 def _max_psi(

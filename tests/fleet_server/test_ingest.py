@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import MQTTProtocolVersion
 
@@ -32,7 +33,14 @@ from edge_agent.protocol import (
     encode,
     topics,
 )
-from fleet_server.ingest import Ingest, find_ingest, send_command, send_desired
+from fleet_server.errors import NotFoundError
+from fleet_server.ingest import (
+    Ingest,
+    find_ingest,
+    send_command,
+    send_desired,
+    send_desired_batch,
+)
 from tests.conftest import DEVICE_USERS
 from tests.fleet_server.app import fleet_client
 from tests.fleet_server.test_devices import enroll, new_token
@@ -330,6 +338,55 @@ def test_desired_states_and_commands_reach_the_device_and_the_timeline(
         assert decode(retained.topic, retained.payload).revision == 2  # type: ignore[union-attr]
     finally:
         late.close()
+
+
+def test_desired_states_sent_in_a_batch_are_recorded_then_published_in_order(
+    mosquitto_auth: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
+    with (
+        fleet_on(mosquitto_auth, tmp_path, db_url) as client,
+        device(mosquitto_auth.port, "dev-001") as one,
+        device(mosquitto_auth.port, "dev-002") as two,
+    ):
+        enroll(client, new_token(client)["token"], "dev-002")
+        one.subscribe(topics.desired("dev-001"))
+        two.subscribe(topics.desired("dev-002"))
+        fleet = client.app.state.fleet  # type: ignore[attr-defined]
+        bundle = DesiredBundle(ref=REF, url="http://fleet/b/" + "a" * 64, size=10)
+        first = DesiredState(device_id="dev-001", revision=0, issued_at=NOW, bundle=bundle)
+        first = send_desired(fleet, first)  # dev-001 is at revision 1 now
+
+        def state(device_id: str, revision: int) -> DesiredState:
+            return DesiredState(
+                device_id=device_id,
+                revision=revision,
+                issued_at=NOW,
+                bundle=bundle,
+                rollback=True,
+                rollout_id="7",
+            )
+
+        with fleet.db.session() as session:
+            sent = send_desired_batch(
+                fleet, [state("dev-002", 5), state("dev-001", 1)], session=session
+            )
+            assert one.get().payload == encode(first)  # the earlier one: nothing more yet
+            assert one.nothing_within(0.3)  # published only on commit
+            assert two.nothing_within(0.1)
+        assert [(s.device_id, s.revision) for s in sent] == [("dev-002", 5), ("dev-001", 2)]
+        assert decode(topics.desired("dev-002"), two.get().payload) == sent[0]
+        assert decode(topics.desired("dev-001"), one.get().payload) == sent[1]
+
+        info = client.get("/api/v1/devices/dev-001").json()
+        assert (info["desired_revision"], info["desired"]["rollback"]) == (2, True)
+        timeline = client.get("/api/v1/devices/dev-001/timeline").json()
+        assert [(e["type"], e["message"], e["details"]) for e in timeline[:2]] == [
+            ("desired.rollback", "digits 1.0.0", {"revision": 2, "rollout_id": "7"}),
+            ("desired.set", "digits 1.0.0", {"revision": 1, "rollout_id": None}),
+        ]
+        with pytest.raises(NotFoundError, match="dev-404"):
+            send_desired_batch(fleet, [state("dev-001", 9), state("dev-404", 1)])
+        assert one.nothing_within(0.3)  # all or none: dev-001's was not sent either
 
 
 def test_the_embedded_broker_serves_devices_without_a_broker_url(
