@@ -54,6 +54,47 @@ DEVICE_COUNTS = (1000, 5000)
 MESSAGES = {1000: 30, 5000: 6}  # windows per device per run: 30,000 windows, 10 s or more a run
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) `pid` has used so far; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pids: list[int]) -> float:
+    return sum(_cpu_s(pid) for pid in pids)
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds every process on the machine has used so far (all cores)."""
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(v) for v in cpu]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSplit:
+    """CPU seconds of each party to one run, from 'go' to the last window stored."""
+
+    servers: float = 0.0
+    postgres: float = 0.0
+    broker: float = 0.0
+    simulators: float = 0.0
+    machine: float = 0.0  # everything on the machine, this bench's or not
+    seconds: float = 0.0  # wall clock
+
+    def line(self) -> str:
+        cores = os.cpu_count() or 1
+        return (
+            f"servers {self.servers:.1f}, PostgreSQL {self.postgres:.1f}, Mosquitto "
+            f"{self.broker:.1f}, simulators {self.simulators:.1f}; the machine "
+            f"{self.machine:.1f} of {cores * self.seconds:.1f}"
+        )
+
+
 @dataclass(frozen=True)
 class Run:
     label: str
@@ -64,6 +105,7 @@ class Run:
     stored: int | None = None  # rows in telemetry_windows that this run added
     lost: int | None = None  # the devices' windows_lost after the run
     duplicates: int | None = None
+    cpu: CpuSplit | None = None
 
     @property
     def rate(self) -> float:
@@ -158,15 +200,34 @@ def _raw(port: int, device_ids: list[str], windows: int) -> Run:
     published = len(device_ids) * windows
     sub = _BareSubscriber(port, published)
     sims = _Simulators(port, device_ids, [0] * len(device_ids), windows)
+    simulators = [p.pid for p in sims.procs if p.pid is not None]
     try:
+        mine0, sims0, machine0 = (
+            time.process_time(),
+            sum(map(_cpu_s, simulators)),
+            _machine_busy_s(),
+        )
         start = sims.go()
-        acked = sims.finished()
         if not sub.done.wait(600):
             raise RuntimeError(f"the bare subscriber got {sub.count} of {published}")
+        mine1, sims1, machine1 = (
+            time.process_time(),
+            sum(map(_cpu_s, simulators)),
+            _machine_busy_s(),
+        )
+        acked = sims.finished()
     finally:
         sims.stop()
         sub.close()
-    return Run("bare subscriber", len(device_ids), published, sub.last - start, acked - start)
+    split = CpuSplit(
+        servers=mine1 - mine0,  # the subscriber: this process
+        simulators=sims1 - sims0,
+        machine=machine1 - machine0,
+        seconds=sub.last - start,
+    )
+    return Run(
+        "bare subscriber", len(device_ids), published, sub.last - start, acked - start, cpu=split
+    )
 
 
 class _Ledger:
@@ -186,6 +247,20 @@ class _Ledger:
             ).one()
         return int(rows), int(lost), int(dups)
 
+    def backends(self) -> list[int]:
+        """The PostgreSQL server processes serving this database (the servers' connections)."""
+        if self.engine.dialect.name != "postgresql":
+            return []
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    text(
+                        "SELECT pid FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    )
+                ).scalars()
+            )
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -194,7 +269,7 @@ def _ingest(
     label: str,
     servers: list[FleetServer],
     ledger: _Ledger,
-    port: int,
+    broker: Broker,
     device_ids: list[str],
     next_seq: dict[str, int],
     windows: int,
@@ -202,10 +277,22 @@ def _ingest(
     published = len(device_ids) * windows
     before_rows, _, before_dups = ledger.read()
     base = sum(s.telemetry_accepted() for s in servers)
-    sims = _Simulators(port, device_ids, [next_seq[d] for d in device_ids], windows)
+    sims = _Simulators(broker.port, device_ids, [next_seq[d] for d in device_ids], windows)
     for d in device_ids:
         next_seq[d] += windows
+    backends = ledger.backends()
+    parties = {
+        "servers": [s.proc.pid for s in servers],
+        "postgres": backends,
+        "broker": [broker.proc.pid],
+        "simulators": [p.pid for p in sims.procs if p.pid is not None],
+    }
+
+    def snapshot() -> dict[str, float]:
+        return {k: _cpu_of(pids) for k, pids in parties.items()}
+
     try:
+        cpu0, machine0 = snapshot(), _machine_busy_s()
         start = sims.go()
         deadline = time.monotonic() + 900
         while sum(s.telemetry_accepted() for s in servers) - base < published:
@@ -213,9 +300,15 @@ def _ingest(
                 raise RuntimeError(f"{label}: not all {published} windows stored in 900 s")
             time.sleep(0.1)
         end = time.time()
+        cpu1, machine1 = snapshot(), _machine_busy_s()
         acked = sims.finished()
     finally:
         sims.stop()
+    split = CpuSplit(
+        **{k: cpu1[k] - cpu0[k] for k in parties},
+        machine=machine1 - machine0,
+        seconds=end - start,
+    )
     rows, lost, dups = ledger.read()
     return Run(
         label,
@@ -226,6 +319,7 @@ def _ingest(
         stored=rows - before_rows,
         lost=lost,
         duplicates=dups - before_dups,
+        cpu=split,
     )
 
 
@@ -271,7 +365,7 @@ def ingestion(work: Path) -> list[Run]:
                                     label,
                                     servers,
                                     ledgers[name],
-                                    broker.port,
+                                    broker,
                                     mine,
                                     seqs[name],
                                     windows,
@@ -330,6 +424,28 @@ def _ingestion_lines(runs: list[Run]) -> list[str]:
                 f"| {count:,} | {r.label} | {r.published:,} | {exact} | "
                 f"{r.publish_seconds:.1f} s | {r.seconds:.1f} s | {r.rate:,.0f} | {ratio} |"
             )
+    lines += [
+        "",
+        "CPU seconds from 'go' to the last window stored (the servers' processes, or the bare "
+        "subscriber's, this bench's own; the PostgreSQL processes serving the bench's "
+        "database; Mosquitto; the simulator processes), and what the whole machine used of "
+        "what its cores had in that time (other work included):",
+        "",
+        "| devices | configuration | servers (or subscriber) | PostgreSQL | Mosquitto "
+        "| simulators | machine busy / available |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    cores = os.cpu_count() or 1
+    for r in runs:
+        c = r.cpu
+        if c is None:
+            continue
+        available = cores * c.seconds
+        lines.append(
+            f"| {r.devices:,} | {r.label} | {c.servers:.1f} | {c.postgres:.1f} | "
+            f"{c.broker:.1f} | {c.simulators:.1f} | {c.machine:.1f} / {available:.1f} "
+            f"({c.machine / available:.0%}) |"
+        )
     lines += ["", "Against issue 6's goals:", ""]
     for count in DEVICE_COUNTS:
         by = {r.label: r for r in runs if r.devices == count and r.stored is not None}
@@ -347,6 +463,13 @@ def _ingestion_lines(runs: list[Run]) -> list[str]:
             f"- {count:,} devices, two PostgreSQL replicas: zero loss {_verdict(two.exact)}; "
             f"{speedup:.2f}x one replica (goal at least {MIN_TWO_REPLICA_SPEEDUP}x) "
             f"{_verdict(speedup >= MIN_TWO_REPLICA_SPEEDUP)}"
+            + (
+                f"; the machine was busy {two.cpu.machine / (cores * two.cpu.seconds):.0%} "
+                f"of its {cores} cores meanwhile (one replica: "
+                f"{one.cpu.machine / (cores * one.cpu.seconds):.0%})"
+                if one.cpu and two.cpu
+                else ""
+            )
         )
     return lines
 
