@@ -635,7 +635,7 @@ def _inprocess_section(models: list[Model], results: list[dict[str, Any]]) -> li
         c = result["cases"]
         ort, opened, agent = c["onnxruntime"], c["open_bundle"], c["agent"]
         ratio = agent["p50_s"] / ort["p50_s"]
-        verdict = f"{_verdict(ratio - 1, MAX_RATIO_P50 - 1)}: +{(ratio - 1) * 100:.2f}%"
+        verdict = f"{_verdict(ratio - 1, MAX_RATIO_P50 - 1)}: {(ratio - 1) * 100:+.2f}%"
         if AIM_RATIO_P50 < ratio <= MAX_RATIO_P50:
             verdict += f", over the {AIM_RATIO_P50:.2f}x aim"
         reported = f"{model.converter_p50_ms * 1e3:.1f}" if model.converter_p50_ms else "—"
