@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -353,5 +354,33 @@ def test_a_leader_loop_with_a_wake_event_works_as_soon_as_it_is_set(tmp_path: Pa
         fleet.device_reported.set()
         wait_for(lambda: len(rounds) == 2, what="a second round on the next wake-up")
     finally:
+        loop.stop()
+        db.dispose()
+
+
+def test_a_wake_up_while_a_round_runs_starts_another_round(tmp_path: Path) -> None:
+    """News stored while the engine is deciding is not lost: the round it wakes comes after."""
+    db = Database("sqlite://")
+    fleet = Fleet(settings=Settings(data_dir=tmp_path), db=db)
+    running, release = threading.Event(), threading.Event()
+    rounds: list[int] = []
+
+    def work() -> None:
+        rounds.append(1)
+        if len(rounds) == 1:
+            running.set()
+            assert release.wait(30)
+
+    loop = LeaderLoop(
+        fleet, name="test", interval_s=3600, work=work, wake=fleet.device_reported
+    ).start()
+    try:
+        fleet.device_reported.set()
+        assert running.wait(30)
+        fleet.device_reported.set()  # ingestion stored an event while the round decides
+        release.set()
+        wait_for(lambda: len(rounds) == 2, what="a round for the news of the first")
+    finally:
+        release.set()
         loop.stop()
         db.dispose()
