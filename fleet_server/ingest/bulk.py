@@ -19,7 +19,7 @@ on the session's own connection (same transaction):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -103,8 +103,8 @@ def window_row(msg: Telemetry, received_at: datetime) -> tuple[Any, ...]:
     return (
         msg.device_id,
         msg.seq,
-        msg.window_start,
-        msg.window_end,
+        utc(msg.window_start),
+        utc(msg.window_end),
         msg.bundle.sha256 if msg.bundle else None,
         msg.requests,
         _json(msg.errors),
@@ -180,6 +180,16 @@ def pg_array(values: Sequence[Any]) -> str:
             text = value.isoformat() if isinstance(value, datetime) else str(value)
             items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
     return "{" + ",".join(items) + "}"
+
+
+def utc(value: datetime) -> datetime:
+    """A device's timestamp at UTC: SQLite keeps a DATETIME's wall time and drops its
+    offset, so ``13:00+02:00`` would read back as 13:00 UTC, two hours off."""
+    if value.tzinfo is UTC:
+        return value
+    if value.tzinfo is None:  # no offset given: the protocol's times are UTC
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def _sqlite_stamp(value: datetime | None) -> str | None:

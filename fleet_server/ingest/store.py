@@ -31,6 +31,7 @@ from fleet_server.ingest.bulk import (
     insert_windows,
     lock_tallies,
     update_tallies,
+    utc,
     window_row,
 )
 from fleet_server.ingest.stats import IngestStats
@@ -259,7 +260,7 @@ def _state(session: Session, device: Device, msg: DeviceState) -> None:
 def _state_event(device: Device, msg: DeviceState, kind: str, text: str) -> DeviceEvent:
     return DeviceEvent(
         device_id=device.id,
-        ts=msg.ts,
+        ts=utc(msg.ts),
         source="device",
         type=kind,
         message=text,
@@ -277,7 +278,7 @@ def _event(session: Session, device: Device, msg: Event) -> None:
         DeviceEvent(
             device_id=device.id,
             seq=msg.seq,
-            ts=msg.ts,
+            ts=utc(msg.ts),
             source="device",
             type=msg.type,
             severity=msg.severity.value,
@@ -289,7 +290,7 @@ def _event(session: Session, device: Device, msg: Event) -> None:
     if msg.severity is Severity.ERROR or msg.type in ALERTING_EVENTS:
         session.add(
             Alert(
-                ts=msg.ts,
+                ts=utc(msg.ts),
                 kind=msg.type[:32],
                 severity=msg.severity.value,
                 device_id=device.id,
@@ -303,7 +304,7 @@ def _ack(session: Session, device: Device, msg: Ack) -> None:
     session.add(
         DeviceEvent(
             device_id=device.id,
-            ts=msg.ts,
+            ts=utc(msg.ts),
             source="device",
             type="command.ack",
             severity="error" if msg.status.value in ("failed", "rejected") else "info",

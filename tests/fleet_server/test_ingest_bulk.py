@@ -6,7 +6,7 @@ what makes ingestion keep a batch unacknowledged and retry it)."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta, timezone
 
 import pytest
 from sqlalchemy import select, text
@@ -15,13 +15,14 @@ from sqlalchemy.exc import OperationalError
 from edge_agent.protocol import (
     LATENCY_BOUNDS_MS,
     BinnedCounts,
+    Event,
     LatencyHistogram,
     Telemetry,
     decode,
     encode,
     topics,
 )
-from fleet_server.db.tables import TelemetryWindow
+from fleet_server.db.tables import DeviceEvent, TelemetryWindow
 from fleet_server.ingest.bulk import insert_windows, lock_tallies, update_tallies, window_row
 from fleet_server.ingest.stats import IngestStats
 from fleet_server.ingest.store import Incoming, store_batch
@@ -88,5 +89,42 @@ def test_a_connection_lost_mid_write_is_an_operational_error(db_url: str, write:
             lose_connection_and_write()
         # the pool dropped the dead connection: the next session works
         assert counters(db) == (0, 0, 0, None)
+    finally:
+        db.dispose()
+
+
+def test_a_timestamp_with_an_offset_is_stored_as_its_utc_instant(db_url: str) -> None:
+    """SQLite keeps a DATETIME's wall time and drops the offset: 15:00+02:00 must be
+    stored as 13:00 UTC, as PostgreSQL's timestamptz does by itself."""
+    plus_two = timezone(timedelta(hours=2))
+    start = NOW.astimezone(plus_two)  # 15:00+02:00, the same instant as NOW
+    payload = encode(
+        Telemetry(
+            device_id="dev-001",
+            seq=0,
+            window_start=start,
+            window_end=start + timedelta(seconds=10),
+            bundle=REF,
+            requests=1,
+            latency=LatencyHistogram(counts=[1] * (len(LATENCY_BOUNDS_MS) + 1)),
+        )
+    )
+    event_payload = encode(
+        Event(device_id="dev-001", seq=0, ts=start, type="update.activated", message="x")
+    )
+    window = decode(topics.telemetry("dev-001"), payload)
+    event = decode(topics.events("dev-001"), event_payload)
+    db = enrolled(db_url)
+    try:
+        with db.session() as session:
+            store_batch(session, [Incoming(window, NOW), Incoming(event, NOW)], IngestStats())
+        with db.session() as session:
+            row = session.scalars(select(TelemetryWindow)).one()
+            stored_event = session.scalars(
+                select(DeviceEvent).where(DeviceEvent.type == "update.activated")
+            ).one()
+        for stored in (row.window_start, stored_event.ts):
+            as_utc = stored if stored.tzinfo else stored.replace(tzinfo=UTC)
+            assert as_utc == NOW, f"{stored!r} is not {NOW!r}"
     finally:
         db.dispose()
