@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from fleet_server.cluster import LeaderLoop
@@ -47,13 +47,24 @@ def sweep_presence(session: Session, *, now: datetime, stale_after_s: float) -> 
     """Mark quiet devices offline and stale devices heard from again online (one batch each)."""
     changes = PresenceChanges()
     cutoff = now - timedelta(seconds=stale_after_s)
-    quiet = session.scalars(
-        select(Device)
-        .where(Device.online.is_(True), Device.last_seen < cutoff)
-        .order_by(Device.id)
-        .limit(_BATCH)
-        .with_for_update()
+    # both kinds locked in one query, in id order as ingestion locks devices: two queries
+    # would take two id-ordered runs of locks, which can deadlock with an ingesting batch
+    found = list(
+        session.scalars(
+            select(Device)
+            .where(
+                or_(
+                    and_(Device.online.is_(True), Device.last_seen < cutoff),
+                    and_(Device.online.is_(False), Device.last_seen >= cutoff),
+                )
+            )
+            .order_by(Device.id)
+            .limit(2 * _BATCH)
+            .with_for_update()
+        )
     )
+    quiet = [d for d in found if d.online]
+    heard = [d for d in found if not d.online]
     for device in quiet:
         seen = _aware(device.last_seen, now) if device.last_seen else None
         quiet_s = (now - seen).total_seconds() if seen else stale_after_s
@@ -70,15 +81,6 @@ def sweep_presence(session: Session, *, now: datetime, stale_after_s: float) -> 
             )
         )
         changes.stale.append(device.id)
-    heard = list(
-        session.scalars(
-            select(Device)
-            .where(Device.online.is_(False), Device.last_seen >= cutoff)
-            .order_by(Device.id)
-            .limit(_BATCH)
-            .with_for_update()
-        )
-    )
     for device in heard:
         latest = session.scalar(
             select(DeviceEvent)
