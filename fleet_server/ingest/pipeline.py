@@ -227,8 +227,16 @@ class Ingest:
             # one bad row (or a replica that stored the same window first) must not cost
             # the batch its other messages: store them one by one
             log.warning("a batch of %d failed; storing one by one", len(decoded), exc_info=True)
-            for item in decoded:
-                self._write_one(item)
+            done = 0
+            try:
+                for item in decoded:
+                    self._write_one(item)  # committed (or refused) on its own
+                    done += 1
+            finally:
+                # the database going away midway (OperationalError) sends the batch back to
+                # `_write` to wait and retry: only with what was not stored yet, so nothing
+                # is applied twice (a duplicate counted, an ack put on the timeline again)
+                del decoded[:done]
             return
         self.stats.count("batches")
         if any(not isinstance(m.message, Telemetry) for m in decoded):
