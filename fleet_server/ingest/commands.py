@@ -33,8 +33,8 @@ Scalar = str | int | float | bool | None
 _PENDING = "edgefleet.publish_after_commit"
 
 
-def _device(session: Session, device_id: str) -> Device:
-    device = session.get(Device, device_id)
+def _device(session: Session, device_id: str, *, lock: bool = False) -> Device:
+    device = session.get(Device, device_id, with_for_update=lock)
     if device is None:
         raise NotFoundError(f"no device {device_id!r}", field="device_id")
     return device
@@ -80,7 +80,8 @@ def send_desired(
     current one goes out as the next revision instead. Returns what is sent.
     """
     with _transaction(fleet, session) as s:
-        device = _device(s, state.device_id)
+        # locked, as send_desired_batch locks: two senders must not both take revision n+1
+        device = _device(s, state.device_id, lock=True)
         if state.revision <= device.desired_revision:
             state = replace(state, revision=device.desired_revision + 1)
         device.desired = to_builtins(state)
