@@ -539,8 +539,13 @@ def test_the_monitor_evaluates_at_the_fleet_clock(fleet: Fleet) -> None:
 def test_sliding_window_and_history(fleet: Fleet) -> None:
     rng = np.random.default_rng(17)
     fleet.device("a")
-    fleet.windows("a", rng, end=fleet.now - timedelta(hours=2), shift=5.0)  # old drift
-    fleet.windows("a", rng, end=fleet.now)
+    # the history's hour buckets align to the hour: each group of four windows, one minute
+    # apart, must not straddle one (the test failed when run at a minute past the hour)
+    end = (
+        fleet.now if fleet.now.minute >= 4 else fleet.now - timedelta(minutes=fleet.now.minute + 1)
+    )
+    fleet.windows("a", rng, end=end - timedelta(hours=2), shift=5.0)  # old drift
+    fleet.windows("a", rng, end=end)
     with fleet.db.session() as s:
         recent = drift_report(
             s, fleet.settings, bundle_sha256=fleet.sha, since=fleet.now - timedelta(minutes=30)
