@@ -84,10 +84,21 @@ export function confirmAction(title, text) {
       dialog.close("ok");
     }
   };
+  // the dialog gives the focus back to what opened it; a live refresh may have replaced
+  // that control meanwhile, so then the focus goes to its successor (same action or text)
+  const opener = document.activeElement;
+  const key = opener ? { tag: opener.tagName, action: opener.getAttribute("data-action"), text: opener.textContent } : null;
   return new Promise((resolve) => {
     dialog.addEventListener(
       "close",
-      () => resolve(dialog.returnValue === "ok" ? reason.value : null),
+      () => {
+        if (key && !opener.isConnected) {
+          const same = [...document.querySelectorAll(key.tag)].find((c) =>
+            key.action ? c.getAttribute("data-action") === key.action : c.textContent === key.text);
+          if (same) same.focus({ preventScroll: true });
+        }
+        resolve(dialog.returnValue === "ok" ? reason.value : null);
+      },
       { once: true },
     );
     dialog.returnValue = "";
