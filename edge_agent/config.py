@@ -30,7 +30,7 @@ from msgspec.structs import fields, replace
 
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.schema import Strict, convert, problem
+from edge_agent.schema import AtLeastOne, NonNegative, Positive, Strict, convert, problem
 
 __all__ = [
     "AgentConfig",
@@ -47,9 +47,6 @@ __all__ = [
 
 ENV_PREFIX = "EDGEFLEET_"
 
-Positive = Annotated[float, Meta(gt=0)]
-NonNegative = Annotated[float, Meta(ge=0)]
-AtLeastOne = Annotated[int, Meta(ge=1)]
 Share = Annotated[float, Meta(ge=0, le=1)]
 
 

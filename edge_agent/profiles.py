@@ -18,7 +18,7 @@ from msgspec import Meta, field
 
 from edge_agent.bundle.manifest import Dtype, ModelFormat, Precision, RuntimeName
 from edge_agent.errors import ProfileError, UnknownProfileError
-from edge_agent.schema import Strict, convert, problem
+from edge_agent.schema import AtLeastOne, NonNegative, Strict, convert, problem
 
 __all__ = [
     "Accelerator",
@@ -37,8 +37,6 @@ __all__ = [
 PROFILE_SCHEMA_VERSION = 1
 
 
-NonNegative = Annotated[float, Meta(ge=0)]
-AtLeastOne = Annotated[int, Meta(ge=1)]
 Opset = Annotated[int, Meta(ge=7)]
 
 

@@ -34,9 +34,28 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import msgspec
 
-__all__ = ["Problem", "Strict", "convert", "decode_json", "problem", "to_builtins"]
+__all__ = [
+    "AtLeastOne",
+    "Count",
+    "NonNegative",
+    "Positive",
+    "Problem",
+    "Sha256",
+    "Strict",
+    "convert",
+    "decode_json",
+    "problem",
+    "to_builtins",
+]
 
 T = TypeVar("T")
+
+# the constrained types the schemas share
+Count = Annotated[int, msgspec.Meta(ge=0)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -17,7 +17,16 @@ import msgspec
 from msgspec import Meta, field
 
 from edge_agent.errors import ManifestError, UnknownFieldError
-from edge_agent.schema import Strict, decode_json, problem, to_builtins
+from edge_agent.schema import (
+    AtLeastOne,
+    Count,
+    NonNegative,
+    Sha256,
+    Strict,
+    decode_json,
+    problem,
+    to_builtins,
+)
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -51,9 +60,6 @@ Name = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")]
 MemberName = Annotated[
     str, Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*$")
 ]
-Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
-Count = Annotated[int, Meta(ge=0)]
-NonNegative = Annotated[float, Meta(ge=0)]
 
 
 class RuntimeName(StrEnum):
@@ -179,8 +185,8 @@ class Benchmark(Strict, frozen=True, kw_only=True):
 
     latency_ms_p50: NonNegative
     latency_ms_p95: NonNegative
-    runs: Annotated[int, Meta(ge=1)]
-    threads: Annotated[int, Meta(ge=1)]
+    runs: AtLeastOne
+    threads: AtLeastOne
     peak_memory_bytes: Count | None = None
     machine: str = ""
 

@@ -21,7 +21,7 @@ import numpy as np
 from msgspec import Meta
 
 from edge_agent.errors import BundleError
-from edge_agent.schema import Strict, decode_json, problem
+from edge_agent.schema import Count, Strict, decode_json, problem
 
 __all__ = [
     "MAX_FEATURES",
@@ -65,7 +65,7 @@ class TensorReference(Strict, frozen=True, kw_only=True):
 
 class ReferenceStats(Strict, frozen=True, kw_only=True):
     schema_version: Literal[1] = 1
-    samples: Annotated[int, Meta(ge=0)]
+    samples: Count
     inputs: dict[str, TensorReference]
     outputs: dict[str, TensorReference]
 

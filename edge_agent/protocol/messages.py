@@ -16,7 +16,7 @@ from typing import Annotated, Final, Literal
 from msgspec import Meta, field
 
 from edge_agent.protocol.histogram import LATENCY_BOUNDS_MS, LATENCY_SCHEME
-from edge_agent.schema import Strict
+from edge_agent.schema import Count, NonNegative, Sha256, Strict
 
 __all__ = [
     "PROTOCOL_SCHEMA_VERSION",
@@ -41,9 +41,7 @@ __all__ = [
 
 PROTOCOL_SCHEMA_VERSION: Final = 1
 DeviceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 CommandId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-Count = Annotated[int, Meta(ge=0)]
 Text = Annotated[str, Meta(max_length=4000)]
 Scalar = str | int | float | bool | None
 
@@ -135,7 +133,7 @@ class DeviceState(_Msg, frozen=True, kw_only=True):
     active_bundle: BundleRef | None = None
     previous_bundle: BundleRef | None = None
     health: Health = Health.UNKNOWN
-    uptime_s: Annotated[float, Meta(ge=0)] | None = None
+    uptime_s: NonNegative | None = None
     desired_revision: Count | None = None
 
 

@@ -21,14 +21,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import msgspec
-from msgspec import Meta
 
 from edge_agent.bundle import Manifest
-from edge_agent.protocol.messages import BundleRef, Sha256
-from edge_agent.schema import Strict, decode_json
+from edge_agent.protocol.messages import BundleRef
+from edge_agent.schema import Count, Sha256, Strict, decode_json
 
 __all__ = ["BundleStore", "Probation", "Slot", "StoreState", "fsync_dir", "write_atomic"]
 
@@ -69,7 +67,7 @@ class Probation(Strict, frozen=True, kw_only=True):
     """
 
     started_at: float
-    boots: Annotated[int, Meta(ge=0)] = 0
+    boots: Count = 0
     restore_active: Slot | None
     restore_previous: Slot | None
 
