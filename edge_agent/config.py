@@ -17,7 +17,6 @@ arrays) and as a string otherwise.
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ from msgspec.structs import fields, replace
 
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.schema import AtLeastOne, NonNegative, Positive, Strict, convert, problem
+from edge_agent.schema import AtLeastOne, NonNegative, Positive, Strict, closest, convert, problem
 
 __all__ = [
     "AgentConfig",
@@ -200,7 +199,7 @@ def parse_config(raw: dict[str, Any], *, source: str) -> AgentConfig:
         key = wrong.path
         if wrong.kind == "unknown":
             section = key.rpartition(".")[0]
-            close = difflib.get_close_matches(key, _known_keys(section), n=1)
+            close = closest(key, _known_keys(section))
             hint = f"did you mean {close[0]!r}?" if close else "see docs/agent.md for every key"
             raise ConfigError(f"{source}: unknown key {key!r} ({hint})") from None
         if wrong.kind == "missing":

@@ -42,6 +42,7 @@ __all__ = [
     "Problem",
     "Sha256",
     "Strict",
+    "closest",
     "convert",
     "decode_json",
     "problem",
@@ -206,6 +207,13 @@ def _choices(kind: Any) -> list[str]:
     if get_origin(kind) is Literal:
         return [repr(value) for value in get_args(kind)]
     return []
+
+
+def closest(word: str, choices: list[str], *, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """The choices that look most like `word`, best first, for a "did you mean" hint."""
+    import difflib  # only when a hint is given: every agent would hold it otherwise
+
+    return difflib.get_close_matches(word, choices, n=n, cutoff=cutoff)
 
 
 def _dec_hook(kind: type, value: Any) -> Any:
