@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -73,9 +72,11 @@ def _benchmark(run: Callable[[], object]) -> dict[str, Scalar]:
         run()
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
+    mid = len(times) // 2
+    p50 = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
     return {
         "benchmark_runs": len(times),
-        "latency_ms_p50": round(statistics.median(times), 3),
+        "latency_ms_p50": round(p50, 3),
         "latency_ms_max": round(times[-1], 3),
     }
 

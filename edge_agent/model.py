@@ -10,7 +10,6 @@ undoes them on the way out.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,6 +21,7 @@ import numpy as np
 from edge_agent.bundle import BundleLimits, Manifest, TensorSpec, VerifiedBundle, read_bundle
 from edge_agent.errors import InputError, SelfTestError
 from edge_agent.keys import TrustedKey, load_trusted_keys
+from edge_agent.npz import read_npz
 from edge_agent.runtime import Backend, BackendOptions, load_backend
 
 __all__ = ["BundleModel", "SelfTestResult", "check_inputs", "load_model", "open_bundle"]
@@ -280,10 +280,9 @@ class BundleModel:
         spec = self.manifest.selftest
         if spec is None:
             return None
-        with np.load(io.BytesIO(self.bundle.read_member(spec.inputs))) as f:
-            inputs = {k: f[k] for k in f.files}
-        with np.load(io.BytesIO(self.bundle.read_member(spec.outputs))) as f:
-            expected = {k: f[k] for k in f.files}
+        # writable arrays (views onto the bytearray), as numpy.load would give
+        inputs = read_npz(bytearray(self.bundle.read_member(spec.inputs)))
+        expected = read_npz(bytearray(self.bundle.read_member(spec.outputs)))
         return inputs, expected
 
     def selftest(self, outputs: Mapping[str, np.ndarray] | None = None) -> SelfTestResult:

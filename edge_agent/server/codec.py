@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from edge_agent.bundle import TensorSpec
 from edge_agent.errors import InputError
-from edge_agent.server.npz import (
+from edge_agent.npz import (
     NPY_MAGIC,
     ZIP_MAGICS,
     UnpackedTooLargeError,
@@ -160,7 +159,7 @@ def decode_npz(body: bytes | bytearray, *, max_bytes: int | None) -> dict[str, n
         return read_npz(body, max_unpacked=max_bytes)
     except UnpackedTooLargeError as exc:
         raise BodyTooLargeError(f"{exc} (send smaller batches)") from None
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, struct.error) as exc:
+    except (zlib.error, ValueError, EOFError, OSError, struct.error) as exc:
         raise MalformedBodyError(f"the .npz body cannot be read: {exc}") from None
     except (NotImplementedError, RuntimeError) as exc:  # unknown compression, encryption
         raise MalformedBodyError(

@@ -791,7 +791,7 @@ def test_the_public_api_is_a_sorted_all() -> None:
     ids=["float32", "fortran", "0-d", "bool", "unicode", "empty", "big-endian"],
 )
 def test_the_wire_npz_is_numpys_own_both_ways(array: np.ndarray) -> None:
-    from edge_agent.server.npz import read_npz, write_npz
+    from edge_agent.npz import read_npz, write_npz
 
     with np.load(io.BytesIO(write_npz({"a": array, "ü": array})), allow_pickle=False) as f:
         for key in ("a", "ü"):
