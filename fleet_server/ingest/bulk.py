@@ -1,14 +1,16 @@
-"""The telemetry path's two writes per batch, in each database's cheapest form.
+"""Ingestion's writes per batch, in each database's cheapest form.
 
-A batch of windows is one insert of many rows and one update of the counters of
-every device in it. Through the ORM (or even SQLAlchemy Core's executemany) each
-row costs a dictionary, a bind processor per column and a ``json.dumps`` per JSON
-column, and on PostgreSQL a statement executed per row: most of a server's time
-per window. Here the rows are plain tuples with their JSON already text (msgspec
-encodes the message's parts as they travelled), written
-on the session's own connection (same transaction):
+A batch is one insert of its telemetry windows, one of its devices' events (and
+one of the alerts they raise), one update of the counters of every device in it
+and one of the reported state of the devices that sent one. Through the ORM (or
+even SQLAlchemy Core's executemany) each row costs a dictionary, a bind processor
+per column and a ``json.dumps`` per JSON column, and on PostgreSQL a statement
+executed per row (and, for an ORM insert, its id fetched back): most of a
+server's time per message. Here the rows are plain tuples with their JSON already
+text (msgspec encodes the message's parts as they travelled), written on the
+session's own connection (same transaction):
 
-- PostgreSQL: ``COPY ... FROM STDIN`` for the windows, one ``UPDATE ... FROM
+- PostgreSQL: ``COPY ... FROM STDIN`` for inserts, one ``UPDATE ... FROM
   unnest(...)`` (an array per column) for the devices;
 - SQLite: the driver's ``executemany`` (a loop in C), timestamps written in
   SQLAlchemy's own format so they read back as the ORM writes them.
@@ -23,18 +25,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Telemetry
-from fleet_server.db.tables import Device, TelemetryWindow
+from fleet_server.db.tables import Alert, Device, DeviceEvent, TelemetryWindow
 
 __all__ = [
+    "ALERT_COLUMNS",
+    "EVENT_COLUMNS",
+    "REPORTED",
     "TALLIES",
     "WINDOW_COLUMNS",
+    "insert_alerts",
+    "insert_events",
     "insert_windows",
+    "json_text",
     "lock_tallies",
     "pg_array",
+    "read_reported",
+    "update_reported",
     "update_tallies",
     "window_row",
 ]
@@ -66,31 +76,60 @@ TALLIES = (
     "duplicates",
 )
 _TALLY_TYPES = ("varchar", "timestamptz", "timestamptz") + ("bigint",) * 5  # PostgreSQL's
+EVENT_COLUMNS = (
+    "device_id",
+    "seq",
+    "ts",
+    "source",
+    "type",
+    "severity",
+    "message",
+    "bundle_sha256",
+    "details",
+)
+ALERT_COLUMNS = ("ts", "kind", "severity", "device_id", "message", "details")
+# what a device's state message sets; the bundles as their stored JSON text (NULL, or JSON)
+REPORTED = (
+    "id",
+    "online",
+    "health",
+    "agent_version",
+    "active_bundle",
+    "previous_bundle",
+    "reported_revision",
+)
+_REPORTED_TYPES = ("varchar", "boolean", "varchar", "varchar", "json", "json", "integer")
 
 # the statements, made once from the table and column names above (no outside input: S608)
 _W_TABLE, _D_TABLE = TelemetryWindow.__tablename__, Device.__tablename__
-_W_NAMES = ", ".join(WINDOW_COLUMNS)
 _PG_LOCK = (
     f"SELECT {', '.join(TALLIES)} FROM {_D_TABLE} WHERE id = ANY(%s::varchar[]) "  # noqa: S608
     "ORDER BY id FOR UPDATE"
 )
-_PG_COPY = f"COPY {_W_TABLE} ({_W_NAMES}) FROM STDIN"
 _PG_UPDATE = (
     f"UPDATE {_D_TABLE} AS d SET {', '.join(f'{c} = v.{c}' for c in TALLIES[1:])} "  # noqa: S608
     f"FROM unnest({', '.join(f'%s::{kind}[]' for kind in _TALLY_TYPES)}) "
     f"AS v({', '.join(TALLIES)}) WHERE d.id = v.id"
 )
-_SQLITE_INSERT = (
-    f"INSERT INTO {_W_TABLE} ({_W_NAMES}) VALUES ({', '.join('?' for _ in WINDOW_COLUMNS)})"  # noqa: S608
+_PG_REPORTED = (
+    f"UPDATE {_D_TABLE} AS d SET {', '.join(f'{c} = v.{c}' for c in REPORTED[1:])} "  # noqa: S608
+    f"FROM unnest({', '.join(f'%s::{kind}[]' for kind in _REPORTED_TYPES)}) "
+    f"AS v({', '.join(REPORTED)}) WHERE d.id = v.id"
 )
 _SQLITE_UPDATE = f"UPDATE {_D_TABLE} SET {', '.join(f'{c} = ?' for c in TALLIES[1:])} WHERE id = ?"  # noqa: S608
+_SQLITE_REPORTED = (
+    f"UPDATE {_D_TABLE} SET {', '.join(f'{c} = ?' for c in REPORTED[1:])} WHERE id = ?"  # noqa: S608
+)
 
 _encode = msgspec.json.Encoder().encode
 
 
-def _json(value: Any) -> str:
-    # the protocol's structs encode as they travel (every field, defaults included), and
-    # msgspec does it in C: about a tenth of json.dumps on the same dictionaries
+def json_text(value: Any) -> str:
+    """`value` as JSON text (None is JSON's ``null``, as the ORM writes it in a JSON column).
+
+    The protocol's structs encode as they travel (every field, defaults included), and
+    msgspec does it in C: about a tenth of json.dumps on the same dictionaries.
+    """
     return _encode(value).decode()
 
 
@@ -107,12 +146,12 @@ def window_row(msg: Telemetry, received_at: datetime) -> tuple[Any, ...]:
         utc(msg.window_end),
         msg.bundle.sha256 if msg.bundle else None,
         msg.requests,
-        _json(msg.errors),
+        json_text(msg.errors),
         sum(msg.errors.values()),
-        _json(msg.latency.counts),
-        _json(msg.inputs),
-        _json(msg.outputs),
-        None if msg.shadow is None else _json(msg.shadow),
+        json_text(msg.latency.counts),
+        json_text(msg.inputs),
+        json_text(msg.outputs),
+        None if msg.shadow is None else json_text(msg.shadow),
         received_at,
     )
 
@@ -131,19 +170,52 @@ def lock_tallies(session: Session, ids: list[str]) -> list[tuple[Any, ...]]:
 
 def insert_windows(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
     """Insert `rows` (from `window_row`) in `session`'s transaction."""
+    _insert(session, _W_TABLE, WINDOW_COLUMNS, rows, stamps=(2, 3, 12))
+
+
+def insert_events(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `device_events` rows (`EVENT_COLUMNS` order, ``details`` as JSON text), in
+    order: their ids rise as the rows come, as the timeline's order does."""
+    _insert(session, DeviceEvent.__tablename__, EVENT_COLUMNS, rows, stamps=(2,))
+
+
+def insert_alerts(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `alerts` rows (`ALERT_COLUMNS` order, ``details`` as JSON text)."""
+    _insert(session, Alert.__tablename__, ALERT_COLUMNS, rows, stamps=(0,))
+
+
+def _insert(
+    session: Session,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[tuple[Any, ...]],
+    *,
+    stamps: tuple[int, ...],
+) -> None:
+    """`rows` into `table`: COPY on PostgreSQL, executemany on SQLite (with the datetimes at
+    `stamps` written as SQLAlchemy writes them there)."""
     if not rows:
         return
     connection = session.connection()
+    names = ", ".join(columns)
     if connection.dialect.name == "postgresql":
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        with cursor.copy(_PG_COPY) as copy:
+        with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
+    marks = ", ".join("?" for _ in columns)
     stamp = _sqlite_stamp
+
+    def stamped(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i in stamps:
+            values[i] = stamp(values[i])
+        return tuple(values)
+
     connection.exec_driver_sql(
-        _SQLITE_INSERT,
-        [(*r[:2], stamp(r[2]), stamp(r[3]), *r[4:12], stamp(r[12])) for r in rows],
+        f"INSERT INTO {table} ({names}) VALUES ({marks})",  # noqa: S608 (names of ours)
+        [stamped(r) for r in rows],
     )
 
 
@@ -162,8 +234,34 @@ def update_tallies(session: Session, tallies: Sequence[tuple[Any, ...]]) -> None
     )
 
 
+def read_reported(session: Session, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The reported state of the devices `ids` (`REPORTED` order), the bundles as the JSON
+    text stored (None for SQL NULL): written back unchanged when a message leaves them be.
+    The caller holds the rows' locks (`lock_tallies`)."""
+    if not ids:
+        return []
+    columns = [
+        cast(column, Text) if name.endswith("_bundle") else column
+        for name in REPORTED
+        for column in [getattr(Device, name)]
+    ]
+    return [tuple(row) for row in session.execute(select(*columns).where(Device.id.in_(ids)))]
+
+
+def update_reported(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Write the devices' reported state: each tuple in `REPORTED` order, bundles as text."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(_PG_REPORTED, [pg_array(column) for column in zip(*rows, strict=True)])
+        return
+    connection.exec_driver_sql(_SQLITE_REPORTED, [(*r[1:], r[0]) for r in rows])
+
+
 def pg_array(values: Sequence[Any]) -> str:
-    """`values` (str, int, datetime or None) as a PostgreSQL array literal.
+    """`values` (str, int, bool, datetime or None) as a PostgreSQL array literal.
 
     psycopg adapts a list element by element in Python (about 2.5 us each: a batch's
     hundreds of devices times eight columns cost more than the rest of the batch); a
@@ -174,6 +272,8 @@ def pg_array(values: Sequence[Any]) -> str:
     for value in values:
         if value is None:
             items.append("NULL")
+        elif isinstance(value, bool):
+            items.append("t" if value else "f")
         elif isinstance(value, int):
             items.append(str(value))
         else:

@@ -4,19 +4,24 @@ Telemetry is deduplicated by (device, seq): `Device.last_seq` is the highest
 sequence number seen; a window above it opens a gap of ``seq - last_seq - 1``
 lost windows, a window below it is either a duplicate (already stored) or a
 late arrival that fills a gap (stored, one loss fewer). The unique constraint
-on (device_id, seq) backs this up across server replicas.
+on (device_id, seq) backs this up across server replicas. Events are
+deduplicated by (device, seq, type).
 
 Every batch starts by locking its devices (in id order) and reading their
 counters in one query, which also finds the devices the fleet does not know.
-Telemetry is most of the traffic, so it takes a path without the ORM: the
-counters are tallied in Python, possible duplicates looked up in one query, the
-windows written in one statement and the devices' counters in another
-(`fleet_server.ingest.bulk`). States, events and acks go through the ORM first,
-in the same transaction.
+No message goes through the ORM (an ORM object per row, its id fetched back,
+made ingestion hold those locks for a quarter of a second per hundred
+messages): states, events and acks are applied in arrival order to what was read
+(the states' devices' reported columns read once more, still locked), then the
+telemetry is tallied, possible duplicates looked up in one query; the batch is
+written in a statement per table (`fleet_server.ingest.bulk`): its windows, its
+events (the timeline, in arrival order), the alerts they raise, its devices'
+counters, and the reported state of those that sent one.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,10 +31,15 @@ from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Ack, BundleRef, DeviceState, Event, Severity, Telemetry
 from edge_agent.schema import to_builtins
-from fleet_server.db.tables import Alert, Device, DeviceEvent, TelemetryWindow
+from fleet_server.db.tables import Device, DeviceEvent, TelemetryWindow
 from fleet_server.ingest.bulk import (
+    insert_alerts,
+    insert_events,
     insert_windows,
+    json_text,
     lock_tallies,
+    read_reported,
+    update_reported,
     update_tallies,
     utc,
     window_row,
@@ -79,15 +89,14 @@ def store_batch(session: Session, batch: list[Incoming], stats: IngestStats) -> 
     unknown = [item for item in batch if item.message.device_id not in tallies]
     if unknown:
         batch = [item for item in batch if item.message.device_id in tallies]
+    touched: dict[str, _Tally] = {}
     others = [item for item in batch if not isinstance(item.message, Telemetry)]
     if others:
-        _store_others(session, others)
-        session.flush()
-        # the telemetry path goes on from the devices as these left them (still locked)
-        tallies = _tallies(session, sorted(tallies))
+        _store_others(session, others, tallies, touched)
     windows = [item for item in batch if isinstance(item.message, Telemetry)]
     if windows:
-        _store_telemetry(session, windows, tallies, stats)
+        _store_telemetry(session, windows, tallies, touched, stats)
+    update_tallies(session, [_values(t) for t in sorted(touched.values(), key=_id)])
     return unknown
 
 
@@ -100,7 +109,7 @@ def _tallies(session: Session, ids: list[str]) -> dict[str, _Tally]:
     return tallies
 
 
-def _seen(device: Device | _Tally, received_at: datetime) -> None:
+def _seen(device: _Tally, received_at: datetime) -> None:
     if device.first_seen is None:
         device.first_seen = received_at
     last = device.last_seen
@@ -110,30 +119,76 @@ def _seen(device: Device | _Tally, received_at: datetime) -> None:
         device.last_seen = received_at
 
 
-def _store_others(session: Session, batch: list[Incoming]) -> None:
-    ids = sorted({item.message.device_id for item in batch})
-    # locked in id order, so replicas splitting one device's messages serialize on it
-    rows = session.scalars(
-        select(Device).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
-    )
-    devices = {d.id: d for d in rows}
+@dataclass(slots=True)
+class _Reported:
+    """What a device's state messages set, as read (locked) and as the batch leaves it.
+
+    The bundles are kept as the JSON text stored (None: SQL NULL) and written back as read
+    unless a message changes them, so a column the batch leaves alone stays as it was.
+    """
+
+    id: str
+    online: bool
+    health: str
+    agent_version: str | None
+    active_text: str | None
+    previous_text: str | None
+    reported_revision: int | None
+    active: dict[str, Any] | None = None
+    previous: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.active = json.loads(self.active_text) if self.active_text else None
+        self.previous = json.loads(self.previous_text) if self.previous_text else None
+
+    def values(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.online,
+            self.health,
+            self.agent_version,
+            self.active_text,
+            self.previous_text,
+            self.reported_revision,
+        )
+
+
+@dataclass(slots=True)
+class _Writes:
+    """The rows a batch's states, events and acks add, in arrival order."""
+
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    alerts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def _store_others(
+    session: Session,
+    batch: list[Incoming],
+    tallies: dict[str, _Tally],
+    touched: dict[str, _Tally],
+) -> None:
+    state_ids = sorted({i.message.device_id for i in batch if isinstance(i.message, DeviceState)})
+    # the rows are locked already (lock_tallies): what is read here is what this batch changes
+    reported = {row[0]: _Reported(*row) for row in read_reported(session, state_ids)}
     events = [item.message for item in batch if isinstance(item.message, Event)]
     stored = _stored_events(session, events)
-    # nothing is read back in the loop: what it adds is flushed once, batched
-    with session.no_autoflush:
-        for item in batch:
-            device = devices[item.message.device_id]
-            _seen(device, item.received_at)
-            msg = item.message
-            if isinstance(msg, DeviceState):
-                _state(session, device, msg)
-            elif isinstance(msg, Event):
-                key = (msg.device_id, msg.seq, msg.type)
-                if key not in stored:  # else delivered again: recorded once
-                    stored.add(key)
-                    _event(session, device, msg)
-            elif isinstance(msg, Ack):
-                _ack(session, device, msg)
+    writes = _Writes()
+    for item in batch:
+        device_id = item.message.device_id
+        _seen(touched.setdefault(device_id, tallies[device_id]), item.received_at)
+        msg = item.message
+        if isinstance(msg, DeviceState):
+            _state(writes, reported[device_id], msg)
+        elif isinstance(msg, Event):
+            key = (msg.device_id, msg.seq, msg.type)
+            if key not in stored:  # else delivered again: recorded once
+                stored.add(key)
+                _event(writes, msg)
+        elif isinstance(msg, Ack):
+            writes.events.append(_ack(msg))
+    update_reported(session, [reported[d].values() for d in state_ids])
+    insert_events(session, writes.events)
+    insert_alerts(session, writes.alerts)
 
 
 def _stored_events(session: Session, events: list[Event]) -> set[tuple[str, int | None, str]]:
@@ -167,11 +222,14 @@ class _Tally:
 
 
 def _store_telemetry(
-    session: Session, batch: list[Incoming], tallies: dict[str, _Tally], stats: IngestStats
+    session: Session,
+    batch: list[Incoming],
+    tallies: dict[str, _Tally],
+    touched: dict[str, _Tally],
+    stats: IngestStats,
 ) -> None:
     stored = _already_stored(session, batch, tallies)
     rows: list[tuple[Any, ...]] = []
-    touched: dict[str, _Tally] = {}
     for item in batch:
         msg = item.message
         assert isinstance(msg, Telemetry)
@@ -194,7 +252,6 @@ def _store_telemetry(
         tally.windows_dropped_on_device += msg.dropped
         rows.append(window_row(msg, item.received_at))
     insert_windows(session, rows)
-    update_tallies(session, [_values(t) for t in sorted(touched.values(), key=_id)])
 
 
 def _id(tally: _Tally) -> str:
@@ -234,19 +291,22 @@ def _already_stored(
     return {(device_id, seq) for device_id, seq in found}
 
 
-def _state(session: Session, device: Device, msg: DeviceState) -> None:
+def _state(writes: _Writes, device: _Reported, msg: DeviceState) -> None:
     went = None if device.online == msg.online else ("online" if msg.online else "offline")
     device.online = msg.online
     if not msg.online:
         # a last-will says only that the device is gone; keep what it reported before
         if went:
-            session.add(_state_event(device, msg, "state.offline", "connection lost"))
+            writes.events.append(_state_event(device, msg, "state.offline", "connection lost"))
         return
     active = _bundle(msg.active_bundle)
-    bundle_changed = active != device.active_bundle
+    bundle_changed = active != device.active
     device.health = msg.health.value
-    device.active_bundle = active
-    device.previous_bundle = _bundle(msg.previous_bundle)
+    if bundle_changed:
+        device.active, device.active_text = active, json_text(active)
+    previous = _bundle(msg.previous_bundle)
+    if previous != device.previous:
+        device.previous, device.previous_text = previous, json_text(previous)
     if msg.agent_version is not None:
         device.agent_version = msg.agent_version
     if msg.desired_revision is not None:
@@ -254,61 +314,49 @@ def _state(session: Session, device: Device, msg: DeviceState) -> None:
     if went or bundle_changed:
         what = f"active bundle {active['model']} {active['version']}" if active else "no bundle"
         kind = "state.online" if went else "state.bundle"
-        session.add(_state_event(device, msg, kind, what))
+        writes.events.append(_state_event(device, msg, kind, what))
 
 
-def _state_event(device: Device, msg: DeviceState, kind: str, text: str) -> DeviceEvent:
-    return DeviceEvent(
-        device_id=device.id,
-        ts=utc(msg.ts),
-        source="device",
-        type=kind,
-        message=text,
-        bundle_sha256=msg.active_bundle.sha256 if msg.active_bundle else None,
-        details={"health": msg.health.value, "agent_version": msg.agent_version},
+def _state_event(device: _Reported, msg: DeviceState, kind: str, text: str) -> tuple[Any, ...]:
+    return (
+        device.id,
+        None,
+        utc(msg.ts),
+        "device",
+        kind,
+        "info",
+        text,
+        msg.active_bundle.sha256 if msg.active_bundle else None,
+        json_text({"health": msg.health.value, "agent_version": msg.agent_version}),
     )
 
 
-def _event(session: Session, device: Device, msg: Event) -> None:
+def _event(writes: _Writes, msg: Event) -> None:
     sha = msg.bundle.sha256 if msg.bundle else None
     details: dict[str, Any] = dict(msg.details)
     if msg.bundle is not None:
         details["bundle"] = _bundle(msg.bundle)
-    session.add(
-        DeviceEvent(
-            device_id=device.id,
-            seq=msg.seq,
-            ts=utc(msg.ts),
-            source="device",
-            type=msg.type,
-            severity=msg.severity.value,
-            message=msg.message,
-            bundle_sha256=sha,
-            details=details,
-        )
+    text, ts = json_text(details), utc(msg.ts)
+    severity = msg.severity.value
+    writes.events.append(
+        (msg.device_id, msg.seq, ts, "device", msg.type, severity, msg.message, sha, text)
     )
     if msg.severity is Severity.ERROR or msg.type in ALERTING_EVENTS:
-        session.add(
-            Alert(
-                ts=utc(msg.ts),
-                kind=msg.type[:32],
-                severity=msg.severity.value,
-                device_id=device.id,
-                message=f"{device.id}: {msg.type}: {msg.message}".strip(": "),
-                details=details,
-            )
-        )
+        message = f"{msg.device_id}: {msg.type}: {msg.message}".strip(": ")
+        writes.alerts.append((ts, msg.type[:32], severity, msg.device_id, message, text))
 
 
-def _ack(session: Session, device: Device, msg: Ack) -> None:
-    session.add(
-        DeviceEvent(
-            device_id=device.id,
-            ts=utc(msg.ts),
-            source="device",
-            type="command.ack",
-            severity="error" if msg.status.value in ("failed", "rejected") else "info",
-            message=msg.detail,
-            details={"command_id": msg.command_id, "status": msg.status.value},
-        )
+def _ack(msg: Ack) -> tuple[Any, ...]:
+    severity = "error" if msg.status.value in ("failed", "rejected") else "info"
+    details = json_text({"command_id": msg.command_id, "status": msg.status.value})
+    return (
+        msg.device_id,
+        None,
+        utc(msg.ts),
+        "device",
+        "command.ack",
+        severity,
+        msg.detail,
+        None,
+        details,
     )
