@@ -843,9 +843,9 @@ _TRIED = [
     "(nothing once paho or TLS loads libcrypto anyway), `python -OO` for the daemon "
     "(-1.8 MB, its `--help` loses its text).",
     "",
-    "Adopted on 2026-12-02, second round (an AMD EPYC host, where bare onnxruntime holds "
-    "69.7 MB with the tiny model and 70.6 MB with the digits CNN, 7 MB more than on the Intel "
-    "Xeon host of the first round): the agent no longer imports what only an error or a rare "
+    "Adopted on 2026-12-02, second round (an AMD EPYC host, where bare onnxruntime held "
+    "65.3-69.7 MB with the tiny model, against 62.7 MB on the Intel Xeon host of the first "
+    "round): the agent no longer imports what only an error or a rare "
     "input needs. The built-in profiles are found by their package's path instead of "
     "`importlib.resources` (which brought `tempfile`, `random` and `zipfile`); `difflib` is "
     "imported for a did-you-mean hint only; the self-test vectors are read by the server's "
