@@ -53,6 +53,27 @@ def without_credentials(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def _allow_inflight(client: mqtt.Client, limit: int) -> None:
+    """Let `client` have `limit` QoS 1 publishes in flight, on a connection already open.
+
+    The broker names its Receive Maximum only in its CONNACK, and paho does not apply it.
+    paho 2.1's `max_inflight_messages_set` took the value at any time; since 2.2 it refuses
+    once the connection is open, although `publish` and `_update_inflight` read the limit
+    afresh each time, which is how 2.1 applied it. So the limit is set where the setter
+    keeps it.
+    """
+    if not hasattr(client, "_max_inflight_messages"):  # a paho that keeps it elsewhere
+        log.warning(
+            "this paho-mqtt (%s) keeps its in-flight limit elsewhere; orders go out at most "
+            "%d at a time instead of the broker's %d",
+            getattr(mqtt, "__version__", "?"),
+            client.max_inflight_messages,
+            limit,
+        )
+        return
+    client._max_inflight_messages = limit
+
+
 class BrokerKind(StrEnum):
     """What the broker speaks: MQTT 5 with shared subscriptions, or 3.1.1 (amqtt)."""
 
@@ -221,6 +242,11 @@ class MqttBridge:
             return
         self.connects += 1
         self._subscribed.clear()
+        if self.kind is BrokerKind.MQTT5:
+            # as many QoS 1 publishes in flight as the broker takes (its Receive Maximum, 65,535
+            # when it names none): at paho's default of 20 a rollout's thousand orders went out
+            # twenty per round trip, while the devices' replies kept this thread busy
+            _allow_inflight(client, getattr(props, "ReceiveMaximum", 65535))
         client.subscribe([(f, 1) for f in self.filters])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:

@@ -1,0 +1,20 @@
+"""The fleet server's MQTT link against a real Mosquitto."""
+
+from __future__ import annotations
+
+from fleet_server.ingest.bridge import MqttBridge
+from tests.harness.mosquitto import Mosquitto
+
+
+def test_publishes_in_flight_up_to_the_brokers_receive_maximum(mosquitto: Mosquitto) -> None:
+    # the broker names its Receive Maximum (its max_inflight_messages) only in its CONNACK;
+    # paho 2.2 refuses its setter on an open connection, which once stopped the server from
+    # ever subscribing (its on_connect raised)
+    assert mosquitto.config.max_inflight_messages == 1000
+    bridge = MqttBridge(f"mqtt://127.0.0.1:{mosquitto.port}", on_message=lambda d: None)
+    bridge.start()
+    try:
+        assert bridge.wait_subscribed(10), "the bridge never subscribed"
+        assert bridge.client.max_inflight_messages == 1000
+    finally:
+        bridge.stop()
