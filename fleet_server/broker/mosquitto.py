@@ -86,7 +86,9 @@ class MosquittoConfig:
     # server that falls behind; 100k windows of telemetry is minutes of a 10k fleet.
     max_queued_messages: int = 100_000
     max_queued_bytes: int = 512 * 1024 * 1024
-    max_inflight_messages: int = 100
+    # QoS 1 messages unacknowledged per client, and the Receive Maximum MQTT 5 clients are
+    # told: a fleet server publishes a rollout's thousand orders at once
+    max_inflight_messages: int = 1000
     max_packet_size: int = 1024 * 1024
 
     def render(self) -> str:

@@ -41,9 +41,11 @@ __all__ = [
     "insert_events",
     "insert_windows",
     "json_text",
+    "lock_revisions",
     "lock_tallies",
     "pg_array",
     "read_reported",
+    "update_desired",
     "update_reported",
     "update_tallies",
     "window_row",
@@ -116,6 +118,16 @@ _PG_REPORTED = (
     f"FROM unnest({', '.join(f'%s::{kind}[]' for kind in _REPORTED_TYPES)}) "
     f"AS v({', '.join(REPORTED)}) WHERE d.id = v.id"
 )
+_PG_LOCK_REVISIONS = (
+    f"SELECT id, desired_revision FROM {_D_TABLE} WHERE id = ANY(%s::varchar[]) "  # noqa: S608
+    "ORDER BY id FOR UPDATE"
+)
+_PG_DESIRED = (
+    f"UPDATE {_D_TABLE} AS d SET desired = v.desired, desired_revision = v.revision "  # noqa: S608
+    "FROM unnest(%s::varchar[], %s::json[], %s::integer[]) AS v(id, desired, revision) "
+    "WHERE d.id = v.id"
+)
+_SQLITE_DESIRED = f"UPDATE {_D_TABLE} SET desired = ?, desired_revision = ? WHERE id = ?"  # noqa: S608
 _SQLITE_UPDATE = f"UPDATE {_D_TABLE} SET {', '.join(f'{c} = ?' for c in TALLIES[1:])} WHERE id = ?"  # noqa: S608
 _SQLITE_REPORTED = (
     f"UPDATE {_D_TABLE} SET {', '.join(f'{c} = ?' for c in REPORTED[1:])} WHERE id = ?"  # noqa: S608
@@ -166,6 +178,34 @@ def lock_tallies(session: Session, ids: list[str]) -> list[tuple[Any, ...]]:
     columns = [getattr(Device, name) for name in TALLIES]
     query = select(*columns).where(Device.id.in_(ids)).order_by(Device.id).with_for_update()
     return [tuple(row) for row in session.execute(query)]
+
+
+def lock_revisions(session: Session, ids: list[str]) -> list[tuple[str, int]]:
+    """The desired revisions of the devices `ids`, locked in id order (as `lock_tallies`
+    locks them); unknown ids are missing."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        result = connection.exec_driver_sql(_PG_LOCK_REVISIONS, (pg_array(ids),))
+        return [(row[0], row[1]) for row in result]
+    query = (
+        select(Device.id, Device.desired_revision)
+        .where(Device.id.in_(ids))
+        .order_by(Device.id)
+        .with_for_update()
+    )
+    return [(row[0], row[1]) for row in session.execute(query)]
+
+
+def update_desired(session: Session, rows: Sequence[tuple[str, str, int]]) -> None:
+    """Write the devices' desired states: (id, the state as JSON text, its revision)."""
+    if not rows:
+        return
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(_PG_DESIRED, [pg_array(column) for column in zip(*rows, strict=True)])
+        return
+    connection.exec_driver_sql(_SQLITE_DESIRED, [(r[1], r[2], r[0]) for r in rows])
 
 
 def insert_windows(session: Session, rows: Sequence[tuple[Any, ...]]) -> None:

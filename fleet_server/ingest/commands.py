@@ -4,7 +4,8 @@ Both are recorded (the device row and a fleet-side `DeviceEvent` on its
 timeline) and published once the transaction commits, so a device is never
 told what the database does not remember. Without a `session` each call is
 its own transaction. `send_desired_batch` is `send_desired` for many devices
-at once (the rollout engine's orders), without an ORM object per device.
+at once (the rollout engine's orders), written around the ORM as ingestion
+writes (`fleet_server.ingest.bulk`): a thousand orders are three statements.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from msgspec.structs import replace
-from sqlalchemy import event, insert, select, update
+from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Command, CommandName, DesiredState, encode, topics
@@ -25,6 +26,13 @@ from edge_agent.schema import to_builtins
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db.tables import Device, DeviceEvent
 from fleet_server.errors import NotFoundError
+from fleet_server.ingest.bulk import (
+    EVENT_COLUMNS,
+    insert_events,
+    json_text,
+    lock_revisions,
+    update_desired,
+)
 
 __all__ = ["send_command", "send_desired", "send_desired_batch"]
 
@@ -120,34 +128,24 @@ def send_desired_batch(
     """
     with _transaction(fleet, session) as s:
         ids = sorted({state.device_id for state in states})
-        query = (
-            select(Device.id, Device.desired_revision)
-            .where(Device.id.in_(ids))
-            .order_by(Device.id)
-            .with_for_update()
-        )
-        revisions: dict[str, int] = {d: r for d, r in s.execute(query)}
+        revisions = dict(lock_revisions(s, ids))
         if missing := [d for d in ids if d not in revisions]:
             raise NotFoundError(f"no device {missing[0]!r}", field="device_id")
-        sent, rows = [], []
+        sent, rows, events = [], [], []
         for state in states:
             if state.revision <= revisions[state.device_id]:
                 state = replace(state, revision=revisions[state.device_id] + 1)
             revisions[state.device_id] = state.revision
             sent.append(state)
-            rows.append(
-                {
-                    "id": state.device_id,
-                    "desired": to_builtins(state),
-                    "desired_revision": state.revision,
-                }
-            )
-            _publish_on_commit(
-                fleet, s, topics.desired(state.device_id), encode(state), retain=True
-            )
-        if rows:
-            s.execute(update(Device), rows)
-            s.execute(insert(DeviceEvent), [_desired_event(fleet, state) for state in sent])
+            # the payload is the stored state's JSON too: both are the struct as msgspec writes it
+            payload = encode(state)
+            rows.append((state.device_id, payload.decode(), state.revision))
+            entry = _desired_event(fleet, state)
+            entry["details"] = json_text(entry["details"])
+            events.append(tuple(entry[column] for column in EVENT_COLUMNS))
+            _publish_on_commit(fleet, s, topics.desired(state.device_id), payload, retain=True)
+        update_desired(s, rows)
+        insert_events(s, events)
     return sent
 
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session
 
 from edge_agent.protocol import BundleRef, DesiredBundle, DesiredState
 from edge_agent.schema import convert
@@ -53,7 +53,9 @@ from fleet_server.rollouts.service import ACTIVE, aware, get_rollout
 __all__ = ["TICK_S", "RolloutEngine", "start"]
 
 log = logging.getLogger(__name__)
-SEND_CHUNK = 100  # desired states recorded, and published, per transaction
+# desired states recorded, and published, per transaction: a rollout's thousand rollback orders
+# are one (three statements, `send_desired_batch`), none waiting behind another's replies
+SEND_CHUNK = 1000
 TICK_S = 0.25
 _PROGRESS = ("update.downloading", "update.downloaded", "update.verified", "update.warmed_up")
 _TERMINAL = ("failed", "rolled_back", "incompatible")
@@ -141,23 +143,25 @@ class RolloutEngine:
         now = self.fleet.clock()
         with self.fleet.db.session() as session:
             rollout = get_rollout(session, rollout_id, lock=True)
-            rows = {
-                r.device_id: r
-                for r in session.scalars(
-                    select(RolloutDevice).where(
-                        RolloutDevice.rollout_id == rollout_id,
-                        RolloutDevice.device_id.in_([o.device_id for o, _ in sent]),
-                    )
-                )
-            }
+            # an UPDATE per kind of order (their fields differ), executed for all its rows: an
+            # ORM object per row kept the engine's thread busy 0.3 s after a thousand orders,
+            # while the broker link's thread had them still to write out
+            kinds: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for order, desired in sent:
-                row = rows.get(order.device_id)
-                if row is not None:
-                    for name, value in order.fields.items():
-                        setattr(row, name, value)
-                    row.desired_revision, row.updated_at = desired.revision, now
+                values = {**order.fields, "desired_revision": desired.revision, "updated_at": now}
+                params = {f"new_{name}": value for name, value in values.items()}
+                kinds.setdefault(tuple(values), []).append({"key": order.device_id, **params})
+            for names, rows in kinds.items():
+                statement = (
+                    update(RolloutDevice)
+                    .where(
+                        RolloutDevice.rollout_id == rollout_id,
+                        RolloutDevice.device_id == bindparam("key"),
+                    )
+                    .values({name: bindparam(f"new_{name}") for name in names})
+                )
+                session.connection().execute(statement, rows)
             if rollout.status == "rolling_back":
-                session.flush()
                 left = session.scalar(
                     select(func.count()).where(
                         RolloutDevice.rollout_id == rollout_id,
@@ -195,7 +199,8 @@ class RolloutEngine:
                     )
                 )
             )
-            self._refresh(session, rows, since=aware(rollout.created_at), now=now)  # type: ignore[arg-type]
+            since = aware(rollout.created_at)
+            devices = self._refresh(session, rows, since=since, now=now)  # type: ignore[arg-type]
             started = aware(rollout.stage_started_at) or now
             verdict = evaluate(
                 session,
@@ -233,7 +238,8 @@ class RolloutEngine:
                     return []
                 rollout.status = "rolling_back"
                 rollout.reason = f"gate breached, rolled back: {breach}"
-                return self._rollback_orders(session, rollout_id, now)
+                # from the rows and devices just read: the breach's orders go out at once
+                return self._rollback_orders(session, rollout_id, now, rows=rows, devices=devices)
             if verdict.passed:
                 rollout.updated_at = now
                 if rollout.stage + 1 < len(plan.stages):
@@ -248,16 +254,16 @@ class RolloutEngine:
 
     def _refresh(
         self, session: Session, rows: list[RolloutDevice], *, since: datetime, now: datetime
-    ) -> None:
-        """Per-device status from what the devices reported."""
+    ) -> dict[str, _Device]:
+        """Per-device status from what the devices reported; returns the devices read."""
         live = [r for r in rows if r.desired_revision is not None and r.status not in _TERMINAL]
         if not live:
-            return
+            return {}
         ids = [r.device_id for r in live]
         devices = _devices(session, ids)
-        events: dict[str, list[DeviceEvent]] = {}
-        for event in session.scalars(
-            select(DeviceEvent)
+        events: dict[str, list[_Report]] = {}
+        for event in session.execute(
+            select(*_REPORT)
             .where(
                 DeviceEvent.device_id.in_(ids),
                 DeviceEvent.source == "device",
@@ -266,16 +272,17 @@ class RolloutEngine:
             )
             .order_by(DeviceEvent.ts, DeviceEvent.id)
         ):
-            events.setdefault(event.device_id, []).append(event)
+            events.setdefault(event[0], []).append(_Report(*event))
         for row in live:
             device = devices.get(row.device_id)
             status, detail = self._status(row, device, events.get(row.device_id, []), now)
             if (status, detail) != (row.status, row.detail):
                 row.status, row.detail, row.updated_at = status, detail, now
+        return devices
 
     @staticmethod
     def _status(
-        row: RolloutDevice, device: Device | None, events: list[DeviceEvent], now: datetime
+        row: RolloutDevice, device: _Device | None, events: list[_Report], now: datetime
     ) -> tuple[str, str]:
         status, detail = row.status, row.detail
         if status in ("offline_pending",):
@@ -283,15 +290,14 @@ class RolloutEngine:
         for event in events:
             if event.bundle_sha256 != row.bundle_sha256:
                 continue
-            reason = str((event.details or {}).get("reason") or event.message or "")
             if event.type in _PROGRESS and status == "pending":
                 status, detail = "downloading", event.type
             elif event.type in ("update.activated", "update.committed"):
                 status, detail = "active", event.type
             elif event.type == "update.refused":
-                return "failed", f"refused: {reason}".rstrip(": ")
+                return "failed", f"refused: {event.reason}".rstrip(": ")
             elif event.type == "update.rolled_back":
-                return "failed", f"rolled back by the device: {reason}".rstrip(": ")
+                return "failed", f"rolled back by the device: {event.reason}".rstrip(": ")
         active = (device.active_bundle or {}) if device else {}
         if status != "active" and active.get("sha256") == row.bundle_sha256:
             status, detail = "active", "reported active"
@@ -310,7 +316,7 @@ class RolloutEngine:
         self,
         session: Session,
         *,
-        device: Device,
+        device: _Device,
         rollout_id: int,
         ref: dict[str, Any] | None,
         rollback: bool,
@@ -390,19 +396,32 @@ class RolloutEngine:
             )
         return orders
 
-    def _rollback_orders(self, session: Session, rollout_id: int, now: datetime) -> list[_Order]:
-        rows = list(
-            session.scalars(
-                select(RolloutDevice).where(
-                    RolloutDevice.rollout_id == rollout_id,
-                    RolloutDevice.desired_revision.is_not(None),
-                    RolloutDevice.status.not_in(("rolled_back", "incompatible")),
+    def _rollback_orders(
+        self,
+        session: Session,
+        rollout_id: int,
+        now: datetime,
+        *,
+        rows: list[RolloutDevice] | None = None,
+        devices: dict[str, _Device] | None = None,
+    ) -> list[_Order]:
+        """An order back to its previous version for each device sent this rollout's and not
+        rolled back yet. `rows` (all but the incompatible ones, as `_decide` read them) and
+        `devices` (those of them read already) spare reading them again."""
+        if rows is None:
+            rows = list(
+                session.scalars(
+                    select(RolloutDevice).where(
+                        RolloutDevice.rollout_id == rollout_id,
+                        RolloutDevice.status != "incompatible",
+                    )
                 )
             )
-        )
+        rows = [r for r in rows if r.desired_revision is not None and r.status != "rolled_back"]
+        devices = dict(devices or {})
+        devices.update(_devices(session, [r.device_id for r in rows if r.device_id not in devices]))
         orders = []
         sizes: dict[str, int] = {}
-        devices = _devices(session, [r.device_id for r in rows])
         for row in rows:
             device = devices.get(row.device_id)
             if device is None:
@@ -431,18 +450,49 @@ class RolloutEngine:
         return orders
 
 
-# what the engine reads of a device: a rollout's thousand devices are read every tick, and
-# each of the other columns (labels, hardware, the last desired state...) is JSON to parse
-_READ = load_only(
-    Device.id, Device.online, Device.last_seen, Device.active_bundle, Device.desired_revision
-)
+class _Device(NamedTuple):
+    """What the engine reads of a device. A rollout's thousand devices are read every tick:
+    as plain rows, without the other columns (labels, hardware, the last desired state... are
+    JSON to parse) and without an ORM object each (which cost more than the rest)."""
+
+    id: str
+    online: bool
+    last_seen: datetime | None
+    active_bundle: dict[str, Any] | None
+    desired_revision: int
 
 
-def _devices(session: Session, ids: list[str]) -> dict[str, Device]:
+_READ = (Device.id, Device.online, Device.last_seen, Device.active_bundle, Device.desired_revision)
+
+
+def _devices(session: Session, ids: list[str]) -> dict[str, _Device]:
     if not ids:
         return {}
-    query = select(Device).where(Device.id.in_(ids)).options(_READ)
-    return {d.id: d for d in session.scalars(query)}
+    query = select(*_READ).where(Device.id.in_(ids))
+    return {row[0]: _Device(*row) for row in session.execute(query)}
+
+
+class _Report(NamedTuple):
+    """A device's ``update.*`` event, as the engine judges it (a plain row, as `_Device`)."""
+
+    device_id: str
+    type: str
+    bundle_sha256: str | None
+    message: str
+    details: dict[str, Any] | None
+
+    @property
+    def reason(self) -> str:
+        return str((self.details or {}).get("reason") or self.message or "")
+
+
+_REPORT = (
+    DeviceEvent.device_id,
+    DeviceEvent.type,
+    DeviceEvent.bundle_sha256,
+    DeviceEvent.message,
+    DeviceEvent.details,
+)
 
 
 def start(fleet: Fleet, ports: Ports | None = None) -> RolloutEngine:
