@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fleet_server.auth import Role, ensure_api_token
 from fleet_server.auth.routes import router as auth_router
 from fleet_server.bundles.routes import router as bundles_router
-from fleet_server.cluster import start_leadership
+from fleet_server.cluster import start_leadership, start_report_listener
 from fleet_server.cluster.routes import router as cluster_router
 from fleet_server.console import install as install_console
 from fleet_server.context import Fleet, Publisher
@@ -80,6 +80,9 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             # of the replicas sharing this database, the leader runs the loops that follow
             # (rollouts, drift alerts, staleness); every replica ingests and serves the API
             start_leadership(fleet)
+            # a device's report stored by another replica wakes this one's engine (PostgreSQL)
+            if (listener := start_report_listener(fleet)) is not None:
+                fleet.background.append(listener)
             # the broker link: the embedded broker when no --mqtt-url; it is the publisher
             # of desired states and commands unless the caller brought its own
             ingest = start_ingest(fleet)

@@ -1,7 +1,8 @@
 """Several fleet replicas on one database: which one leads the singleton loops.
 
 `Leadership` takes, keeps and loses the leader lock (`fleet_server.cluster.locks`);
-`LeaderLoop` runs a periodic job on the leader only. See docs/scaling.md.
+`LeaderLoop` runs a periodic job on the leader only; `ReportListener` wakes it when
+another replica stored a device's report (PostgreSQL). See docs/scaling.md.
 """
 
 from fleet_server.cluster.leader import (
@@ -12,6 +13,7 @@ from fleet_server.cluster.leader import (
 )
 from fleet_server.cluster.locks import AdvisoryLock, FileLock, Lock, ProcessLock, lock_for
 from fleet_server.cluster.loop import LeaderLoop
+from fleet_server.cluster.wake import ReportListener, announce_report, start_report_listener
 
 __all__ = [
     "LEADER_ROW",
@@ -21,7 +23,10 @@ __all__ = [
     "Leadership",
     "Lock",
     "ProcessLock",
+    "ReportListener",
+    "announce_report",
     "default_replica_id",
     "lock_for",
     "start_leadership",
+    "start_report_listener",
 ]

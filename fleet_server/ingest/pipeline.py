@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from edge_agent.errors import MessageError, SpoofedMessageError, TopicError
 from edge_agent.protocol import Ack, DeviceState, Event, Telemetry, decode, topics
 from fleet_server.broker.embedded import EmbeddedBroker
+from fleet_server.cluster.wake import announce_report
 from fleet_server.context import Fleet
 from fleet_server.ingest.bridge import BrokerKind, Delivery, MqttBridge, without_credentials
 from fleet_server.ingest.stats import IngestStats, Rejection
@@ -218,9 +219,12 @@ class Ingest:
         return True
 
     def _store(self, decoded: list[Incoming]) -> None:
+        reports = any(not isinstance(m.message, Telemetry) for m in decoded)
         try:
             with self.fleet.db.session() as session:
                 unknown = store_batch(session, decoded, self.stats)
+                if reports:  # the leader's engine may be another replica's
+                    announce_report(session, replica=self.fleet.leader.replica)
         except OperationalError:
             raise
         except Exception:
@@ -239,7 +243,7 @@ class Ingest:
                 del decoded[:done]
             return
         self.stats.count("batches")
-        if any(not isinstance(m.message, Telemetry) for m in decoded):
+        if reports:
             self.fleet.device_reported.set()  # the rollout engine acts on it now
         for _ in unknown:
             self.stats.reject(Rejection.UNKNOWN_DEVICE)
@@ -253,6 +257,8 @@ class Ingest:
         try:
             with self.fleet.db.session() as session:
                 unknown = store_batch(session, [item], self.stats)
+                if not isinstance(item.message, Telemetry):
+                    announce_report(session, replica=self.fleet.leader.replica)
         except OperationalError:
             raise
         except Exception:
