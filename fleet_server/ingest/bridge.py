@@ -14,6 +14,12 @@ start, an hour's expiry), so what a crashed server received but never acknowledg
 is delivered again when it comes back; dedup by (device, seq) makes that harmless.
 A clean stop ends the session instead (`leave`, then `stop`): a replica scaled down
 must not keep its share of a shared subscription queued for an hour.
+
+What the fleet publishes (desired states, commands) goes out on a second connection
+of its own, ``<client id>-pub``, with as many QoS 1 publishes in flight as the broker
+takes. On one connection, paho reads as many packets as it has messages in flight
+before it writes again: the devices' replies to the first of a rollout's thousand
+orders held up the rest of them.
 """
 
 from __future__ import annotations
@@ -93,7 +99,8 @@ class Delivery:
 
 
 class MqttBridge:
-    """One paho client; `on_message(delivery)` runs on paho's network thread.
+    """Two paho clients, one receiving, one publishing; `on_message(delivery)` runs on the
+    receiving one's network thread.
 
     Every QoS 1 delivery must be handed back to `ack` once it is safely stored (or
     refused for good), in the order they arrived, as MQTT requires.
@@ -143,20 +150,28 @@ class MqttBridge:
         else:
             self.filters = fleet_filters
             protocol = MQTTProtocolVersion.MQTTv311
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"edgefleet-fleet-{uuid.uuid4().hex[:12]}",
-            protocol=protocol,
-            manual_ack=True,
-        )
-        if self.tls:
-            self.client.tls_set()
         # credentials in the URL (mqtt://fleet:secret@host) win over the separate settings
         if parts.username:
             username, password = unquote(parts.username), unquote(parts.password or "") or None
-        if username:
-            self.client.username_pw_set(username, password)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client_id = client_id or f"edgefleet-fleet-{uuid.uuid4().hex[:12]}"
+
+        def client(name: str, *, manual_ack: bool) -> mqtt.Client:
+            made = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=name,
+                protocol=protocol,
+                manual_ack=manual_ack,
+            )
+            if self.tls:
+                made.tls_set()
+            if username:
+                made.username_pw_set(username, password)
+            made.reconnect_delay_set(min_delay=1, max_delay=10)
+            return made
+
+        self.client = client(client_id, manual_ack=True)
+        self.publisher = client(f"{client_id}-pub", manual_ack=False)
+        self.publisher.on_connect = self._on_publisher_connect
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
@@ -187,14 +202,18 @@ class MqttBridge:
         else:
             self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
+        # no session to keep: paho holds what it has not sent until it reconnects
+        self.publisher.connect_async(self.host, self.port, keepalive=30)
+        self.publisher.loop_start()
 
     def wait_subscribed(self, timeout: float) -> bool:
         """True once the broker granted the subscriptions (of the current connection)."""
         return self._subscribed.wait(timeout)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """QoS 1; queued by paho while disconnected and sent on reconnect."""
-        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        """QoS 1, on the publishing connection; queued by paho while disconnected and sent
+        on reconnect."""
+        info = self.publisher.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
 
@@ -232,9 +251,11 @@ class MqttBridge:
             properties = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = 0
         self.client.disconnect(properties=properties)
-        self.client.loop_stop()
-        # paho's wake-up socket pair would otherwise wait for garbage collection
-        self.client._reset_sockets()
+        self.publisher.disconnect()
+        for client in (self.client, self.publisher):
+            client.loop_stop()
+            # paho's wake-up socket pair would otherwise wait for garbage collection
+            client._reset_sockets()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
@@ -242,12 +263,19 @@ class MqttBridge:
             return
         self.connects += 1
         self._subscribed.clear()
+        client.subscribe([(f, 1) for f in self.filters])
+
+    def _on_publisher_connect(
+        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("MQTT broker %s refused the fleet server's publisher: %s", self.url, reason)
+            return
         if self.kind is BrokerKind.MQTT5:
             # as many QoS 1 publishes in flight as the broker takes (its Receive Maximum, 65,535
             # when it names none): at paho's default of 20 a rollout's thousand orders went out
-            # twenty per round trip, while the devices' replies kept this thread busy
+            # twenty per round trip
             _allow_inflight(client, getattr(props, "ReceiveMaximum", 65535))
-        client.subscribe([(f, 1) for f in self.filters])
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
