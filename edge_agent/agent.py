@@ -80,7 +80,7 @@ class Agent:
             config.outbox_path, max_bytes=int(t.outbox_max_mb * 1024 * 1024), sync=t.sync
         )
         self.events = Outbox(config.events_path, max_bytes=EVENTS_MAX_BYTES, sync=t.sync)
-        self.aggregator = WindowAggregator()
+        self.aggregator = WindowAggregator(max_binned_per_s=t.drift_max_per_s or None)
         self._window_lock = threading.Lock()
         self.serving = Serving(
             self.aggregator,

@@ -111,6 +111,7 @@ class TelemetryConfig(_Section, frozen=True, kw_only=True):
     window_s: Positive = 10.0
     outbox_max_mb: Positive = 64.0
     sync: Literal["normal", "full"] = "normal"
+    drift_max_per_s: NonNegative = 1000.0  # requests binned for drift a second; 0: every one
 
 
 class UpdateConfig(_Section, frozen=True, kw_only=True):

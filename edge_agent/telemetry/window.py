@@ -6,10 +6,15 @@ microsecond. A worker thread owned by the aggregator takes them off in
 batches once `max_queued` / 2 are waiting: it counts each latency into the
 open window's histogram and bins the tensors against the bundle's reference
 statistics (for drift); `rotate` and `totals` take whatever is still waiting
-first, so their counts are exact. Under overload, when `max_queued` samples
-are already waiting, a request keeps only its latency and its tensors are not
-binned (counted as ``skipped``); requests, errors and latency stay exact
-whatever the load. `record_error` and `record_shadow` (rarer) count under a
+first, so their counts are exact. Above `max_binned_per_s` requests a second,
+the worker bins an even sample (every k-th request, k from the rate of the
+last second) and counts the others as ``sampled_out``: drift is a property of
+the distribution, which a thousand requests a second describe as well as a
+hundred thousand, and binning costs the request path (the worker holds the
+GIL) about as much as a tiny model's inference. Under overload, when
+`max_queued` samples are already waiting, a request keeps only its latency and
+its tensors are not binned (counted as ``skipped``); requests, errors and
+latency stay exact whatever the load. `record_error` and `record_shadow` (rarer) count under a
 lock.
 
 Every `rotate` closes the current window (start .. now) and opens the next at
@@ -38,6 +43,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from edge_agent.bundle.reference import ReferenceStats
@@ -57,6 +63,8 @@ log = logging.getLogger(__name__)
 
 _BUCKETS = len(LATENCY_BOUNDS_MS) + 1
 _ERROR_KIND = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# what `record` keeps of a request's tensors when they are left out of the drift sample
+_SAMPLED_OUT: Mapping[str, Any] = MappingProxyType({})
 
 
 class _Counts:
@@ -66,6 +74,7 @@ class _Counts:
         "errors",
         "latency",
         "latency_sum",
+        "sampled_out",
         "shadow_agreed",
         "shadow_compared",
         "shadow_latency",
@@ -84,6 +93,7 @@ class _Counts:
         self.shadow_latency = [0] * _BUCKETS
         self.shadow_latency_sum = 0.0
         self.skipped = 0
+        self.sampled_out = 0
 
     @property
     def requests(self) -> int:
@@ -102,6 +112,7 @@ class _Counts:
         ]
         self.shadow_latency_sum += other.shadow_latency_sum
         self.skipped += other.skipped
+        self.sampled_out += other.sampled_out
 
     def totals(self, also: _Counts) -> Totals:
         both = _Counts()
@@ -117,6 +128,7 @@ class _Counts:
             shadow_latency=tuple(both.shadow_latency),
             shadow_latency_sum_s=both.shadow_latency_sum,
             skipped=both.skipped,
+            sampled_out=both.sampled_out,
         )
 
 
@@ -172,6 +184,7 @@ class _Window(_Counts):
             shadow=shadow,
             binned=self.binned,
             skipped=self.skipped,
+            sampled_out=self.sampled_out,
         )
 
 
@@ -183,7 +196,8 @@ class WindowSnapshot:
     `latency` holds the bucket counts of `edge_agent.protocol.histogram`.
     `binned` requests had their tensors counted in `inputs` and `outputs`;
     `skipped` did not (the binning queue was full, the model changed in the
-    window without a `rotate`, or binning failed, which is logged).
+    window without a `rotate`, or binning failed, which is logged), nor did
+    `sampled_out` (above `max_binned_per_s`, by design).
     """
 
     start: float
@@ -198,6 +212,7 @@ class WindowSnapshot:
     shadow: ShadowStats | None
     binned: int
     skipped: int
+    sampled_out: int
 
     def message(self, *, device_id: str, seq: int, dropped: int = 0) -> Telemetry:
         """The window as the `Telemetry` message with sequence number `seq`.
@@ -228,7 +243,8 @@ class Totals:
 
     `latency` and `shadow_latency` are bucket counts of
     `edge_agent.protocol.histogram`; the sums are in seconds. `skipped` counts
-    requests whose tensors were not binned because the queue was full.
+    requests whose tensors were not binned because the queue was full;
+    `sampled_out`, those left out of the sample above `max_binned_per_s`.
     """
 
     requests: int
@@ -240,6 +256,7 @@ class Totals:
     shadow_latency: tuple[int, ...]
     shadow_latency_sum_s: float
     skipped: int
+    sampled_out: int
 
 
 class WindowAggregator:
@@ -256,7 +273,8 @@ class WindowAggregator:
     worker, and as many taken off by `totals` before the worker bins them): do
     not modify them in place afterwards. When `max_queued` requests are already
     waiting, a request's tensors are not binned, and it is counted as
-    ``skipped``; that is how memory stays bounded under overload.
+    ``skipped``; that is how memory stays bounded under overload. Above
+    `max_binned_per_s` (None: no limit) only every k-th request is binned.
 
     `clock` gives the window boundaries, in seconds since the epoch (tests
     inject one). `close` stops the worker thread; after it, windows are still
@@ -273,15 +291,31 @@ class WindowAggregator:
         "_max_queued",
         "_pending",
         "_queue",
+        "_rate_mark",
+        "_rate_per_s",
+        "_seen",
+        "_stride",
         "_wake",
         "_wake_at",
         "_window",
         "_worker",
     )
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, max_queued: int = 1024) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_queued: int = 1024,
+        max_binned_per_s: float | None = None,
+    ) -> None:
         if max_queued < 1:
             raise ValueError(f"max_queued must be at least 1, got {max_queued}")
+        if max_binned_per_s is not None and not max_binned_per_s > 0:
+            raise ValueError(f"max_binned_per_s must be above 0, got {max_binned_per_s}")
+        self._rate_per_s = max_binned_per_s
+        self._stride = 1  # bin every k-th request with tensors; k follows the rate
+        self._seen = 0  # requests recorded while binning (request threads count it)
+        self._rate_mark = (clock(), 0)  # (when, _seen then): the rate's last measurement
         self._clock = clock
         self._max_queued = max_queued
         self._wake_at = max(1, max_queued // 2)
@@ -311,11 +345,19 @@ class WindowAggregator:
         """Count one served request, its latency in seconds, and queue its tensors for binning.
 
         Lock-free: `deque.append` and `len` are atomic under the GIL; the worker does the
-        counting (`_take`).
+        counting (`_take`). A request left out of the drift sample keeps no reference to its
+        tensors. Two request threads may count `_seen` once for two requests: that only
+        shifts the sample by one.
         """
         pending = self._pending
-        if self._binning and len(pending) < self._max_queued:
-            pending.append((latency_s, inputs, outputs))
+        if self._binning:
+            self._seen = seen = self._seen + 1
+            if seen % self._stride:
+                pending.append((latency_s, _SAMPLED_OUT, None))
+            elif len(pending) < self._max_queued:
+                pending.append((latency_s, inputs, outputs))
+            else:
+                pending.append((latency_s, None, None))
         else:
             pending.append((latency_s, None, None))
         # every `_wake_at`-th waiting request wakes the worker: a multiple that a race
@@ -335,10 +377,27 @@ class WindowAggregator:
             w.latency_sum += latency_s
             if binner is None:
                 continue
-            if inputs is not None and outputs is not None and len(queue) < self._max_queued:
+            if outputs is not None and inputs is not None and len(queue) < self._max_queued:
                 queue.append((w, inputs, outputs))
+            elif inputs is _SAMPLED_OUT:
+                w.sampled_out += 1
             else:
                 w.skipped += 1
+        if self._rate_per_s is not None:
+            self._restride()
+
+    def _restride(self) -> None:
+        """Once a second (of the aggregator's clock), k = the rate of requests recorded while
+        binning over `max_binned_per_s`, rounded up; 1 when the rate is under it."""
+        now, (then, seen_then) = self._clock(), self._rate_mark
+        if now - then < 1.0:
+            if now < then:  # a clock stepped back: measure afresh from here
+                self._rate_mark = (now, self._seen)
+            return
+        assert self._rate_per_s is not None
+        rate = (self._seen - seen_then) / (now - then)
+        self._stride = max(1, math.ceil(rate / self._rate_per_s))
+        self._rate_mark = (now, self._seen)
 
     def record_error(self, kind: str, latency_s: float | None = None) -> None:
         """Count one failed request by `kind` (``invalid_input``, ``model_error``,
@@ -480,7 +539,8 @@ def prometheus_lines(totals: Totals) -> str:
     ``edgefleet_requests_total``, ``edgefleet_errors_total{kind=...}``,
     ``edgefleet_latency_seconds`` (a histogram on the fixed buckets, bounds in
     seconds), ``edgefleet_shadow_compared_total``, ``edgefleet_shadow_agreed_total``,
-    ``edgefleet_shadow_latency_seconds`` and ``edgefleet_drift_skipped_total``.
+    ``edgefleet_shadow_latency_seconds``, ``edgefleet_drift_skipped_total`` and
+    ``edgefleet_drift_sampled_out_total``.
     """
     lines = _counter(
         "edgefleet_requests_total", "Requests served, failed ones included.", totals.requests
@@ -516,5 +576,10 @@ def prometheus_lines(totals: Totals) -> str:
         "edgefleet_drift_skipped_total",
         "Requests whose tensors were not binned for drift: the binning queue was full.",
         totals.skipped,
+    )
+    lines += _counter(
+        "edgefleet_drift_sampled_out_total",
+        "Requests left out of the drift sample: over telemetry.drift_max_per_s a second.",
+        totals.sampled_out,
     )
     return "\n".join(lines) + "\n"

@@ -295,6 +295,43 @@ def test_overload_skips_binning_but_keeps_requests_exact(
     assert agg.totals().skipped == 6
 
 
+def test_above_the_drift_rate_an_even_sample_is_binned_and_the_rest_counted(
+    make: Make, reference: ReferenceStats
+) -> None:
+    clock = Clock()
+    agg = make(clock=clock, max_binned_per_s=10)
+    agg.close()  # no worker: requests are taken off at totals and rotate only
+    agg.set_model(REF, reference)
+
+    def serve(n: int) -> None:
+        for _ in range(n):
+            agg.record(0.001, {"table": np.zeros((1, 6), dtype=np.float32)}, {})
+
+    serve(50)  # the first second: no rate known yet, every request binned
+    clock.now += 1
+    agg.totals()  # 50 a second: from now on every 5th
+    serve(100)
+    clock.now += 1
+    window = agg.rotate()  # 100 a second: from now on every 10th
+    assert (window.requests, window.binned, window.sampled_out, window.skipped) == (150, 70, 80, 0)
+    assert total(window.inputs["table:f0"]) == 70
+    assert window.message(device_id="d1", seq=0).binned == 70
+
+    serve(5)  # every 10th of requests 151..155: none, and the rate falls to 5 a second
+    clock.now += 1
+    assert (agg.rotate().binned, agg.totals().sampled_out) == (0, 85)
+    serve(5)  # under the limit again: every request
+    clock.now += 1
+    window = agg.rotate()
+    assert (window.binned, window.sampled_out) == (5, 0)
+    assert "edgefleet_drift_sampled_out_total 85" in prometheus_lines(agg.totals())
+
+
+def test_the_drift_rate_must_be_positive(make: Make) -> None:
+    with pytest.raises(ValueError, match="max_binned_per_s must be above 0"):
+        make(max_binned_per_s=0)
+
+
 def test_memory_stays_bounded_while_the_worker_cannot_keep_up(
     make: Make, reference: ReferenceStats
 ) -> None:
