@@ -188,6 +188,7 @@ def _inprocess(
         "cases": {name: _stats(s) for name, s in samples.items()},
         "agent_requests": totals.requests,
         "drift_skipped": totals.skipped,
+        "drift_sampled_out": totals.sampled_out,
         "windows_spooled": spooled,
         "binning_s": binning,
     }
@@ -652,11 +653,12 @@ def _inprocess_section(models: list[Model], results: list[dict[str, Any]]) -> li
         notes.append(
             f"- {model.label}: {result['agent_requests']} requests through the agent, "
             f"{result['windows_spooled']} telemetry windows spooled, "
-            f"{result['drift_skipped']} requests not binned for drift (queue full)"
+            f"{result['drift_sampled_out']} left out of the drift sample (over "
+            "`telemetry.drift_max_per_s`, 1,000 a second by default), "
+            f"{result['drift_skipped']} not binned for drift (queue full)"
             + (
-                f"; drift binning takes {_us(binning)} µs of CPU per request on the "
-                "aggregator's thread (batches of 512), not counted above when it falls into "
-                "the idle gaps"
+                f"; drift binning takes {_us(binning)} µs of CPU per binned request on the "
+                "aggregator's thread (batches of 512)"
                 if binning is not None
                 else ""
             )
