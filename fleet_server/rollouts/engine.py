@@ -1,14 +1,15 @@
 """The rollout engine: one background thread that moves every active rollout along.
 
-Each tick (every 0.25 s, and at once when ingestion has stored a device's state
+Each tick (every 0.25 s, and at once when a replica has stored a device's state
 or event: `Fleet.device_reported`) and for each active rollout it reads the devices'
 reports (``devices`` rows and ``device_events``) into per-device statuses,
 judges the stage's gates (`fleet_server.rollouts.gates`), then dispatches the
 stage's devices, advances, completes, pauses or rolls back. Every decision is
-written to the ``rollouts`` / ``rollout_devices`` rows before anything is sent,
-and what is sent is recorded after (``desired_revision``), so a server
-restarted at any point resumes: unsent dispatches and rollback orders are
-simply sent on the next tick.
+written to the ``rollouts`` / ``rollout_devices`` rows before anything is sent;
+the orders (up to `SEND_CHUNK`) are stored on the devices and recorded on the
+rollout's rows (``desired_revision``) in one transaction and published once it
+commits, so a server restarted at any point resumes: unsent dispatches and
+rollback orders are simply sent on the next tick.
 
 Of several replicas sharing the database only the leader's engine ticks
 (`fleet.leader`, see `fleet_server.cluster`): it confirms its lock before each
@@ -124,10 +125,18 @@ class RolloutEngine:
         try:  # a transaction per chunk: one per order made 1,000 rollbacks take 7 s
             for start in range(0, len(orders), SEND_CHUNK):
                 chunk = orders[start : start + SEND_CHUNK]
-                states = self.ports.send_desired(self.fleet, [o.desired for o in chunk])
-                sent += zip(chunk, states, strict=True)
-        finally:  # record what went out in one transaction; what did not goes next tick
-            self._record(rollout_id, sent)
+                # sent and recorded in one transaction, published once it commits: the engine
+                # is done with the orders before the devices' replies come in (recorded after
+                # the publishing, it competed with the broker link for the CPU); a chunk that
+                # fails is neither, and goes out on the next tick
+                with self.fleet.db.session() as session:
+                    rollout = get_rollout(session, rollout_id, lock=True)
+                    desired = [o.desired for o in chunk]
+                    states = self.ports.send_desired(self.fleet, desired, session=session)
+                    done = list(zip(chunk, states, strict=True))
+                    self._record(session, rollout, done)
+                sent += done
+        finally:
             if sent:
                 ids = [o.device_id for o, _ in sent]
                 log.info(
@@ -139,39 +148,40 @@ class RolloutEngine:
                     ", ".join(ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else ""),
                 )
 
-    def _record(self, rollout_id: int, sent: list[tuple[_Order, DesiredState]]) -> None:
+    def _record(
+        self, session: Session, rollout: Rollout, sent: list[tuple[_Order, DesiredState]]
+    ) -> None:
+        """Write what `sent` changed on the rollout's rows, in `session`; a rollout rolling
+        back is rolled back once every device it had sent to was ordered back."""
         now = self.fleet.clock()
-        with self.fleet.db.session() as session:
-            rollout = get_rollout(session, rollout_id, lock=True)
-            # an UPDATE per kind of order (their fields differ), executed for all its rows: an
-            # ORM object per row kept the engine's thread busy 0.3 s after a thousand orders,
-            # while the broker link's thread had them still to write out
-            kinds: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for order, desired in sent:
-                values = {**order.fields, "desired_revision": desired.revision, "updated_at": now}
-                params = {f"new_{name}": value for name, value in values.items()}
-                kinds.setdefault(tuple(values), []).append({"key": order.device_id, **params})
-            for names, rows in kinds.items():
-                statement = (
-                    update(RolloutDevice)
-                    .where(
-                        RolloutDevice.rollout_id == rollout_id,
-                        RolloutDevice.device_id == bindparam("key"),
-                    )
-                    .values({name: bindparam(f"new_{name}") for name in names})
+        # an UPDATE per kind of order (their fields differ), executed for all its rows (an ORM
+        # object per row cost 0.3 s for a thousand orders)
+        kinds: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for order, desired in sent:
+            values = {**order.fields, "desired_revision": desired.revision, "updated_at": now}
+            params = {f"new_{name}": value for name, value in values.items()}
+            kinds.setdefault(tuple(values), []).append({"key": order.device_id, **params})
+        for names, rows in kinds.items():
+            statement = (
+                update(RolloutDevice)
+                .where(
+                    RolloutDevice.rollout_id == rollout.id,
+                    RolloutDevice.device_id == bindparam("key"),
                 )
-                session.connection().execute(statement, rows)
-            if rollout.status == "rolling_back":
-                left = session.scalar(
-                    select(func.count()).where(
-                        RolloutDevice.rollout_id == rollout_id,
-                        RolloutDevice.desired_revision.is_not(None),
-                        RolloutDevice.status.not_in(("rolled_back", "incompatible")),
-                    )
+                .values({name: bindparam(f"new_{name}") for name in names})
+            )
+            session.connection().execute(statement, rows)
+        if rollout.status == "rolling_back":
+            left = session.scalar(
+                select(func.count()).where(
+                    RolloutDevice.rollout_id == rollout.id,
+                    RolloutDevice.desired_revision.is_not(None),
+                    RolloutDevice.status.not_in(("rolled_back", "incompatible")),
                 )
-                if not left:
-                    set_status(session, rollout, "rolled_back")
-                    rollout.updated_at = now
+            )
+            if not left:
+                set_status(session, rollout, "rolled_back")
+                rollout.updated_at = now
 
     def _decide(self, rollout_id: int) -> list[_Order]:
         now = self.fleet.clock()

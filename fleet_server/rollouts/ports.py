@@ -19,7 +19,7 @@ from fleet_server.context import Fleet
 from fleet_server.db.tables import Bundle, ModelVersion
 from fleet_server.settings import Settings
 
-__all__ = ["MaxPsi", "Ports"]
+__all__ = ["MaxPsi", "Ports", "SendDesired"]
 
 
 class MaxPsi(Protocol):
@@ -59,9 +59,17 @@ def _download_url(settings: Settings, sha256: str, device_id: str, now: datetime
     return url
 
 
-def _send_desired(fleet: Fleet, states: Sequence[DesiredState]) -> list[DesiredState]:
+class SendDesired(Protocol):
+    def __call__(
+        self, fleet: Fleet, states: Sequence[DesiredState], *, session: Session
+    ) -> list[DesiredState]: ...
+
+
+def _send_desired(
+    fleet: Fleet, states: Sequence[DesiredState], *, session: Session
+) -> list[DesiredState]:
     send: Callable[..., list[DesiredState]] = _real("fleet_server.devices", "send_desired_batch")
-    return send(fleet, states)  # its own transaction: published when, and only if, it commits
+    return send(fleet, states, session=session)  # published when, and only if, it commits
 
 
 def _max_psi(
@@ -82,12 +90,13 @@ def _max_psi(
 class Ports:
     """The other components' functions the rollouts use.
 
-    `send_desired` stores and publishes retained desired states in one transaction
-    (all or none) and returns what it sent, in order (a revision may be raised).
+    `send_desired` stores retained desired states in the caller's `session` and publishes
+    them once it commits (all or none); it returns what it sends, in order (a revision may
+    be raised).
     """
 
     bundle_for: Callable[[Session, str, str, str], Bundle | None] = _bundle_for
     version_by: Callable[[Session, str, str], ModelVersion | None] = _version_by
     download_url: Callable[[Settings, str, str, datetime], str] = _download_url
-    send_desired: Callable[[Fleet, Sequence[DesiredState]], list[DesiredState]] = _send_desired
+    send_desired: SendDesired = _send_desired
     max_psi: MaxPsi = _max_psi

@@ -163,7 +163,7 @@ def ports() -> Ports:
         bundle_for=bundle_for,
         version_by=version_by,
         download_url=lambda settings, sha, device, now: f"http://fleet/b/{sha}?d={device}",
-        send_desired=lambda fleet, states: list(states),
+        send_desired=lambda fleet, states, *, session: list(states),
     )
 
 

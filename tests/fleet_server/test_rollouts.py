@@ -121,13 +121,14 @@ class World:
     psi: dict[str, float] = field(default_factory=dict)
     sent: list[DesiredState] = field(default_factory=list)
 
-    def send_desired(self, fleet: Fleet, states: Sequence[DesiredState]) -> list[DesiredState]:
-        with fleet.db.session() as session:
-            for desired in states:
-                device = session.get(Device, desired.device_id)
-                assert device is not None
-                device.desired = to_builtins(desired)
-                device.desired_revision = desired.revision
+    def send_desired(
+        self, fleet: Fleet, states: Sequence[DesiredState], *, session: Session
+    ) -> list[DesiredState]:
+        for desired in states:
+            device = session.get(Device, desired.device_id)
+            assert device is not None
+            device.desired = to_builtins(desired)
+            device.desired_revision = desired.revision
         for desired in states:
             self.broker.pub.publish(
                 topics.desired(desired.device_id), encode(desired), qos=1, retain=True
