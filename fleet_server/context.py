@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session
 
 from fleet_server.db import Database
 from fleet_server.settings import Settings
 
-__all__ = ["Fleet", "Leader", "Publisher", "Solo", "Stoppable"]
+__all__ = ["BatchPublisher", "Fleet", "Leader", "Publisher", "Solo", "Stoppable"]
 
 
 class Publisher(Protocol):
     """Publishes to the broker (the MQTT bridge; tests may pass a real client of their own)."""
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+
+@runtime_checkable
+class BatchPublisher(Publisher, Protocol):
+    """A publisher that sends many messages for less than a `publish` each (the bridge)."""
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
+        """Each of `messages` (topic, payload, retain), in order."""
+        ...
 
 
 class Stoppable(Protocol):

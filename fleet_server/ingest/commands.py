@@ -10,7 +10,9 @@ writes (`fleet_server.ingest.bulk`): a thousand orders are three statements.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from edge_agent.protocol import Command, CommandName, DesiredState, encode, topics
 from edge_agent.schema import to_builtins
-from fleet_server.context import Fleet, Publisher
+from fleet_server.context import BatchPublisher, Fleet, Publisher
 from fleet_server.db.tables import Device, DeviceEvent
 from fleet_server.errors import NotFoundError
 from fleet_server.ingest.bulk import (
@@ -58,8 +60,14 @@ def _transaction(fleet: Fleet, session: Session | None) -> Iterator[Session]:
 
 
 def _flush(session: Session) -> None:
-    for publisher, topic, payload, retain in session.info.pop(_PENDING, []):
-        publisher.publish(topic, payload, retain=retain)
+    pending: list[tuple[Publisher, str, bytes, bool]] = session.info.pop(_PENDING, [])
+    for publisher, group in itertools.groupby(pending, key=operator.itemgetter(0)):
+        messages = [(topic, payload, retain) for _, topic, payload, retain in group]
+        if isinstance(publisher, BatchPublisher):
+            publisher.publish_many(messages)  # a rollout's orders: a thousand at once
+        else:
+            for topic, payload, retain in messages:
+                publisher.publish(topic, payload, retain=retain)
 
 
 def _drop(session: Session) -> None:

@@ -21,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
@@ -99,6 +100,9 @@ class Ingest:
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         self.bridge.publish(topic, payload, retain=retain)
+
+    def publish_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
+        self.bridge.publish_many(messages)
 
     def wait_subscribed(self, timeout: float) -> bool:
         return self.bridge.wait_subscribed(timeout)
