@@ -1,6 +1,6 @@
-"""Rollout convergence against a real fleet server: 1,000 simulated devices that act on their
-desired state as the agent does, from rollout start to all updated, and from a gate breach to
-the rollback order on the wire.
+"""Rollout convergence against a real fleet server (on PostgreSQL or SQLite): 1,000 simulated
+devices that act on their desired state as the agent does, from rollout start to all updated,
+and from a gate breach to the rollback order on the wire.
 
 The devices (`bench.swarm`, one selector loop in a thread of this process) start online on
 1.0.0 with a retained state and a last-will; on a desired state naming another bundle they
@@ -29,12 +29,13 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -54,15 +55,17 @@ from edge_agent.protocol import (
 )
 from edge_agent.schema import convert
 
-__all__ = ["RolloutResult", "rollouts"]
+__all__ = ["Database", "RolloutResult", "rollouts"]
 
 DEVICES = 1000
 WINDOW_S = 10.0  # the agent's default telemetry window
 LABELS = {"bench": "rollout"}
+Database = Literal["postgresql", "sqlite"]
 
 
 @dataclass
 class RolloutResult:
+    database: Database
     devices: int
     start_to_last_order_s: float
     start_to_all_active_s: float
@@ -334,7 +337,18 @@ def _breach_recorded(server: FleetServer, rollout_id: int) -> float:
     raise RuntimeError(f"no gate alert for rollout {rollout_id}: {items}")
 
 
-def rollouts(work: Path) -> RolloutResult:
+@contextmanager
+def _database(work: Path, database: Database) -> Iterator[str]:
+    if database == "postgresql":
+        with postgres_database() as url:
+            yield url
+    else:
+        (work / "sqlite").mkdir(parents=True, exist_ok=True)
+        yield f"sqlite:///{work / 'sqlite' / 'fleet.db'}"
+
+
+def rollouts(work: Path, *, database: Database = "postgresql") -> RolloutResult:
+    """Both measurements on one fleet server on `database` (a fresh one)."""
     from edge_agent.keys import write_keypair
 
     private, public = work / "keys" / "signing.pem", work / "keys" / "signing.pub"
@@ -342,8 +356,8 @@ def rollouts(work: Path) -> RolloutResult:
     broker = Broker(work / "mosquitto-rollout")
     ids = [f"ro-{i:05d}" for i in range(DEVICES)]
     try:
-        with postgres_database() as pg_url:
-            server = FleetServer(work / "rollout", pg_url, broker, trust=public)
+        with _database(work, database) as db_url:
+            server = FleetServer(work / "rollout", db_url, broker, trust=public)
             fleet: _Fleet | None = None
             try:
                 refs = {}
@@ -374,7 +388,7 @@ def rollouts(work: Path) -> RolloutResult:
                     "every device online in the registry",
                     120,
                 )
-                return _measure(server, fleet, refs)
+                return _measure(server, fleet, refs, database)
             finally:
                 if fleet is not None:
                     fleet.close()
@@ -383,7 +397,9 @@ def rollouts(work: Path) -> RolloutResult:
         broker.stop()
 
 
-def _measure(server: FleetServer, fleet: _Fleet, refs: dict[str, BundleRef]) -> RolloutResult:
+def _measure(
+    server: FleetServer, fleet: _Fleet, refs: dict[str, BundleRef], database: Database
+) -> RolloutResult:
     devices = fleet.devices
     # 1. convergence
     plan: dict[str, Any] = {"stages": [{"count": 10}, {"percent": 50}, {"percent": 100}]}
@@ -447,6 +463,7 @@ def _measure(server: FleetServer, fleet: _Fleet, refs: dict[str, BundleRef]) -> 
     breach = _breach_recorded(server, rollout_id)
     first, last = wire[0], wire[-1]
     return RolloutResult(
+        database=database,
         devices=DEVICES,
         start_to_last_order_s=last_order - start,
         start_to_all_active_s=last_active - start,
