@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -38,8 +38,6 @@ from fleet_server.context import Fleet
 from fleet_server.db.tables import (
     Alert,
     Bundle,
-    Device,
-    DeviceEvent,
     Model,
     ModelVersion,
     Rollout,
@@ -50,6 +48,12 @@ from fleet_server.rollouts.gates import evaluate
 from fleet_server.rollouts.plan import Plan
 from fleet_server.rollouts.ports import Ports
 from fleet_server.rollouts.record import record_rows
+from fleet_server.rollouts.reports import (
+    DeviceView,
+    UpdateEvent,
+    read_devices,
+    read_update_events,
+)
 from fleet_server.rollouts.service import ACTIVE, aware, get_rollout
 
 __all__ = ["TICK_S", "RolloutEngine", "start"]
@@ -259,25 +263,14 @@ class RolloutEngine:
 
     def _refresh(
         self, session: Session, rows: list[RolloutDevice], *, since: datetime, now: datetime
-    ) -> dict[str, _Device]:
+    ) -> dict[str, DeviceView]:
         """Per-device status from what the devices reported; returns the devices read."""
         live = [r for r in rows if r.desired_revision is not None and r.status not in _TERMINAL]
         if not live:
             return {}
         ids = [r.device_id for r in live]
-        devices = _devices(session, ids)
-        events: dict[str, list[_Report]] = {}
-        for event in session.execute(
-            select(*_REPORT)
-            .where(
-                DeviceEvent.device_id.in_(ids),
-                DeviceEvent.source == "device",
-                DeviceEvent.type.like("update.%"),
-                DeviceEvent.ts >= since,
-            )
-            .order_by(DeviceEvent.ts, DeviceEvent.id)
-        ):
-            events.setdefault(event[0], []).append(_Report(*event))
+        devices = read_devices(session, ids)
+        events = read_update_events(session, ids, since=since)
         for row in live:
             device = devices.get(row.device_id)
             status, detail = self._status(row, device, events.get(row.device_id, []), now)
@@ -287,7 +280,7 @@ class RolloutEngine:
 
     @staticmethod
     def _status(
-        row: RolloutDevice, device: _Device | None, events: list[_Report], now: datetime
+        row: RolloutDevice, device: DeviceView | None, events: list[UpdateEvent], now: datetime
     ) -> tuple[str, str]:
         status, detail = row.status, row.detail
         if status in ("offline_pending",):
@@ -321,7 +314,7 @@ class RolloutEngine:
         self,
         session: Session,
         *,
-        device: _Device,
+        device: DeviceView,
         rollout_id: int,
         ref: dict[str, Any] | None,
         rollback: bool,
@@ -362,7 +355,7 @@ class RolloutEngine:
         todo = [r for r in todo if r.status in ("pending", "offline_pending")]
         orders = []
         sizes: dict[str, int] = {}
-        devices = _devices(session, [r.device_id for r in todo])
+        devices = read_devices(session, [r.device_id for r in todo])
         for row in todo:
             device = devices.get(row.device_id)
             bundle = session.get(Bundle, row.bundle_sha256) if row.bundle_sha256 else None
@@ -408,7 +401,7 @@ class RolloutEngine:
         now: datetime,
         *,
         rows: list[RolloutDevice] | None = None,
-        devices: dict[str, _Device] | None = None,
+        devices: dict[str, DeviceView] | None = None,
     ) -> list[_Order]:
         """An order back to its previous version for each device sent this rollout's and not
         rolled back yet. `rows` (all but the incompatible ones, as `_decide` read them) and
@@ -424,7 +417,9 @@ class RolloutEngine:
             )
         rows = [r for r in rows if r.desired_revision is not None and r.status != "rolled_back"]
         devices = dict(devices or {})
-        devices.update(_devices(session, [r.device_id for r in rows if r.device_id not in devices]))
+        devices.update(
+            read_devices(session, [r.device_id for r in rows if r.device_id not in devices])
+        )
         orders = []
         sizes: dict[str, int] = {}
         for row in rows:
@@ -453,51 +448,6 @@ class RolloutEngine:
                 )
             )
         return orders
-
-
-class _Device(NamedTuple):
-    """What the engine reads of a device. A rollout's thousand devices are read every tick:
-    as plain rows, without the other columns (labels, hardware, the last desired state... are
-    JSON to parse) and without an ORM object each (which cost more than the rest)."""
-
-    id: str
-    online: bool
-    last_seen: datetime | None
-    active_bundle: dict[str, Any] | None
-    desired_revision: int
-
-
-_READ = (Device.id, Device.online, Device.last_seen, Device.active_bundle, Device.desired_revision)
-
-
-def _devices(session: Session, ids: list[str]) -> dict[str, _Device]:
-    if not ids:
-        return {}
-    query = select(*_READ).where(Device.id.in_(ids))
-    return {row[0]: _Device(*row) for row in session.execute(query)}
-
-
-class _Report(NamedTuple):
-    """A device's ``update.*`` event, as the engine judges it (a plain row, as `_Device`)."""
-
-    device_id: str
-    type: str
-    bundle_sha256: str | None
-    message: str
-    details: dict[str, Any] | None
-
-    @property
-    def reason(self) -> str:
-        return str((self.details or {}).get("reason") or self.message or "")
-
-
-_REPORT = (
-    DeviceEvent.device_id,
-    DeviceEvent.type,
-    DeviceEvent.bundle_sha256,
-    DeviceEvent.message,
-    DeviceEvent.details,
-)
 
 
 def start(fleet: Fleet, ports: Ports | None = None) -> RolloutEngine:
