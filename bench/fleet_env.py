@@ -79,6 +79,10 @@ class Broker:
         self.proc.wait(10)
 
 
+class _PortTakenError(RuntimeError):
+    """The server could not bind the port picked for it."""
+
+
 class FleetServer:
     """`edgefleet fleet serve` as its own process, against `broker` and `db_url`."""
 
@@ -87,28 +91,47 @@ class FleetServer:
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
-        self.port = free_port()
         self.log = data_dir / "server.log"
-        args = [
-            EDGEFLEET, "fleet", "serve", "--data-dir", str(data_dir), "--db", db_url,
-            "--mqtt-url", broker.url, "--port", str(self.port),
-        ]  # fmt: skip
-        if trust is not None:
-            args += ["--trust", str(trust)]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, stdout=log, stderr=log, env={**os.environ, "EDGEFLEET_ADMIN_TOKEN": ADMIN}
+        # the port is free when picked, but the server binds it only once started, after its
+        # own connections to the database and the broker took ephemeral ports: one of them
+        # may be that one ("address already in use"), and then another port is tried
+        for attempt in range(3):
+            self.port = free_port()
+            args = [
+                EDGEFLEET, "fleet", "serve", "--data-dir", str(data_dir), "--db", db_url,
+                "--mqtt-url", broker.url, "--port", str(self.port),
+            ]  # fmt: skip
+            if trust is not None:
+                args += ["--trust", str(trust)]
+            self._log_from = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    args,
+                    stdout=log,
+                    stderr=log,
+                    env={**os.environ, "EDGEFLEET_ADMIN_TOKEN": ADMIN},
+                )
+            self.api = httpx.Client(
+                base_url=f"http://127.0.0.1:{self.port}/api/v1",
+                headers={"Authorization": f"Bearer {ADMIN}"},
+                timeout=60,
             )
-        self.api = httpx.Client(
-            base_url=f"http://127.0.0.1:{self.port}/api/v1",
-            headers={"Authorization": f"Bearer {ADMIN}"},
-            timeout=60,
-        )
-        _wait(self._subscribed, f"the fleet server on port {self.port}", 60)
+            try:
+                _wait(self._subscribed, f"the fleet server on port {self.port}", 60)
+                return
+            except _PortTakenError:
+                self.api.close()
+                if attempt == 2:
+                    raise
 
     def _subscribed(self) -> bool:
         if self.proc.poll() is not None:
-            raise RuntimeError(f"the fleet server exited: {self.log.read_text()[-3000:]}")
+            with self.log.open("rb") as log:
+                log.seek(self._log_from)
+                text = log.read().decode(errors="replace")
+            if "address already in use" in text:
+                raise _PortTakenError(text[-3000:])
+            raise RuntimeError(f"the fleet server exited: {text[-3000:]}")
         try:
             return bool(self.stats()["subscribed"])
         except httpx.TransportError:
