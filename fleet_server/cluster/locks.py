@@ -27,12 +27,46 @@ from sqlalchemy.orm import Session
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["LEADER_KEY", "AdvisoryLock", "FileLock", "Lock", "ProcessLock", "lock_for"]
+__all__ = [
+    "LEADER_KEY",
+    "AdvisoryLock",
+    "FileLock",
+    "Lock",
+    "ProcessLock",
+    "connect_aside",
+    "libpq_url",
+    "lock_for",
+]
 
 log = logging.getLogger(__name__)
 
 # the advisory lock's key: b"edgeflee" as a signed 64-bit integer
 LEADER_KEY = int.from_bytes(b"edgeflee", "big", signed=True)
+
+
+def libpq_url(url: str) -> tuple[str, str]:
+    """A SQLAlchemy PostgreSQL URL as psycopg takes it, and as it may be shown (no password)."""
+    parsed = make_url(url).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False), parsed.render_as_string()
+
+
+def connect_aside(dsn: str, *, name: str) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection of its own, outside the pool (autocommit), for a session that must
+    live as long as the replica: TCP keep-alives on, so that a peer that vanished
+    without a FIN is noticed in ~10 s, not hours."""
+    import psycopg
+
+    return psycopg.connect(
+        dsn,
+        autocommit=True,
+        connect_timeout=5,
+        application_name=name[:63],
+        keepalives=1,
+        keepalives_idle=5,
+        keepalives_interval=2,
+        keepalives_count=3,
+        tcp_user_timeout=10_000,
+    )
 
 
 class Lock(Protocol):
@@ -59,9 +93,8 @@ class AdvisoryLock:
     """A session-level PostgreSQL advisory lock on a dedicated connection."""
 
     def __init__(self, url: str, *, replica: str, key: int = LEADER_KEY) -> None:
-        parsed = make_url(url).set(drivername="postgresql")
-        self._dsn = parsed.render_as_string(hide_password=False)
-        self.where = f"PostgreSQL advisory lock {key} on {parsed.render_as_string()}"
+        self._dsn, shown = libpq_url(url)
+        self.where = f"PostgreSQL advisory lock {key} on {shown}"
         self._replica = replica
         self._key = key
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
@@ -69,20 +102,7 @@ class AdvisoryLock:
         self._mutex = threading.Lock()
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        import psycopg
-
-        return psycopg.connect(
-            self._dsn,
-            autocommit=True,
-            connect_timeout=5,
-            application_name=f"edgefleet leader lock {self._replica}"[:63],
-            # a peer that vanished without a FIN is noticed in ~10 s, not hours
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            tcp_user_timeout=10_000,
-        )
+        return connect_aside(self._dsn, name=f"edgefleet leader lock {self._replica}")
 
     def try_acquire(self) -> bool:
         import psycopg

@@ -25,9 +25,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from fleet_server.cluster.locks import connect_aside, libpq_url
 from fleet_server.context import Fleet
 
 if TYPE_CHECKING:
@@ -66,9 +66,7 @@ class ReportListener:
     def __init__(
         self, url: str, *, wake: threading.Event, replica: str, retry_s: float = 2.0
     ) -> None:
-        parsed = make_url(url).set(drivername="postgresql")
-        self._dsn = parsed.render_as_string(hide_password=False)
-        self.where = parsed.render_as_string()
+        self._dsn, self.where = libpq_url(url)
         self.wake = wake
         self.replica = replica
         self.retry_s = retry_s
@@ -91,19 +89,7 @@ class ReportListener:
             self._thread = None
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        import psycopg
-
-        return psycopg.connect(
-            self._dsn,
-            autocommit=True,
-            connect_timeout=5,
-            application_name=f"edgefleet report listener {self.replica}"[:63],
-            keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
-            tcp_user_timeout=10_000,
-        )
+        return connect_aside(self._dsn, name=f"edgefleet report listener {self.replica}")
 
     def _run(self) -> None:
         import psycopg
