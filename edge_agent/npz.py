@@ -18,9 +18,12 @@ import re
 import struct
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import zipfile
 
 __all__ = [
     "NPY_MAGIC",
@@ -167,7 +170,7 @@ def _read_npz_with_numpy(view: memoryview, max_unpacked: int | None) -> dict[str
         raise ValueError(str(exc)) from None
 
 
-def _read_zip(archive: Any, max_unpacked: int | None) -> dict[str, np.ndarray]:
+def _read_zip(archive: zipfile.ZipFile, max_unpacked: int | None) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     with archive:
         members = archive.infolist()
