@@ -27,6 +27,7 @@ SECTIONS = {
     "provision": "bench.provision",
     "tflite": "bench.tflite",
     "fleet": "bench.fleet",
+    "soak": "bench.soak",
 }
 
 HEADER = [
@@ -108,8 +109,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    import onnxruntime
-
     chosen = args.only or list(SECTIONS)
     command = "`make bench` (`python -m bench.run`)"
     if args.only:
@@ -118,19 +117,33 @@ def main() -> None:
     for name in chosen:
         before = revision()
         section = importlib.import_module(SECTIONS[name]).run()
-        after = revision()
-        stamp = [
-            f"- machine: {machine()}",
-            f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-            f"- onnxruntime {onnxruntime.__version__}",
-            f"- code: {before}" if after == before else f"- code: {before}, then {after}",
-            f"- command: {command}",
-        ]
-        # kept by its title, as _split keys them ("provision" writes "## Provisioning")
-        measured[section.partition("\n")[0].removeprefix("## ").strip().lower()] = _stamped(
-            section, stamp
-        )
+        measured.update(stamped_section(section, command=command, before=before))
         print(f"measured {name}")
+    write_sections(measured)
+    print(f"wrote {OUTPUT}")
+
+
+def stamped_section(section: str, *, command: str, before: str) -> dict[str, str]:
+    """`section` (Markdown starting "## <Title>") stamped with the machine, date, onnxruntime,
+    code and command, keyed by its lower-case title (as _split keys them)."""
+    import onnxruntime
+
+    after = revision()
+    stamp = [
+        f"- machine: {machine()}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- onnxruntime {onnxruntime.__version__}",
+        f"- code: {before}" if after == before else f"- code: {before}, then {after}",
+        f"- command: {command}",
+    ]
+    # kept by its title ("provision" writes "## Provisioning")
+    return {
+        section.partition("\n")[0].removeprefix("## ").strip().lower(): _stamped(section, stamp)
+    }
+
+
+def write_sections(measured: dict[str, str]) -> None:
+    """Replace these sections of BENCHMARKS.md, keeping the others as they are."""
     # read only now: a run of another section that ended meanwhile is kept, not overwritten
     old_header, kept = _split(OUTPUT.read_text() if OUTPUT.exists() else "")
     # sections written before stamps were per section carry the file's header stamp
@@ -139,7 +152,6 @@ def main() -> None:
     order = [*SECTIONS, *(name for name in kept if name not in SECTIONS)]
     sections = [kept[name] for name in order if name in kept]
     OUTPUT.write_text("\n".join(HEADER) + "\n" + "\n".join(sections))
-    print(f"wrote {OUTPUT}")
 
 
 if __name__ == "__main__":
