@@ -136,11 +136,11 @@ def run_cuts(
     sub.connect()
     sub.subscribe(topics.telemetry(DEVICE))
     sub.subscribe(topics.events(DEVICE))
-    starts: dict[int, float] = {}
-    ends: dict[int, float] = {}
+    spans: dict[int, tuple[float, float]] = {}  # seq -> its latest window's start and end
 
     def collect(quiet_for: float) -> tuple[int, int]:
-        """Take in what arrived; return the highest window and event seq seen so far."""
+        """Take in what arrived; return the highest window and event seq among it (-1: none)."""
+        top_window = top_event = -1
         for msg in sub.drain(quiet_for):
             if msg.topic == topics.telemetry(DEVICE):
                 w = decode_as(Telemetry, msg.payload)
@@ -148,12 +148,13 @@ def run_cuts(
                 if msg.payload in seen:
                     report.replayed += 1
                 seen.add(msg.payload)
-                starts.setdefault(w.seq, w.window_start.timestamp())
-                ends[w.seq] = w.window_end.timestamp()
+                spans[w.seq] = (w.window_start.timestamp(), w.window_end.timestamp())
+                top_window = max(top_window, w.seq)
             elif msg.topic == topics.events(DEVICE):
                 e = decode_as(Event, msg.payload)
                 report.events.setdefault(e.seq, set()).add(msg.payload)
-        return max(report.windows, default=-1), max(report.events, default=-1)
+                top_event = max(top_event, e.seq)
+        return top_window, top_event
 
     rng = random.Random(seed)
     try:
@@ -176,7 +177,8 @@ def run_cuts(
                 child.wait()
                 child.stdout.close()
                 fs.cut()
-                top_window, top_event = collect(0.3)  # in flight to us before the cut
+                # what this boot (and the check before it) published, in flight to us before the cut
+                top_window, top_event = collect(0.3)
 
                 fs.mount()
                 for name in SPOOLS:
@@ -184,7 +186,9 @@ def run_cuts(
                     assert check == "ok", f"cut {i}: {name} integrity_check: {check}"
                 resume = next_seq(device.state_dir / "telemetry.db")
                 lost = max(0, top_window + 1 - resume)
-                lost_s = ends[top_window] - starts[resume] if lost and resume in starts else 0.0
+                lost_s = (
+                    spans[top_window][1] - spans[resume][0] if resume in spans and lost else 0.0
+                )
                 events_lost = max(0, top_event + 1 - next_seq(device.state_dir / "events.db"))
 
                 agent = Agent(load_config(config))
