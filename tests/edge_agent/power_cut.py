@@ -61,6 +61,7 @@ class Cut:
     lost: int  # windows the broker had that the restored spool no longer knows
     lost_s: float  # the telemetry time they covered
     events_lost: int
+    boot_windows: int  # windows the cut boot committed and published, at least
 
 
 @dataclass
@@ -161,6 +162,7 @@ def run_cuts(
         with FileServer(served) as server:
             fs.mount()
             for i in range(cuts):
+                boot_seq = next_seq(device.state_dir / "telemetry.db")
                 child = subprocess.Popen(
                     [*CHILD, str(config), server.url, str(v1), str(v2)],
                     cwd=ROOT,
@@ -204,7 +206,8 @@ def run_cuts(
                     assert state.active.version == version
                 finally:
                     agent.stop()
-                report.cuts.append(Cut(version, lost, lost_s, events_lost))
+                boot_windows = max(0, top_window + 1 - boot_seq)
+                report.cuts.append(Cut(version, lost, lost_s, events_lost, boot_windows))
 
             # the last boot: everything left in the spools reaches the broker
             agent = Agent(load_config(config))
