@@ -100,9 +100,10 @@ def report(results: list[tuple[Report, float]], max_wait_s: float) -> str:
     lines.append("")
     for rep, _wall in results:
         lines.append(
-            f"- {rep.sync}: {len(rep.windows):,} windows received, {rep.replayed:,} of them "
-            f"again after a cut (at-least-once), {len(reused(rep.windows))} sequence numbers "
-            f"reused for another window, {len(gaps(rep.windows))} never received."
+            f"- {rep.sync}: {len(rep.windows):,} window sequence numbers received, "
+            f"{rep.replayed:,} windows received again after a cut (at-least-once), "
+            f"{len(reused(rep.windows))} sequence numbers reused for another window, "
+            f"{len(gaps(rep.windows))} never received."
         )
     lines += [
         "- why `normal` loses this much: in WAL mode SQLite fsyncs the WAL only at a "
