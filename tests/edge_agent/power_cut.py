@@ -171,14 +171,16 @@ def run_cuts(
                     env={**os.environ, "EDGEFLEET_LOG_LEVEL": "error"},
                 )
                 assert child.stdout is not None
-                line = child.stdout.readline()
-                assert line.strip() == b"ready", f"cut {i}: the agent did not start: {line!r}"
-                time.sleep(rng.uniform(0.0, max_wait_s))
-                # the power cut: the process and every write not yet fsynced go together
-                child.send_signal(signal.SIGKILL)
-                child.wait()
-                child.stdout.close()
-                fs.cut()
+                try:
+                    line = child.stdout.readline()
+                    assert line.strip() == b"ready", f"cut {i}: the agent did not start: {line!r}"
+                    time.sleep(rng.uniform(0.0, max_wait_s))
+                finally:
+                    # the power cut: the process and every write not yet fsynced go together
+                    child.send_signal(signal.SIGKILL)
+                    child.wait()
+                    child.stdout.close()
+                    fs.cut()
                 # what this boot (and the check before it) published, in flight to us before the cut
                 top_window, top_event = collect(0.3)
 

@@ -344,18 +344,36 @@ class LazyFS:
             return "/dev/fuse is not readable and writable by this user"
         return None
 
-    def mount(self, timeout: float = 20.0) -> None:
+    @staticmethod
+    def cannot_mount(scratch: Path) -> str | None:
+        """Why a mount fails here (no privilege in a container, say), or None: a trial mount."""
+        if (why := LazyFS.unavailable()) is not None:
+            return why
+        fs = LazyFS(scratch / "disk", scratch / "mnt")
+        try:
+            fs.mount(stderr=subprocess.PIPE)
+            fs.cut()
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+
+    def mount(self, timeout: float = 20.0, *, stderr: int | None = None) -> None:
         self.backing.mkdir(parents=True, exist_ok=True)
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.report.unlink(missing_ok=True)
         self.proc = subprocess.Popen(
             [*DAEMON, str(self.backing), str(self.mountpoint), "--report", str(self.report)],
             cwd=ROOT,
+            stderr=stderr,
         )
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"lazyfs exited with {self.proc.returncode} before mounting")
+                said = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                last = said.strip().splitlines()[-1:] or [""]
+                raise RuntimeError(
+                    f"lazyfs exited with {self.proc.returncode} before mounting: {last[0]}"
+                )
             if time.monotonic() > deadline:
                 self.cut()
                 raise RuntimeError(f"lazyfs did not mount {self.mountpoint} in {timeout:g} s")
