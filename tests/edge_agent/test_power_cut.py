@@ -30,11 +30,19 @@ CUTS = int(os.environ.get("EDGEFLEET_POWER_CUTS", "50"))
 pytestmark = pytest.mark.skipif(LazyFS.unavailable() is not None, reason=str(LazyFS.unavailable()))
 
 
+@pytest.fixture
+def fuse(tmp_path: Path) -> None:
+    """Skip, saying why, where FUSE is there but cannot be mounted (an unprivileged container)."""
+    if (why := LazyFS.cannot_mount(tmp_path / "probe")) is not None:
+        pytest.skip(f"FUSE cannot be mounted here: {why}")
+
+
 def fsync_file(path: Path) -> None:
     with path.open("rb+") as fh:
         os.fsync(fh.fileno())
 
 
+@pytest.mark.usefixtures("fuse")
 def test_lazyfs_forgets_exactly_what_was_not_fsynced(tmp_path: Path) -> None:
     disk, mnt = tmp_path / "disk", tmp_path / "mnt"
     disk.mkdir()
@@ -71,6 +79,8 @@ def test_lazyfs_forgets_exactly_what_was_not_fsynced(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("fuse")
 def test_power_cuts_with_sync_full_lose_no_acknowledged_window(
     tmp_path: Path, keypair: tuple[Path, Path], mosquitto: Mosquitto
 ) -> None:
@@ -92,6 +102,7 @@ def test_power_cuts_with_sync_full_lose_no_acknowledged_window(
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("fuse")
 def test_power_cuts_with_sync_normal_never_corrupt(
     tmp_path: Path, keypair: tuple[Path, Path], mosquitto: Mosquitto
 ) -> None:

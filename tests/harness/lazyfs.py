@@ -353,7 +353,7 @@ class LazyFS:
         try:
             fs.mount(stderr=subprocess.PIPE)
             fs.cut()
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             return str(exc)
         return None
 
@@ -369,10 +369,11 @@ class LazyFS:
         deadline = time.monotonic() + timeout
         while not os.path.ismount(self.mountpoint):
             if self.proc.poll() is not None:
-                said = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                proc, self.proc = self.proc, None
+                said = (proc.communicate()[1] or b"").decode(errors="replace")
                 last = said.strip().splitlines()[-1:] or [""]
                 raise RuntimeError(
-                    f"lazyfs exited with {self.proc.returncode} before mounting: {last[0]}"
+                    f"lazyfs exited with {proc.returncode} before mounting: {last[0]}"
                 )
             if time.monotonic() > deadline:
                 self.cut()
@@ -386,7 +387,7 @@ class LazyFS:
         proc, self.proc = self.proc, None
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.communicate(timeout=30)  # and close its stderr pipe, if any
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
