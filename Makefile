@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # What the tests run against, installed with apt-get when missing (as root): Mosquitto (also
-# for --mqtt-url users), and Debian's Chromium with its driver (the console's browser tests).
-SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver
+# for --mqtt-url users), Debian's Chromium with its driver (the console's browser tests), and
+# libfuse 3 with fusermount3 (the power-cut tests' FUSE file system, tests/harness/lazyfs.py).
+SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver fuse3:/usr/bin/fusermount3
 
 system-deps:
 	@missing=""; \

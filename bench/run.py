@@ -27,6 +27,7 @@ SECTIONS = {
     "provision": "bench.provision",
     "tflite": "bench.tflite",
     "fleet": "bench.fleet",
+    "power_cut": "bench.power_cut",
     "soak": "bench.soak",
 }
 
