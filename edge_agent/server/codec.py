@@ -28,6 +28,7 @@ from edge_agent.npz import (
     read_npz,
     write_npz,
 )
+from edge_agent.server.jsonbody import JsonInputs
 from edge_agent.server.problems import BodyTooLargeError, MalformedBodyError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "decode_npz",
     "encode_json",
     "encode_npz",
+    "json_decoder",
     "media_type",
     "reply_type",
 ]
@@ -49,7 +51,7 @@ NPZ = "application/x-npz"
 NPY = "application/x-npy"
 READABLE = (JSON, NPZ, NPY)
 
-_JSON_SHAPE = '{"inputs": {"<input name>": <nested list>}}'
+_JSON_CHUNK = 1 << 18
 
 
 def media_type(header: str | None) -> str:
@@ -75,26 +77,19 @@ def decode_json(body: bytes | bytearray, specs: Sequence[TensorSpec]) -> dict[st
 
     A value that cannot be converted exactly is an `InputError` naming the input
     (a fraction for an integer input, a string for a number, a ragged list).
+    Decoded by `json_decoder` (nested lists in bulk, never as Python floats);
+    the server feeds one the body's chunks as they arrive instead.
     """
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedBodyError(
-            f"the body is not valid JSON ({exc}); send {_JSON_SHAPE}"
-        ) from None
-    except RecursionError:
-        raise MalformedBodyError("the JSON body is nested too deeply") from None
-    if not isinstance(document, dict) or not isinstance(document.get("inputs"), dict):
-        raise MalformedBodyError(f"the JSON body must be {_JSON_SHAPE}")
-    unknown = sorted(set(document) - {"inputs"})
-    if unknown:
-        raise MalformedBodyError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} in the JSON body; send {_JSON_SHAPE}"
-        )
-    by_name = {s.name: s for s in specs}
-    return {
-        name: _convert(name, value, by_name.get(name)) for name, value in document["inputs"].items()
-    }
+    decoder = json_decoder(specs)
+    view = memoryview(body)
+    for start in range(0, len(view), _JSON_CHUNK):
+        decoder.feed(bytes(view[start : start + _JSON_CHUNK]))
+    return decoder.close()
+
+
+def json_decoder(specs: Sequence[TensorSpec]) -> JsonInputs:
+    """A decoder of a JSON body fed in chunks: `feed(chunk)` each, then `close()`."""
+    return JsonInputs(specs, convert=_convert)
 
 
 def _convert(name: str, value: Any, spec: TensorSpec | None) -> np.ndarray:

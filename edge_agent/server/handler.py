@@ -25,7 +25,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.bundle import TensorSpec
 from edge_agent.server import codec
 from edge_agent.server.metrics import HttpMetrics
 from edge_agent.server.problems import (
@@ -256,7 +257,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _read_body(self) -> bytearray:
+    def _body_length(self) -> int:
+        """The declared length of the body, checked against the limit before any is read."""
         if "transfer-encoding" in self.fields:
             raise LengthRequiredError(
                 "chunked request bodies are not accepted; send a Content-Length"
@@ -270,25 +272,45 @@ class Handler(BaseHTTPRequestHandler):
                 f"the body is {length} bytes; this server takes at most {limit} "
                 "(send smaller batches)"
             )
-        # grown with what arrives, never allocated from the declared length: a client may
-        # declare 64 MiB and send a byte; a bytearray, so the arrays read from it are
-        # writable views, not copies
-        body = bytearray()
-        read = self.rfile.read1
+        return length
+
+    def _body_chunks(self, length: int) -> Iterator[bytes]:
+        """The body as it arrives, at most `_CHUNK` bytes at a time, within the deadline.
+
+        Nothing is allocated from the declared length: a client may declare 64 MiB
+        and send a byte.
+        """
+        read, got = self.rfile.read1, 0
         try:
-            while (left := length - len(body)) > 0 and (chunk := read(min(left, _CHUNK))):
-                body += chunk
+            while (left := length - got) > 0 and (chunk := read(min(left, _CHUNK))):
+                got += len(chunk)
+                yield chunk
         except TimeoutError:
             self.close_connection = True
             raise RequestTimeoutError(
                 f"the body did not arrive within {self.context.request_timeout_s:g} s "
-                f"(server.request_timeout_s): {len(body)} of {length} bytes came"
+                f"(server.request_timeout_s): {got} of {length} bytes came"
             ) from None
         self._body_read = True
-        if len(body) != length:
+        if got != length:
             self.close_connection = True
-            raise MalformedBodyError(f"the body ended after {len(body)} of {length} bytes")
+            raise MalformedBodyError(f"the body ended after {got} of {length} bytes")
+
+    def _read_body(self) -> bytearray:
+        length = self._body_length()
+        # a bytearray, so the arrays read from it are writable views, not copies
+        body = bytearray()
+        for chunk in self._body_chunks(length):
+            body += chunk
         return body
+
+    def _read_json(self, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+        """A JSON body decoded as it arrives: its arrays are held, never the body itself."""
+        decoder = codec.json_decoder(specs)
+        chunks = self._body_chunks(self._body_length())
+        for chunk in chunks:
+            decoder.feed(chunk)
+        return decoder.close()
 
     # -- routes: parse, call the service, answer --------------------------------------------
 
@@ -300,13 +322,13 @@ class Handler(BaseHTTPRequestHandler):
                 f"Content-Type {kind or '(none)'!r} is not accepted; "
                 f"send one of {', '.join(codec.READABLE)}"
             )
-        body = self._read_body()
         inputs: dict[str, np.ndarray]
-        if kind == codec.NPZ:
-            inputs = codec.decode_npz(body, max_bytes=self.context.max_body_bytes)
-        elif kind == codec.JSON:
-            inputs = codec.decode_json(body, service.input_specs())
+        if kind == codec.JSON:
+            inputs = self._read_json(service.input_specs())
+        elif kind == codec.NPZ:
+            inputs = codec.decode_npz(self._read_body(), max_bytes=self.context.max_body_bytes)
         else:
+            body = self._read_body()
             inputs = codec.decode_npy(body, [s.name for s in service.input_specs()])
         outputs = service.predict(inputs)
         if codec.reply_type(kind, self.fields.get("accept")) == codec.NPZ:
