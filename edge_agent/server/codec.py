@@ -13,7 +13,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "decode_npy",
     "decode_npz",
     "encode_json",
+    "encode_json_chunks",
     "encode_npz",
     "json_decoder",
     "media_type",
@@ -188,6 +189,25 @@ def encode_json(outputs: Mapping[str, np.ndarray], model: Mapping[str, Any]) -> 
     """``{"outputs": {name: nested list}, "model": model}``; NaN and infinities become null."""
     document = {"outputs": {name: _jsonable(a) for name, a in outputs.items()}, "model": model}
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_json_chunks(
+    outputs: Mapping[str, np.ndarray], model: Mapping[str, Any], *, rows: int = 4096
+) -> Iterator[bytes]:
+    """The same document as `encode_json`, in pieces of `rows` rows of each output: what it
+    holds at once is one piece, not the whole text (for answers too large for that)."""
+    yield b'{"outputs":{'
+    for i, (name, array) in enumerate(outputs.items()):
+        yield (b"," if i else b"") + json.dumps(name).encode() + b":"
+        if array.ndim == 0:
+            yield json.dumps(_jsonable(array), allow_nan=False).encode()
+            continue
+        yield b"["
+        for start in range(0, len(array), rows):
+            piece = json.dumps(_jsonable(array[start : start + rows]), separators=(",", ":"))
+            yield (b"," if start else b"") + piece[1:-1].encode()
+        yield b"]"
+    yield b'},"model":' + json.dumps(model, separators=(",", ":")).encode() + b"}"
 
 
 def _jsonable(array: np.ndarray) -> Any:

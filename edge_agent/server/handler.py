@@ -59,6 +59,7 @@ _MAX_FIELDS = 100
 _MAX_HEAD = 1 << 17  # the header lines of one request together
 _CHUNK = 1 << 18  # a body is read this much at a time, at most
 _BUFFER = 1 << 16  # a connection's read buffer: a small request's head and body in one read
+_STREAMED_JSON = 1 << 16  # outputs of more values than this are answered in chunks (JSON)
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 _Reply = tuple[int, str, bytes]
@@ -112,6 +113,7 @@ class Handler(BaseHTTPRequestHandler):
     raw_requestline: bytes
     fields: dict[str, str]  # the request's header fields, names in lower case
     _body_read: bool
+    _streamed: Iterator[bytes] | None = None  # a large JSON answer, written in chunks
     _date: tuple[int, str] = (0, "")
 
     def setup(self) -> None:
@@ -244,9 +246,15 @@ class Handler(BaseHTTPRequestHandler):
         if self._reader.deadline is not None:  # the request is in; the answer has its own time
             self._reader.deadline = None
             self.connection.settimeout(self.context.request_timeout_s)
+        streamed, self._streamed = self._streamed, None
+        if streamed is not None and self.request_version == "HTTP/1.0":
+            body, streamed = b"".join(streamed), None  # no chunked encoding in HTTP/1.0
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if streamed is None:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
         for name, value in headers:
             self.send_header(name, value)
         if self.close_connection:
@@ -254,8 +262,16 @@ class Handler(BaseHTTPRequestHandler):
         elif self.request_version == "HTTP/1.0":
             self.send_header("Connection", "keep-alive")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if streamed is None:
             self.wfile.write(body)
+            return
+        write = self.wfile.write
+        for piece in streamed:
+            if piece:
+                write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        write(b"0\r\n\r\n")
 
     def _body_length(self) -> int:
         """The declared length of the body, checked against the limit before any is read."""
@@ -334,6 +350,9 @@ class Handler(BaseHTTPRequestHandler):
         if codec.reply_type(kind, self.fields.get("accept")) == codec.NPZ:
             return HTTPStatus.OK, codec.NPZ, codec.encode_npz(outputs)
         model = _model_of(service.model_info())
+        if sum(o.size for o in outputs.values()) > _STREAMED_JSON:
+            self._streamed = codec.encode_json_chunks(outputs, model)
+            return HTTPStatus.OK, codec.JSON, b""
         return HTTPStatus.OK, codec.JSON, codec.encode_json(outputs, model)
 
     def _health(self) -> _Reply:

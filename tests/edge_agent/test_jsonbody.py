@@ -111,3 +111,18 @@ def test_several_inputs_and_scalars_in_one_body() -> None:
     assert got["k"].dtype == np.int64
     assert int(got["k"]) == 7
     assert str(got["note"]) == "hi"  # an unknown input: the service names it
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    array=hnp.arrays(
+        st.sampled_from([np.float32, np.float64, np.int64]),
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=9),
+    ),
+    rows=st.integers(1, 5),
+)
+def test_an_answer_in_pieces_is_the_same_document(array: np.ndarray, rows: int) -> None:
+    outputs = {"y": array, "z": np.ones(3, np.float32)}
+    model = {"name": "tiny", "version": "1.0.0"}
+    pieces = b"".join(codec.encode_json_chunks(outputs, model, rows=rows))
+    assert pieces == codec.encode_json(outputs, model)

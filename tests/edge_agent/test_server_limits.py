@@ -282,3 +282,30 @@ def test_fuzzed_head_and_body_sizes_never_get_a_500(
     else:
         assert status == 200
         assert len(document["outputs"]["y"]) == 5
+
+
+def test_a_large_json_answer_comes_in_chunks_with_the_same_values(limited: Limited) -> None:
+    x = np.random.default_rng(1).normal(size=(30_000, 4)).astype(np.float32)
+    body = json.dumps({"inputs": {"x": x.tolist()}}).encode()
+    with limited.connect() as sock:
+        sock.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200 ")
+        fields = {}
+        while (line := reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(": ")
+            fields[name.lower()] = value.strip()
+        assert fields["transfer-encoding"] == "chunked"
+        document = b""
+        while size := int(reader.readline(), 16):
+            document += reader.read(size)
+            assert reader.read(2) == b"\r\n"
+        assert reader.read(2) == b"\r\n"
+        reader.close()
+        with limited.client() as client:  # the same request as .npz, for comparison
+            want = client.predict({"x": x})["y"]
+    got = np.asarray(json.loads(document)["outputs"]["y"], np.float32)
+    np.testing.assert_array_equal(got, want)
