@@ -487,7 +487,7 @@ def _footprint(model: Model, key: Path, threads: int, work: Path) -> dict[str, A
 # --- the models and the agent's config ---------------------------------------------------
 
 
-def _config(root: Path, bundle: Path, key: Path, *, threads: int) -> Path:
+def _config(root: Path, bundle: Path, key: Path, *, threads: int, port: int = 0) -> Path:
     """An agent.toml with the defaults a device would have (but a lenient latency gate),
     offline, serving `bundle`."""
     from edge_agent.bundle import read_bundle
@@ -503,7 +503,7 @@ def _config(root: Path, bundle: Path, key: Path, *, threads: int) -> Path:
             "trusted_keys": [str(key)],
             "initial_bundle": str(bundle),
         },
-        "server": {"port": 0, "unix_socket": str(root / "agent.sock")},
+        "server": {"port": port, "unix_socket": str(root / "agent.sock")},
         "inference": {"threads": threads},
         # the warm-up gate is not what is measured: one scheduler stall of a shared machine
         # in the 20 warm-up runs (their p95 is their slowest) would refuse the bundle

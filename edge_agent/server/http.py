@@ -39,6 +39,7 @@ from typing import Any
 
 from edge_agent.errors import AgentError
 from edge_agent.server.handler import Context, Handler, UnixHandler
+from edge_agent.server.memory import return_large_allocations
 from edge_agent.server.metrics import HttpMetrics
 from edge_agent.server.problems import TooManyConnectionsError, problem_for
 from edge_agent.server.service import PredictService
@@ -240,6 +241,7 @@ class LocalServer:
         with self._lock:
             if self._threads:
                 raise RuntimeError("the local server is already running")
+            return_large_allocations()  # a large request's memory is returned once it is done
             try:
                 if self._port is not None:
                     self._tcp = self._bind_tcp(self._port)
