@@ -51,11 +51,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _json_body(rows: int | None = None) -> tuple[bytes, int]:
+def _json_body(rows: int | None = None, size: int = JSON_BYTES) -> tuple[bytes, int]:
     """About `JSON_BYTES` of ``{"inputs": {"x": [[4 floats], ...]}}``; and its rows."""
     x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
     block = ",".join("[" + ",".join(f"{v:.7g}" for v in row) + "]" for row in x).encode()
-    repeat = -(-(rows or JSON_BYTES * 1000 // len(block)) // 1000)
+    repeat = -(-(rows or size * 1000 // len(block)) // 1000)
     body = b'{"inputs": {"x": [' + b",".join([block] * repeat) + b"]}}"
     return body, repeat * 1000
 
@@ -63,9 +63,11 @@ def _json_body(rows: int | None = None) -> tuple[bytes, int]:
 # --- the attacking process ----------------------------------------------------------------
 
 
-def _attack(port: int, seconds: float, slow_clients: int = SLOW_CLIENTS) -> dict[str, Any]:
+def _attack(
+    port: int, seconds: float, slow_clients: int = SLOW_CLIENTS, json_bytes: int = JSON_BYTES
+) -> dict[str, Any]:
     """Worker: the slow clients and the 60 MB JSON body, for `seconds`; what they got."""
-    body, rows = _json_body()
+    body, rows = _json_body(size=json_bytes) if json_bytes else (b"", 0)
     answers: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -96,7 +98,7 @@ def _attack(port: int, seconds: float, slow_clients: int = SLOW_CLIENTS) -> dict
             status=status_of(first), seconds=time.perf_counter() - started, answer_bytes=got
         )
 
-    big_thread = threading.Thread(target=big)
+    big_thread = threading.Thread(target=big if body else lambda: None)
     big_thread.start()
     time.sleep(0.05)  # the big body's connection first: the slow ones may fill the rest
     slow = []
@@ -165,7 +167,11 @@ def _turn(client: Any, inputs: dict[str, np.ndarray], seconds: float) -> list[fl
 
 
 def measure(
-    *, rounds: int = ROUNDS, turn_s: float = TURN_S, slow_clients: int = SLOW_CLIENTS
+    *,
+    rounds: int = ROUNDS,
+    turn_s: float = TURN_S,
+    slow_clients: int = SLOW_CLIENTS,
+    json_bytes: int = JSON_BYTES,
 ) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from bench.agent import EDGEFLEET, _config, _stop
@@ -207,7 +213,7 @@ def measure(
             for _ in range(rounds):
                 quiet += _turn(client, inputs, turn_s)
                 sampler.window_peak = 0
-                worker = ["attack", str(port), f"{turn_s}", str(slow_clients)]
+                worker = ["attack", str(port), f"{turn_s}", str(slow_clients), str(json_bytes)]
                 attacker = subprocess.Popen(
                     [sys.executable, "-m", "bench.agent_attack", *worker],
                     stdout=subprocess.PIPE,
@@ -241,6 +247,7 @@ def measure(
         "attacks": attacks,
         "refused": _metric(metrics, "edgefleet_http_connections_refused_total"),
         "slow_clients": slow_clients,
+        "json_bytes": json_bytes,
         "rounds": rounds,
     }
 
@@ -328,15 +335,19 @@ def _main() -> None:
     a.add_argument("port", type=int)
     a.add_argument("seconds", type=float)
     a.add_argument("slow_clients", type=int)
+    a.add_argument("json_bytes", type=int)
     parser.add_argument("--slow-clients", type=int, default=SLOW_CLIENTS)
+    parser.add_argument("--json-mb", type=float, default=JSON_BYTES / 1e6, help="0: none")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--json", action="store_true", help="print the figures, not Markdown")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.command == "attack":
-        print(json.dumps(_attack(args.port, args.seconds, args.slow_clients)))
+        print(json.dumps(_attack(args.port, args.seconds, args.slow_clients, args.json_bytes)))
         return
-    result = measure(rounds=args.rounds, slow_clients=args.slow_clients)
+    result = measure(
+        rounds=args.rounds, slow_clients=args.slow_clients, json_bytes=int(args.json_mb * 1e6)
+    )
     print(json.dumps(result) if args.json else section(result))
 
 
