@@ -182,8 +182,8 @@ class _ListReader:
             raise _malformed(f"a misplaced bracket or comma in input {self.name!r}")
         values = self._convert(words)
         end = self.count + values.size
-        if end > self.values.size:
-            self.values.resize(max(end, 2 * self.values.size), refcheck=False)
+        if end > self.values.size:  # grown by a quarter: resize zero-fills what it adds
+            self.values.resize(max(end, self.values.size * 5 // 4), refcheck=False)
         self.values[self.count : end] = values
         self.count = end
 
