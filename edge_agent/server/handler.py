@@ -160,6 +160,8 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             reader.deadline = None
+            with contextlib.suppress(OSError):  # the answer gets its own time, as any answer
+                self.connection.settimeout(self.context.request_timeout_s)
             self.send_error(
                 HTTPStatus.REQUEST_TIMEOUT,
                 f"the request's head did not arrive within {self.context.request_timeout_s:g} s "

@@ -52,6 +52,7 @@ DEFAULT_PORT = 8470
 _MiB = 1 << 20
 _POLL_SECONDS = 0.1  # how soon stop() is noticed by the accepting threads
 _REFUSE_SECONDS = 0.5  # how long a refused connection's request is waited for, then drained
+_REFUSE_READ = 1 << 16  # read (and dropped) at a time from a refused connection
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -118,12 +119,12 @@ class _Server(socketserver.ThreadingTCPServer):
             sock.settimeout(_REFUSE_SECONDS)
             # the request, read and dropped first: closing on unread bytes would reset the
             # connection and the client might never see the answer
-            if sock.recv(_MiB):
+            if sock.recv(_REFUSE_READ):
                 sock.sendall(head.encode() + body)
                 sock.shutdown(socket.SHUT_WR)
                 while (left := deadline - time.monotonic()) > 0:
                     sock.settimeout(left)
-                    if not sock.recv(_MiB):
+                    if not sock.recv(_REFUSE_READ):
                         break
         except OSError:
             pass
