@@ -309,3 +309,40 @@ def test_a_large_json_answer_comes_in_chunks_with_the_same_values(limited: Limit
             want = client.predict({"x": x})["y"]
     got = np.asarray(json.loads(document)["outputs"]["y"], np.float32)
     np.testing.assert_array_equal(got, want)
+
+
+def test_the_agent_serves_with_the_limits_of_its_config(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
+    """server.max_connections and server.request_timeout_s, from agent.toml to the listener."""
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_config
+    from tests.edge_agent.agent_env import served_device
+
+    with served_device(tmp_path, keypair) as device:
+        socket_path = device.root / "agent.sock"
+        device.write_config(
+            paths={"initial_bundle": str(device.bundle("1.0.0"))},
+            server={
+                "tcp": False,
+                "unix_socket": str(socket_path),
+                "max_connections": 1,
+                "request_timeout_s": 0.3,
+            },
+        )
+        agent = Agent(load_config(device.config_path))
+        agent.start()
+        try:
+            assert agent.server is not None
+            served = Limited(agent.server, "unix")
+            with served.connect() as slow:
+                slow.sendall(b"POST /v1/predict HTTP/1.1\r\n")  # and nothing more
+                with served.connect() as refused:
+                    refused.sendall(b"GET /v1/health HTTP/1.1\r\n\r\n")
+                    assert answer(refused)[0] == 503
+                status, _, body = answer(slow)
+            assert (status, body["error"]) == (408, "request_timeout")
+            with served.client() as client:
+                wait_for(lambda: _served(client), what="the agent to serve again")
+        finally:
+            agent.stop()
