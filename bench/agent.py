@@ -10,7 +10,9 @@ Three measurements, each against the issue's goals:
   the Unix socket (``.npz``, keep-alive), interleaved with in-process predicts
   on the same agent;
 - footprint: a real ``edgefleet agent run`` process: idle RSS, and the wall time
-  from spawning it to the first answer on its Unix socket.
+  from spawning it to the first answer on its Unix socket;
+- under attack (`bench.agent_attack`): slow clients and a 60 MB JSON body against a
+  real agent process, its RSS and a well-behaved client's latency.
 
     python -m bench.agent            # prints the Markdown section
     python -m bench.run --only agent # rewrites the agent section of BENCHMARKS.md
@@ -487,7 +489,7 @@ def _footprint(model: Model, key: Path, threads: int, work: Path) -> dict[str, A
 # --- the models and the agent's config ---------------------------------------------------
 
 
-def _config(root: Path, bundle: Path, key: Path, *, threads: int) -> Path:
+def _config(root: Path, bundle: Path, key: Path, *, threads: int, port: int = 0) -> Path:
     """An agent.toml with the defaults a device would have (but a lenient latency gate),
     offline, serving `bundle`."""
     from edge_agent.bundle import read_bundle
@@ -503,7 +505,7 @@ def _config(root: Path, bundle: Path, key: Path, *, threads: int) -> Path:
             "trusted_keys": [str(key)],
             "initial_bundle": str(bundle),
         },
-        "server": {"port": 0, "unix_socket": str(root / "agent.sock")},
+        "server": {"port": port, "unix_socket": str(root / "agent.sock")},
         "inference": {"threads": threads},
         # the warm-up gate is not what is measured: one scheduler stall of a shared machine
         # in the 20 warm-up runs (their p95 is their slowest) would refuse the bundle
@@ -606,8 +608,16 @@ def run(*, seconds: float = 10.0) -> str:
         *_inprocess_section(models, inprocess),
         *_http_section(chosen, http),
         *_footprint_section(chosen, footprint, stages),
+        _attack_section(),
     ]
     return "\n".join(lines)
+
+
+def _attack_section() -> str:
+    """The local server under attack (bench/agent_attack.py), its own subsection."""
+    from bench.agent_attack import section
+
+    return section()
 
 
 def _verdict(cost: float, limit: float) -> str:

@@ -117,6 +117,8 @@ class Agent:
                 port=s.port if s.tcp else None,
                 unix_socket=s.unix_socket,
                 max_body_bytes=int(s.max_body_mb * 1024 * 1024),
+                max_connections=s.max_connections,
+                request_timeout_s=s.request_timeout_s,
             )
         self._inbox: queue.Queue[Message | None] = queue.Queue(maxsize=256)
         self._stop = threading.Event()

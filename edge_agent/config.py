@@ -105,6 +105,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True):
     tcp: bool = True  # false: serve on the Unix socket only
     unix_socket: Path | None = None
     max_body_mb: Positive = 64.0
+    max_connections: AtLeastOne = 64  # per listener; past it a connection gets 503
+    request_timeout_s: Positive = 30.0  # a request's head and body must arrive within it (408)
 
 
 class TelemetryConfig(_Section, frozen=True, kw_only=True):

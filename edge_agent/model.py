@@ -24,15 +24,50 @@ from edge_agent.keys import TrustedKey, load_trusted_keys
 from edge_agent.npz import read_npz
 from edge_agent.runtime import Backend, BackendOptions, load_backend
 
-__all__ = ["BundleModel", "SelfTestResult", "check_inputs", "load_model", "open_bundle"]
+__all__ = [
+    "BundleModel",
+    "SelfTestResult",
+    "check_finite",
+    "check_inputs",
+    "load_model",
+    "open_bundle",
+]
 
 
 def _fmt_shape(shape: Sequence[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+_isfinite = np.isfinite
+
+
+def check_finite(name: str, array: np.ndarray) -> None:
+    """Refuse a float input holding NaN or inf: `InputError` naming it and the first place.
+
+    A model's answer to NaN is meaningless and a caller's bad value is not the
+    model's fault: refused here, such a request never reaches the runtime, the
+    probation counters or the drift bins. One ufunc and one reduction, which
+    never warn (a sum would, on inf - inf or an overflow).
+    """
+    finite = _isfinite(array)
+    if finite.all():
+        return
+    bad = ~finite
+    where = tuple(int(i) for i in np.unravel_index(int(bad.argmax()), array.shape))
+    value = array[where] if where else array[()]
+    raise InputError(
+        f"input {name!r} holds NaN or inf ({int(bad.sum())} of {array.size} values; "
+        f"the first, {value}, at index {list(where)}); the model is not run on it: "
+        "replace or drop those values",
+        input=name,
+    )
+
+
 def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Check `inputs` against the signature; return them as arrays. Raises `InputError`."""
+    """Check `inputs` against the signature; return them as arrays. Raises `InputError`.
+
+    Float inputs holding NaN or inf are refused too (see `check_finite`).
+    """
     expected = {s.name: s for s in specs}
     for name in inputs:
         if name not in expected:
@@ -73,6 +108,8 @@ def check_inputs(specs: Sequence[TensorSpec], inputs: Mapping[str, Any]) -> dict
                         f"input {seen[1]!r}; inputs must agree on it",
                         input=spec.name,
                     )
+        if array.dtype.kind == "f":
+            check_finite(spec.name, array)
         arrays[spec.name] = array
     return arrays
 
@@ -82,7 +119,7 @@ class _Signature:
     right names, dtypes and shapes) costs a few attribute reads and comparisons and hands
     the caller's dict back; anything else goes to `check_inputs` for its message."""
 
-    __slots__ = ("_checks", "_count", "_specs", "_symbolic")
+    __slots__ = ("_checks", "_count", "_floats", "_specs", "_symbolic")
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self._specs = list(specs)
@@ -103,6 +140,7 @@ class _Signature:
                     else:
                         seen[d] = (s.name, axis)
         self._symbolic = shared
+        self._floats = [s.name for s in self._specs if np.dtype(s.dtype).kind == "f"]
 
     def check(self, inputs: Mapping[str, Any]) -> Mapping[str, np.ndarray]:
         if type(inputs) is not dict or len(inputs) != self._count:
@@ -128,6 +166,10 @@ class _Signature:
         for a, i, b, j in self._symbolic:
             if inputs[a].shape[i] != inputs[b].shape[j]:
                 return check_inputs(self._specs, inputs)
+        for name in self._floats:
+            array = inputs[name]
+            if not _isfinite(array).all():
+                check_finite(name, array)
         return inputs
 
 

@@ -13,7 +13,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from edge_agent.npz import (
     read_npz,
     write_npz,
 )
+from edge_agent.server.jsonbody import JsonInputs
 from edge_agent.server.problems import BodyTooLargeError, MalformedBodyError
 
 __all__ = [
@@ -39,7 +40,9 @@ __all__ = [
     "decode_npy",
     "decode_npz",
     "encode_json",
+    "encode_json_chunks",
     "encode_npz",
+    "json_decoder",
     "media_type",
     "reply_type",
 ]
@@ -49,7 +52,7 @@ NPZ = "application/x-npz"
 NPY = "application/x-npy"
 READABLE = (JSON, NPZ, NPY)
 
-_JSON_SHAPE = '{"inputs": {"<input name>": <nested list>}}'
+_JSON_CHUNK = 1 << 18
 
 
 def media_type(header: str | None) -> str:
@@ -75,26 +78,19 @@ def decode_json(body: bytes | bytearray, specs: Sequence[TensorSpec]) -> dict[st
 
     A value that cannot be converted exactly is an `InputError` naming the input
     (a fraction for an integer input, a string for a number, a ragged list).
+    Decoded by `json_decoder` (nested lists in bulk, never as Python floats);
+    the server feeds one the body's chunks as they arrive instead.
     """
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MalformedBodyError(
-            f"the body is not valid JSON ({exc}); send {_JSON_SHAPE}"
-        ) from None
-    except RecursionError:
-        raise MalformedBodyError("the JSON body is nested too deeply") from None
-    if not isinstance(document, dict) or not isinstance(document.get("inputs"), dict):
-        raise MalformedBodyError(f"the JSON body must be {_JSON_SHAPE}")
-    unknown = sorted(set(document) - {"inputs"})
-    if unknown:
-        raise MalformedBodyError(
-            f"unknown field(s) {', '.join(map(repr, unknown))} in the JSON body; send {_JSON_SHAPE}"
-        )
-    by_name = {s.name: s for s in specs}
-    return {
-        name: _convert(name, value, by_name.get(name)) for name, value in document["inputs"].items()
-    }
+    decoder = json_decoder(specs)
+    view = memoryview(body)
+    for start in range(0, len(view), _JSON_CHUNK):
+        decoder.feed(bytes(view[start : start + _JSON_CHUNK]))
+    return decoder.close()
+
+
+def json_decoder(specs: Sequence[TensorSpec]) -> JsonInputs:
+    """A decoder of a JSON body fed in chunks: `feed(chunk)` each, then `close()`."""
+    return JsonInputs(specs, convert=_convert)
 
 
 def _convert(name: str, value: Any, spec: TensorSpec | None) -> np.ndarray:
@@ -193,6 +189,25 @@ def encode_json(outputs: Mapping[str, np.ndarray], model: Mapping[str, Any]) -> 
     """``{"outputs": {name: nested list}, "model": model}``; NaN and infinities become null."""
     document = {"outputs": {name: _jsonable(a) for name, a in outputs.items()}, "model": model}
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_json_chunks(
+    outputs: Mapping[str, np.ndarray], model: Mapping[str, Any], *, rows: int = 4096
+) -> Iterator[bytes]:
+    """The same document as `encode_json`, in pieces of `rows` rows of each output: what it
+    holds at once is one piece, not the whole text (for answers too large for that)."""
+    yield b'{"outputs":{'
+    for i, (name, array) in enumerate(outputs.items()):
+        yield (b"," if i else b"") + json.dumps(name).encode() + b":"
+        if array.ndim == 0:
+            yield json.dumps(_jsonable(array), allow_nan=False).encode()
+            continue
+        yield b"["
+        for start in range(0, len(array), rows):
+            piece = json.dumps(_jsonable(array[start : start + rows]), separators=(",", ":"))
+            yield (b"," if start else b"") + piece[1:-1].encode()
+        yield b"]"
+    yield b'},"model":' + json.dumps(model, separators=(",", ":")).encode() + b"}"
 
 
 def _jsonable(array: np.ndarray) -> Any:

@@ -7,16 +7,25 @@ Request heads are parsed here rather than by `http.client.parse_headers`,
 which runs the e-mail parser (some 40 us a request, a tenth of the latency
 budget); what it would reject is rejected here too (over-long lines, too many
 fields, folded lines, conflicting lengths).
+
+What a connection may hold is bounded: its head (`_MAX_HEAD` bytes), its body
+(the server's limit, refused with 413 from the declared length before a byte
+of it is read, and read in chunks into a buffer that grows only with what has
+arrived), and its time: from the first byte of a request to the last of its
+body, `Context.request_timeout_s`, checked before every read from the socket,
+so a client trickling a byte at a time gets 408 when it runs out, not a thread
+for as long as it likes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -24,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.bundle import TensorSpec
 from edge_agent.server import codec
 from edge_agent.server.metrics import HttpMetrics
 from edge_agent.server.problems import (
@@ -32,6 +42,7 @@ from edge_agent.server.problems import (
     MalformedBodyError,
     MethodNotAllowedError,
     NotFoundError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
     problem_for,
 )
@@ -45,6 +56,10 @@ _IDLE_SECONDS = 60.0  # an idle keep-alive connection is closed after this; clie
 _LINGER_SECONDS = 2.0  # how long an unread body is drained before closing (see _drain)
 _MAX_LINE = 65536
 _MAX_FIELDS = 100
+_MAX_HEAD = 1 << 17  # the header lines of one request together
+_CHUNK = 1 << 18  # a body is read this much at a time, at most
+_BUFFER = 1 << 16  # a connection's read buffer: a small request's head and body in one read
+_STREAMED_JSON = 1 << 16  # outputs of more values than this are answered in chunks (JSON)
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 _Reply = tuple[int, str, bytes]
@@ -57,6 +72,32 @@ class Context:
     service: PredictService
     max_body_bytes: int
     metrics: HttpMetrics
+    request_timeout_s: float = 30.0
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as the request's reader: past `deadline`, a read is a `TimeoutError`.
+
+    Each read waits at most until the deadline, so a request that trickles in
+    cannot outlive it however often a byte arrives (a socket timeout alone is
+    renewed by every byte).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+        self.deadline: float | None = None  # None: between requests (the idle timeout holds)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the time per request ran out")
+            self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -72,12 +113,62 @@ class Handler(BaseHTTPRequestHandler):
     raw_requestline: bytes
     fields: dict[str, str]  # the request's header fields, names in lower case
     _body_read: bool
+    _streamed: Iterator[bytes] | None = None  # a large JSON answer, written in chunks
     _date: tuple[int, str] = (0, "")
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # the socket stays open; it is read through the deadline reader
+        self._reader = _DeadlineReader(self.connection)
+        self._buffered = io.BufferedReader(self._reader, _BUFFER)
+        self.rfile = self._buffered
         self._linger = False
         self.context.metrics.connection(+1)
+
+    def handle_one_request(self) -> None:
+        """Wait (idle timeout) for a request's first byte; from it on, the request's deadline."""
+        reader = self._reader
+        reader.deadline = None
+        self.close_connection = True
+        try:
+            self.connection.settimeout(self.timeout)
+            if not self._buffered.peek(1):
+                return  # the client closed the connection
+        except OSError:  # idle past the timeout, or reset: nothing to answer
+            return
+        reader.deadline = time.monotonic() + self.context.request_timeout_s
+        self.fields, self.command, self.requestline = {}, "", ""
+        self.request_version = self.protocol_version  # until the request line says otherwise
+        try:
+            self.raw_requestline = self.rfile.readline(_MAX_LINE + 1)
+            if len(self.raw_requestline) > _MAX_LINE:
+                self.request_version = self.protocol_version
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, "the request line is too long")
+                return
+            if not self.parse_request():
+                return
+            method = getattr(self, "do_" + self.command, None)
+            if method is None:
+                self.send_error(
+                    HTTPStatus.NOT_IMPLEMENTED, f"unsupported method {self.command[:20]!r}"
+                )
+                return
+            method()
+            self.wfile.flush()
+        except TimeoutError:
+            if reader.deadline is None:  # the answer was being written: nothing more to say
+                self.close_connection = True
+                return
+            reader.deadline = None
+            with contextlib.suppress(OSError):  # the answer gets its own time, as any answer
+                self.connection.settimeout(self.context.request_timeout_s)
+            self.send_error(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the request's head did not arrive within {self.context.request_timeout_s:g} s "
+                "(server.request_timeout_s)",
+            )
+            with contextlib.suppress(OSError):
+                self.wfile.flush()
 
     def finish(self) -> None:
         try:
@@ -154,9 +245,18 @@ class Handler(BaseHTTPRequestHandler):
     def _reply(
         self, status: int, content_type: str, body: bytes, headers: Iterable[tuple[str, str]] = ()
     ) -> None:
+        if self._reader.deadline is not None:  # the request is in; the answer has its own time
+            self._reader.deadline = None
+            self.connection.settimeout(self.context.request_timeout_s)
+        streamed, self._streamed = self._streamed, None
+        if streamed is not None and self.request_version == "HTTP/1.0":
+            body, streamed = b"".join(streamed), None  # no chunked encoding in HTTP/1.0
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        if streamed is None:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
         for name, value in headers:
             self.send_header(name, value)
         if self.close_connection:
@@ -164,10 +264,19 @@ class Handler(BaseHTTPRequestHandler):
         elif self.request_version == "HTTP/1.0":
             self.send_header("Connection", "keep-alive")
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if streamed is None:
             self.wfile.write(body)
+            return
+        write = self.wfile.write
+        for piece in streamed:
+            if piece:
+                write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        write(b"0\r\n\r\n")
 
-    def _read_body(self) -> bytearray:
+    def _body_length(self) -> int:
+        """The declared length of the body, checked against the limit before any is read."""
         if "transfer-encoding" in self.fields:
             raise LengthRequiredError(
                 "chunked request bodies are not accepted; send a Content-Length"
@@ -181,16 +290,45 @@ class Handler(BaseHTTPRequestHandler):
                 f"the body is {length} bytes; this server takes at most {limit} "
                 "(send smaller batches)"
             )
-        # a bytearray, so the arrays read from it are writable views, not copies
-        body = bytearray(length)
-        view, got = memoryview(body), 0
-        while got < length and (n := self.rfile.readinto(view[got:])):
-            got += n
+        return length
+
+    def _body_chunks(self, length: int) -> Iterator[bytes]:
+        """The body as it arrives, at most `_CHUNK` bytes at a time, within the deadline.
+
+        Nothing is allocated from the declared length: a client may declare 64 MiB
+        and send a byte.
+        """
+        read, got = self.rfile.read1, 0
+        try:
+            while (left := length - got) > 0 and (chunk := read(min(left, _CHUNK))):
+                got += len(chunk)
+                yield chunk
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestTimeoutError(
+                f"the body did not arrive within {self.context.request_timeout_s:g} s "
+                f"(server.request_timeout_s): {got} of {length} bytes came"
+            ) from None
         self._body_read = True
         if got != length:
             self.close_connection = True
             raise MalformedBodyError(f"the body ended after {got} of {length} bytes")
+
+    def _read_body(self) -> bytearray:
+        length = self._body_length()
+        # a bytearray, so the arrays read from it are writable views, not copies
+        body = bytearray()
+        for chunk in self._body_chunks(length):
+            body += chunk
         return body
+
+    def _read_json(self, specs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+        """A JSON body decoded as it arrives: its arrays are held, never the body itself."""
+        decoder = codec.json_decoder(specs)
+        chunks = self._body_chunks(self._body_length())
+        for chunk in chunks:
+            decoder.feed(chunk)
+        return decoder.close()
 
     # -- routes: parse, call the service, answer --------------------------------------------
 
@@ -202,18 +340,21 @@ class Handler(BaseHTTPRequestHandler):
                 f"Content-Type {kind or '(none)'!r} is not accepted; "
                 f"send one of {', '.join(codec.READABLE)}"
             )
-        body = self._read_body()
         inputs: dict[str, np.ndarray]
-        if kind == codec.NPZ:
-            inputs = codec.decode_npz(body, max_bytes=self.context.max_body_bytes)
-        elif kind == codec.JSON:
-            inputs = codec.decode_json(body, service.input_specs())
+        if kind == codec.JSON:
+            inputs = self._read_json(service.input_specs())
+        elif kind == codec.NPZ:
+            inputs = codec.decode_npz(self._read_body(), max_bytes=self.context.max_body_bytes)
         else:
+            body = self._read_body()
             inputs = codec.decode_npy(body, [s.name for s in service.input_specs()])
         outputs = service.predict(inputs)
         if codec.reply_type(kind, self.fields.get("accept")) == codec.NPZ:
             return HTTPStatus.OK, codec.NPZ, codec.encode_npz(outputs)
         model = _model_of(service.model_info())
+        if sum(o.size for o in outputs.values()) > _STREAMED_JSON:
+            self._streamed = codec.encode_json_chunks(outputs, model)
+            return HTTPStatus.OK, codec.JSON, b""
         return HTTPStatus.OK, codec.JSON, codec.encode_json(outputs, model)
 
     def _health(self) -> _Reply:
@@ -253,11 +394,13 @@ class Handler(BaseHTTPRequestHandler):
             return False
         self.command, self.path, self.request_version = command, path, version
         fields = self.fields
+        head = 0
         for _ in range(_MAX_FIELDS + 1):
             raw = self.rfile.readline(_MAX_LINE + 1)
             if raw in (b"\r\n", b"\n", b""):
                 break
-            if len(raw) > _MAX_LINE:
+            head += len(raw)
+            if len(raw) > _MAX_LINE or head > _MAX_HEAD:
                 self.send_error(
                     HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "a header line is too long"
                 )

@@ -1,7 +1,10 @@
 """The agent's local inference server: HTTP/1.1 for other processes on the device.
 
 It listens on loopback TCP, a Unix socket, or both, with keep-alive and one
-thread per connection. Routes:
+thread per connection, up to `max_connections` of them: past it, a connection
+is answered 503 at once (by a short-lived thread of its own, as many again at
+most; beyond those it is closed unanswered) and the connections being served
+go on. Routes:
 
 ==========================  ====================================================
 ``POST /v1/predict``        inputs as JSON, ``.npz`` or ``.npy``; outputs as JSON or
@@ -21,6 +24,7 @@ maps each to its status). The server holds no model: it calls a `PredictService`
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -28,13 +32,16 @@ import socketserver
 import stat
 import sys
 import threading
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from edge_agent.errors import AgentError
 from edge_agent.server.handler import Context, Handler, UnixHandler
+from edge_agent.server.memory import return_large_allocations
 from edge_agent.server.metrics import HttpMetrics
+from edge_agent.server.problems import TooManyConnectionsError, problem_for
 from edge_agent.server.service import PredictService
 
 __all__ = ["DEFAULT_PORT", "LocalServer"]
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 8470
 _MiB = 1 << 20
 _POLL_SECONDS = 0.1  # how soon stop() is noticed by the accepting threads
+_REFUSE_SECONDS = 0.5  # how long a refused connection's request is waited for, then drained
+_REFUSE_READ = 1 << 16  # read (and dropped) at a time from a refused connection
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -60,17 +69,69 @@ class _Server(socketserver.ThreadingTCPServer):
         *,
         family: socket.AddressFamily,
         handler: type[Handler],
+        max_connections: int,
     ) -> None:
         self.address_family = family
         self._live: set[socket.socket] = set()
         self._live_lock = threading.Lock()
+        self._max = max_connections
+        self._refusing = 0
+        self._metrics = context.metrics
         bound = type(handler.__name__, (handler,), {"context": context})
         super().__init__(address, bound)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._live_lock:
-            self._live.add(request)
-        super().process_request(request, client_address)
+            admitted = len(self._live) < self._max
+            if admitted:
+                self._live.add(request)
+            else:
+                refuse = self._refusing < self._max
+                self._refusing += refuse
+        if admitted:
+            super().process_request(request, client_address)
+            return
+        self._metrics.refused()
+        if not refuse:  # a flood: close without a word rather than grow without bound
+            self.close_request(request)
+            return
+        threading.Thread(
+            target=self._refuse, args=(request,), name="edgefleet-http-refuse", daemon=True
+        ).start()
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Answer 503 to a connection past the limit, then close it without resetting it."""
+        found = problem_for(
+            TooManyConnectionsError(
+                f"the local server is serving {self._max} connections, its limit "
+                "(server.max_connections); retry in a moment, or keep one connection alive"
+            )
+        )
+        assert found is not None
+        status, document = found
+        body = json.dumps(document).encode()
+        head = (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+        )
+        try:
+            deadline = time.monotonic() + _REFUSE_SECONDS
+            sock.settimeout(_REFUSE_SECONDS)
+            # the request, read and dropped first: closing on unread bytes would reset the
+            # connection and the client might never see the answer
+            if sock.recv(_REFUSE_READ):
+                sock.sendall(head.encode() + body)
+                sock.shutdown(socket.SHUT_WR)
+                while (left := deadline - time.monotonic()) > 0:
+                    sock.settimeout(left)
+                    if not sock.recv(_REFUSE_READ):
+                        break
+        except OSError:
+            pass
+        finally:
+            self.close_request(sock)
+            with self._live_lock:
+                self._refusing -= 1
 
     def shutdown_request(self, request: Any) -> None:
         with self._live_lock:
@@ -94,10 +155,16 @@ class _Server(socketserver.ThreadingTCPServer):
 
 
 class _UnixServer(_Server):
-    def __init__(self, path: Path, context: Context) -> None:
+    def __init__(self, path: Path, context: Context, *, max_connections: int) -> None:
         self.path = path
         self.inode: int | None = None
-        super().__init__(str(path), context, family=socket.AF_UNIX, handler=UnixHandler)
+        super().__init__(
+            str(path),
+            context,
+            family=socket.AF_UNIX,
+            handler=UnixHandler,
+            max_connections=max_connections,
+        )
 
     def server_bind(self) -> None:
         _clear_stale_socket(self.path)
@@ -138,7 +205,10 @@ class LocalServer:
     `port=0` picks a free port (see `address` / `url`); `port=None` serves the
     Unix socket only. The socket file is created with mode 0660, replaces a
     stale one left by a crash, and is removed by `stop()`. Bodies over
-    `max_body_bytes` are refused with 413.
+    `max_body_bytes` are refused with 413 (from their declared length, before
+    they are read); a request whose head and body take longer than
+    `request_timeout_s` to arrive gets 408; past `max_connections` open
+    connections on a listener, a new one gets 503.
 
     >>> with LocalServer(service, port=0, unix_socket=Path("/run/edgefleet/agent.sock")) as s:
     ...     print(s.url)
@@ -152,10 +222,15 @@ class LocalServer:
         port: int | None = DEFAULT_PORT,
         unix_socket: Path | None = None,
         max_body_bytes: int = 64 * _MiB,
+        max_connections: int = 64,
+        request_timeout_s: float = 30.0,
     ) -> None:
         if port is None and unix_socket is None:
             raise ValueError("LocalServer needs a TCP port or a unix_socket to listen on")
-        self._context = Context(service, max_body_bytes, HttpMetrics())
+        if max_connections < 1 or request_timeout_s <= 0:
+            raise ValueError("max_connections must be at least 1 and request_timeout_s positive")
+        self._context = Context(service, max_body_bytes, HttpMetrics(), request_timeout_s)
+        self._max_connections = max_connections
         self._host, self._port, self._path = host, port, unix_socket
         self._tcp: _Server | None = None
         self._unix: _UnixServer | None = None
@@ -167,6 +242,7 @@ class LocalServer:
         with self._lock:
             if self._threads:
                 raise RuntimeError("the local server is already running")
+            return_large_allocations()  # a large request's memory is returned once it is done
             try:
                 if self._port is not None:
                     self._tcp = self._bind_tcp(self._port)
@@ -234,7 +310,13 @@ class LocalServer:
     def _bind_tcp(self, port: int) -> _Server:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
         try:
-            return _Server((self._host, port), self._context, family=family, handler=Handler)
+            return _Server(
+                (self._host, port),
+                self._context,
+                family=family,
+                handler=Handler,
+                max_connections=self._max_connections,
+            )
         except OSError as exc:
             raise AgentError(
                 f"the local server cannot listen on {self._host}:{port}: {exc.strerror or exc} "
@@ -243,7 +325,7 @@ class LocalServer:
 
     def _bind_unix(self, path: Path) -> _UnixServer:
         try:
-            return _UnixServer(path, self._context)
+            return _UnixServer(path, self._context, max_connections=self._max_connections)
         except OSError as exc:
             raise AgentError(
                 f"the local server cannot listen on {path}: {exc.strerror or exc} "

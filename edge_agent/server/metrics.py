@@ -2,8 +2,8 @@
 
 Per route (the route's path, or ``other`` for paths the server does not serve,
 so a client cannot grow the label set): requests by status code and a latency
-histogram; plus the connections open now. Recording a request is a dict
-update and a bisect under one lock.
+histogram; plus the connections open now and those refused past the limit.
+Recording a request is a dict update and a bisect under one lock.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class HttpMetrics:
         self._histograms: dict[str, list[int]] = {}  # per route: count per bucket, then +Inf
         self._seconds: dict[str, float] = {}
         self._connections = 0
+        self._refused = 0
 
     def observe(self, route: str, code: int, seconds: float) -> None:
         """Count one answered request on `route` and how long it took."""
@@ -45,6 +46,11 @@ class HttpMetrics:
         with self._lock:
             self._connections += delta
 
+    def refused(self) -> None:
+        """Count a connection refused (503, or closed in a flood) past the connection limit."""
+        with self._lock:
+            self._refused += 1
+
     def render(self) -> str:
         """The metrics as Prometheus text lines, each ending in a newline."""
         with self._lock:
@@ -52,6 +58,7 @@ class HttpMetrics:
             histograms = {r: list(c) for r, c in sorted(self._histograms.items())}
             seconds = dict(self._seconds)
             connections = self._connections
+            refused = self._refused
         lines = [
             "# HELP edgefleet_http_requests_total Requests answered by the local server.",
             "# TYPE edgefleet_http_requests_total counter",
@@ -79,5 +86,9 @@ class HttpMetrics:
             "# HELP edgefleet_http_connections_open Connections open to the local server.",
             "# TYPE edgefleet_http_connections_open gauge",
             f"edgefleet_http_connections_open {connections}",
+            "# HELP edgefleet_http_connections_refused_total Connections refused past "
+            "server.max_connections.",
+            "# TYPE edgefleet_http_connections_refused_total counter",
+            f"edgefleet_http_connections_refused_total {refused}",
         ]
         return "\n".join(lines) + "\n"

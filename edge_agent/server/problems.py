@@ -22,6 +22,8 @@ __all__ = [
     "MethodNotAllowedError",
     "NotFoundError",
     "RequestError",
+    "RequestTimeoutError",
+    "TooManyConnectionsError",
     "UnsupportedMediaTypeError",
     "problem_for",
 ]
@@ -39,6 +41,14 @@ class MalformedBodyError(RequestError):
 
 class BodyTooLargeError(RequestError):
     """The body, or the arrays it decompresses to, is over the server's limit."""
+
+
+class RequestTimeoutError(RequestError):
+    """The request's head and body did not arrive within the server's time per request."""
+
+
+class TooManyConnectionsError(RequestError):
+    """The server holds as many connections as it may; this one is refused at once."""
 
 
 class UnsupportedMediaTypeError(RequestError):
@@ -68,6 +78,8 @@ _TABLE: tuple[tuple[type[Exception], HTTPStatus, str], ...] = (
     (ModelError, HTTPStatus.INTERNAL_SERVER_ERROR, "model_error"),
     (MalformedBodyError, HTTPStatus.BAD_REQUEST, "malformed_body"),
     (BodyTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "body_too_large"),
+    (RequestTimeoutError, HTTPStatus.REQUEST_TIMEOUT, "request_timeout"),
+    (TooManyConnectionsError, HTTPStatus.SERVICE_UNAVAILABLE, "too_many_connections"),
     (UnsupportedMediaTypeError, HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
     (LengthRequiredError, HTTPStatus.LENGTH_REQUIRED, "length_required"),
     (NotFoundError, HTTPStatus.NOT_FOUND, "not_found"),

@@ -5,6 +5,10 @@ comes first. It fails (and the agent rolls back by itself) when the error rate
 or the share of outputs holding NaN/inf exceeds its limit, or when the p95
 latency exceeds the budget; failures are judged as soon as they are certain,
 so a model that returns NaN is rolled back at once, not minutes later.
+
+Only the model's answers to valid inputs are judged: a request refused as the
+caller's fault (`InputError`: a wrong signature, NaN or inf in a float input)
+is never recorded here, so a caller's bad values cannot roll a good model back.
 """
 
 from __future__ import annotations

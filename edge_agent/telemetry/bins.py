@@ -150,14 +150,26 @@ def _batches(arrays: Iterable[Any]) -> Iterator[tuple[np.ndarray, int]]:
     for (trailing, _), group in groups.items():
         chunk: list[np.ndarray] = []
         size = 0
-        for array in group:
-            chunk.append(array)
-            size += array.size
+        for piece in _pieces(group):
+            chunk.append(piece)
+            size += piece.size
             if size >= _CHUNK:
                 yield _float64(chunk), len(trailing) + 1
                 chunk, size = [], 0
         if chunk:
             yield _float64(chunk), len(trailing) + 1
+
+
+def _pieces(group: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """The arrays of a group, a large batch cut into views of about `_CHUNK` values: a
+    request of a million rows is binned a slice at a time, never cast whole to float64."""
+    for array in group:
+        if array.size <= _CHUNK:
+            yield array
+            continue
+        rows = max(1, _CHUNK // max(1, array.size // len(array)))
+        for start in range(0, len(array), rows):
+            yield array[start : start + rows]
 
 
 def _float64(chunk: list[np.ndarray]) -> np.ndarray:
