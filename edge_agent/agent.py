@@ -48,7 +48,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.server import LocalServer
 from edge_agent.serving import Serving
 from edge_agent.swap.store import BundleStore
-from edge_agent.swap.updater import Updater
+from edge_agent.swap.updater import Updater, report_damage
 from edge_agent.telemetry.outbox import Outbox
 from edge_agent.telemetry.window import WindowAggregator
 from edge_agent.version import agent_version
@@ -127,6 +127,7 @@ class Agent:
     def start(self) -> None:
         """Serve the best verified bundle on disk, then connect to the fleet in the background."""
         self.emit("agent.started", f"edgefleet agent {agent_version()} starting")
+        self._report_damaged_spools()
         self.updater.boot(self.config.paths.initial_bundle)
         if self.server is not None:
             self.server.start()
@@ -182,13 +183,28 @@ class Agent:
             seq = self.outbox.append(
                 lambda seq: (
                     topics.telemetry(self.device_id),
-                    encode(snapshot.message(device_id=self.device_id, seq=seq, dropped=dropped)),
+                    # the epoch read under the outbox's lock: the spool that numbers `seq`
+                    encode(
+                        snapshot.message(
+                            device_id=self.device_id,
+                            seq=seq,
+                            dropped=dropped,
+                            epoch=self.outbox.epoch,
+                        )
+                    ),
                 )
             )
             if seq is None:  # disk full: this window is lost too; report both later
                 self.outbox.count_lost(dropped)
+        self._report_damaged_spools()
         if self.link is not None:
             self.link.wake()
+
+    def _report_damaged_spools(self) -> None:
+        """An ``agent.file_damaged`` event for each spool set aside (at start or since)."""
+        for outbox in (self.outbox, self.events):
+            for damage in outbox.take_damaged():
+                report_damage(self.emit, damage, root=self.config.paths.state_dir)
 
     def _window_loop(self) -> None:
         window = self.config.telemetry.window_s
@@ -224,6 +240,7 @@ class Agent:
                     Event(
                         device_id=self.device_id,
                         seq=seq,
+                        epoch=self.events.epoch,
                         ts=ts,
                         type=type,
                         severity=severity,
@@ -303,6 +320,7 @@ class Agent:
                 elif message is not None:
                     self._rejected(f"{message.kind}", "not a message the device acts on")
                 self.updater.tick()
+                self._report_damaged_spools()  # a spool found damaged while running
             except Exception as exc:  # the control loop must outlive any single failure
                 log.exception("control loop")
                 self.emit("agent.error", f"internal error: {exc}", severity=Severity.ERROR)

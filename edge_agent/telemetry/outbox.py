@@ -15,12 +15,23 @@ would exceed it, the oldest are dropped and counted; the count is durable and
 is reported (then reset) through `take_dropped()`. When the disk itself is full,
 the message is dropped and counted in memory, and inference never waits.
 
-Sequence numbers rise by one per message for the life of the device (they are
-kept in the same database), so the fleet can detect gaps.
+Sequence numbers rise by one per message for the life of the spool (they are
+kept in the same database), so the fleet can detect gaps. Each spool has an
+`epoch`, a random id made with it: a re-imaged device, or a spool rebuilt after
+damage, starts its sequence numbers again under a new epoch, and the fleet
+deduplicates on (device, epoch, seq) rather than dropping the new windows.
+
+Damage: a spool SQLite cannot read (truncated, zeroed, garbage, empty, a
+directory in its place), found on opening (``PRAGMA quick_check``) or while
+running, is moved aside (`edge_agent.quarantine`, with its ``-wal`` and
+``-shm``) and a fresh spool, with a new epoch, takes its place: telemetry never
+stops the agent. What was found is handed out once by `take_damaged`.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -29,7 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from edge_agent.quarantine import Damage, move_aside
+
 __all__ = ["Entry", "Outbox"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -40,7 +55,25 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0), ('bytes', 0);
+CREATE TABLE IF NOT EXISTS spool (epoch TEXT NOT NULL);
 """
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+class _Damaged(Exception):
+    """The spool file cannot be used; `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _is_damage(exc: sqlite3.Error) -> bool:
+    """Corruption, or a file SQLite cannot open as a database; not a full disk or a lock."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    text = str(exc).lower()
+    return "full" not in text and "locked" not in text and "busy" not in text
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +98,79 @@ class Outbox:
     ) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self._sync = sync
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={sync.upper()}")
-        self._db.executescript(_SCHEMA)
         self._lost_in_memory = 0  # dropped while the disk was full: cannot be written down
+        self._damaged: list[Damage] = []
+        self.epoch = ""  # set by _open
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """Open the spool, checked; a damaged one is moved aside for a fresh one (once)."""
+        try:
+            return self._connect()
+        except _Damaged as exc:
+            self._set_aside(exc.reason)
+        return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path.is_dir():
+            raise _Damaged("a directory in place of the file")
+        if self.path.exists() and self.path.stat().st_size == 0:
+            raise _Damaged("empty")  # SQLite would take it for a new database: the spool is gone
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._sync.upper()}")
+            db.executescript(_SCHEMA)
+            problems = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
+            if problems != ["ok"]:
+                raise _Damaged(f"quick_check: {'; '.join(problems)[:200]}")
+            row = db.execute("SELECT epoch FROM spool").fetchone()
+            if row is None:
+                row = (secrets.token_hex(8),)
+                db.execute("INSERT INTO spool VALUES (?)", row)
+            self.epoch = str(row[0])
+            for key in ("next_seq", "dropped", "bytes"):  # a spool missing its counters
+                if db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone() is None:
+                    raise _Damaged(f"its {key} counter is missing")
+        except _Damaged:
+            db.close()
+            raise
+        except sqlite3.Error as exc:
+            db.close()
+            if not _is_damage(exc):
+                raise
+            raise _Damaged(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        return db
+
+    def _set_aside(self, reason: str) -> None:
+        """Move the damaged spool (and its WAL) aside; the next `_connect` makes a new one."""
+        self._damaged.append(move_aside(self.path, reason=reason))
+        for suffix in _SIDE_FILES:
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                move_aside(side, reason=reason)
+
+    def _heal(self, exc: sqlite3.Error) -> None:
+        """After `exc` from the open spool: re-raise unless it is damage; else set it aside
+        and open a fresh one (the caller holds the lock)."""
+        if not _is_damage(exc):
+            raise exc
+        log.error("the spool %s is damaged while running: %s", self.path, exc)
+        try:
+            self._db.close()
+        except sqlite3.Error:
+            pass
+        self._set_aside(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        self._db = self._connect()
+
+    def take_damaged(self) -> list[Damage]:
+        """The damaged spools set aside since the last call (to report them)."""
+        with self._lock:
+            damaged, self._damaged = self._damaged, []
+        return damaged
 
     def close(self) -> None:
         with self._lock:
@@ -90,34 +189,49 @@ class Outbox:
         return seqs[0] if seqs else None
 
     def append_many(self, builds: Iterable[Build]) -> list[int]:
-        """Spool several messages in one transaction (one fsync under ``sync="full"``)."""
+        """Spool several messages in one transaction (one fsync under ``sync="full"``).
+
+        A spool found damaged is set aside and the messages go into a fresh one."""
         builds = list(builds)
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                seq = self._meta("next_seq")
-                size = self._meta("bytes")
-                seqs = []
-                for build in builds:
-                    topic, payload = build(seq)
-                    self._db.execute(
-                        "INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, topic, payload, time.time())
-                    )
-                    size += len(payload)
-                    seqs.append(seq)
-                    seq += 1
-                size = self._evict(size)
-                self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
-                self._db.execute("UPDATE meta SET value = ? WHERE key = 'bytes'", (size,))
-                self._db.execute("COMMIT")
-                return seqs
-            except sqlite3.OperationalError as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if "full" not in str(exc).lower():
-                    raise
-                self._lost_in_memory += len(builds)
-                return []
+                return self._append(builds)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc).lower():
+                    self._lost_in_memory += len(builds)
+                    return []
+                self._heal(exc)
+            return self._append(builds)
+
+    def _append(self, builds: list[Build]) -> list[int]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            seq = self._meta("next_seq")
+            size = self._meta("bytes")
+            seqs = []
+            for build in builds:
+                topic, payload = build(seq)
+                self._db.execute(
+                    "INSERT INTO outbox VALUES (?, ?, ?, ?)", (seq, topic, payload, time.time())
+                )
+                size += len(payload)
+                seqs.append(seq)
+                seq += 1
+            size = self._evict(size)
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'bytes'", (size,))
+            self._db.execute("COMMIT")
+            return seqs
+        except sqlite3.Error:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # a damaged spool may refuse even that; it is set aside next
 
     def _evict(self, size: int) -> int:
         """Drop the oldest messages until the payload total fits; count them."""
@@ -138,32 +252,45 @@ class Outbox:
     def pending(self, limit: int = 100) -> list[Entry]:
         """The oldest unacknowledged messages, in sequence order."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
+            try:
+                rows = self._db.execute(
+                    "SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._heal(exc)
+                rows = []
         return [Entry(int(s), str(t), bytes(p)) for s, t, p in rows]
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged `seq`: forget it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute(
-                "SELECT length(payload) FROM outbox WHERE seq = ?", (seq,)
-            ).fetchone()
-            if row is not None:
-                self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
-                self._db.execute(
-                    "UPDATE meta SET value = value - ? WHERE key = 'bytes'", (int(row[0]),)
-                )
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "SELECT length(payload) FROM outbox WHERE seq = ?", (seq,)
+                ).fetchone()
+                if row is not None:
+                    self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                    self._db.execute(
+                        "UPDATE meta SET value = value - ? WHERE key = 'bytes'", (int(row[0]),)
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._rollback()
+                self._heal(exc)
 
     def take_dropped(self) -> int:
         """How many messages were dropped since the last call (to report them), then reset."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            dropped = self._meta("dropped")
-            self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dropped'")
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                dropped = self._meta("dropped")
+                self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dropped'")
+                self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._rollback()
+                self._heal(exc)
+                dropped = 0
             lost, self._lost_in_memory = self._lost_in_memory, 0
         return dropped + lost
 
@@ -175,9 +302,17 @@ class Outbox:
 
     def __len__(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            try:
+                return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+            except sqlite3.DatabaseError as exc:
+                self._heal(exc)
+                return 0
 
     @property
     def bytes(self) -> int:
         with self._lock:
-            return self._meta("bytes")
+            try:
+                return self._meta("bytes")
+            except sqlite3.DatabaseError as exc:
+                self._heal(exc)
+                return 0
