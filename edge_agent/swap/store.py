@@ -210,21 +210,18 @@ class BundleStore:
         if self.state_path.is_dir():  # only a damaged state dir holds one: move it aside
             self.move_aside(self.state_path, "a directory in place of the file")
         write_atomic(self.state_path, msgspec.json.format(msgspec.json.encode(state), indent=2))
-        if state.probation is None and state.active is not None:
-            committed = Committed(
-                active=state.active,
-                previous=state.previous,
-                desired_revision=state.desired_revision,
-                min_version=_lowest(state.active, state.previous),
-            )
-            if committed != self._committed:
-                if self.committed_path.is_dir():
-                    self.move_aside(self.committed_path, "a directory in place of the file")
-                write_atomic(
-                    self.committed_path,
-                    msgspec.json.format(msgspec.json.encode(committed), indent=2),
-                )
-                self._committed = committed
+        self._write_committed(state)
+
+    def _write_committed(self, state: StoreState) -> None:
+        committed = _committed_of(state)
+        if committed is None or committed == self._committed:
+            return
+        if self.committed_path.is_dir():
+            self.move_aside(self.committed_path, "a directory in place of the file")
+        write_atomic(
+            self.committed_path, msgspec.json.format(msgspec.json.encode(committed), indent=2)
+        )
+        self._committed = committed
 
     def read_committed(self) -> Committed | None:
         """The last committed state as ``committed.json`` holds it (None: none, or damaged,
@@ -297,6 +294,8 @@ class BundleStore:
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             self.move_aside(self.committed_path, f"unreadable: {_first_line(exc)}")
         self._committed = committed
+        if state is not None and committed is None:  # lost or never written: from the state
+            self._write_committed(state)
         removed: list[str] = []
         if state is not None:
             keep = {s.sha256 for s in self.referenced(state)}
@@ -335,6 +334,21 @@ class BundleStore:
         for path in [*self.bundles.glob("*.efb"), *self.downloads.iterdir()]:
             if path.is_file() and path.name.partition(".")[0] not in needed:
                 path.unlink(missing_ok=True)
+
+
+def _committed_of(state: StoreState) -> Committed | None:
+    """What `state` committed: itself without probation, else what a rollback restores."""
+    active, previous = state.active, state.previous
+    if state.probation is not None:
+        active, previous = state.probation.restore_active, state.probation.restore_previous
+    if active is None:
+        return None
+    return Committed(
+        active=active,
+        previous=previous,
+        desired_revision=state.desired_revision,
+        min_version=_lowest(active, previous),
+    )
 
 
 def _lowest(active: Slot, previous: Slot | None) -> str:

@@ -51,10 +51,10 @@ from edge_agent.errors import (
 from edge_agent.keys import TrustedKey
 from edge_agent.model import BundleModel, load_model
 from edge_agent.protocol.messages import BundleRef, DesiredBundle, DesiredState, Severity
+from edge_agent.quarantine import Damage
 from edge_agent.serving import Loaded, Serving
 from edge_agent.swap.download import DownloadPolicy, download
 from edge_agent.swap.probation import Outcome, ProbationMonitor, ProbationRules
-from edge_agent.quarantine import Damage
 from edge_agent.swap.store import BundleStore, Probation, Recovery, Slot, StoreState
 
 __all__ = ["EventSink", "Updater", "report_damage", "version_key"]
@@ -198,7 +198,9 @@ class Updater:
                     details={"reason": "active_unusable"},
                 )
             self._serve(loaded, state)
-            self._prune(state)
+            state = self._check_previous(state)
+            if recovery.state is not None:  # a rebuilt state keeps every bundle until it
+                self._prune(state)  # changes: the rebuild may have missed what it needed
             return
         if initial_bundle is not None and initial_bundle.exists():
             self._install_initial(initial_bundle, state)
@@ -209,6 +211,29 @@ class Updater:
             "no verified bundle to serve yet; waiting for the fleet's desired state",
             severity=Severity.WARNING,
         )
+
+    def _check_previous(self, state: StoreState) -> StoreState:
+        """Verify the previous bundle too (what a rollback would serve): a damaged one is
+        moved aside and forgotten, so a rollback is refused up front rather than failing."""
+        previous = state.previous
+        if previous is None or previous == state.active or state.probation is not None:
+            return state
+        path = self.store.path_of(previous)
+        try:
+            read_bundle(path, trust=self.trust)
+            return state
+        except BundleError as exc:
+            if path.exists():
+                self.store.move_aside(path, f"fails verification: {_first_line(exc)}")
+            self.emit(
+                "bundle.unusable",
+                f"the previous bundle {previous.model} {previous.version} cannot serve: {exc}",
+                severity=Severity.ERROR,
+                bundle=previous.ref,
+            )
+        state = replace(state, previous=None)
+        self.store.write_state(state)
+        return state
 
     def _rebuild(self, recovery: Recovery) -> StoreState:
         """The state to serve when ``state.json`` is missing or damaged: ``committed.json``'s

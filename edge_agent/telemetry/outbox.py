@@ -30,6 +30,7 @@ stops the agent. What was found is handed out once by `take_damaged`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import sqlite3
@@ -60,12 +61,16 @@ CREATE TABLE IF NOT EXISTS spool (epoch TEXT NOT NULL);
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-class _Damaged(Exception):
+class _DamagedError(Exception):
     """The spool file cannot be used; `reason` says why."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _is_damage(exc: sqlite3.Error) -> bool:
@@ -110,15 +115,20 @@ class Outbox:
         """Open the spool, checked; a damaged one is moved aside for a fresh one (once)."""
         try:
             return self._connect()
-        except _Damaged as exc:
+        except _DamagedError as exc:
             self._set_aside(exc.reason)
         return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         if self.path.is_dir():
-            raise _Damaged("a directory in place of the file")
-        if self.path.exists() and self.path.stat().st_size == 0:
-            raise _Damaged("empty")  # SQLite would take it for a new database: the spool is gone
+            raise _DamagedError("a directory in place of the file")
+        if self.path.exists():  # SQLite would take an empty or cut header for a new database
+            with self.path.open("rb") as fh:
+                head = fh.read(100)
+            if not head:
+                raise _DamagedError("empty")
+            if len(head) < 100 or not head.startswith(b"SQLite format 3\x00"):
+                raise _DamagedError("not a SQLite database (its header is cut or overwritten)")
         db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -126,7 +136,7 @@ class Outbox:
             db.executescript(_SCHEMA)
             problems = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
-                raise _Damaged(f"quick_check: {'; '.join(problems)[:200]}")
+                raise _DamagedError(f"quick_check: {'; '.join(problems)[:200]}")
             row = db.execute("SELECT epoch FROM spool").fetchone()
             if row is None:
                 row = (secrets.token_hex(8),)
@@ -134,15 +144,15 @@ class Outbox:
             self.epoch = str(row[0])
             for key in ("next_seq", "dropped", "bytes"):  # a spool missing its counters
                 if db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone() is None:
-                    raise _Damaged(f"its {key} counter is missing")
-        except _Damaged:
+                    raise _DamagedError(f"its {key} counter is missing")
+        except _DamagedError:
             db.close()
             raise
         except sqlite3.Error as exc:
             db.close()
             if not _is_damage(exc):
                 raise
-            raise _Damaged(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            raise _DamagedError(_reason(exc)) from exc
         return db
 
     def _set_aside(self, reason: str) -> None:
@@ -159,11 +169,9 @@ class Outbox:
         if not _is_damage(exc):
             raise exc
         log.error("the spool %s is damaged while running: %s", self.path, exc)
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self._db.close()
-        except sqlite3.Error:
-            pass
-        self._set_aside(str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+        self._set_aside(_reason(exc))
         self._db = self._connect()
 
     def take_damaged(self) -> list[Damage]:
