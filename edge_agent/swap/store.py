@@ -24,13 +24,16 @@ because the state that refers to it cannot be read.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
+from msgspec.structs import replace
 
 from edge_agent.bundle import Manifest
 from edge_agent.protocol.messages import BundleRef
@@ -99,6 +102,7 @@ class StoreState(Strict, frozen=True, kw_only=True):
     previous: Slot | None = None
     probation: Probation | None = None
     desired_revision: int | None = None
+    checksum: Sha256 | None = None  # of the rest (`_checked`); None in files from before it
 
 
 class Committed(Strict, frozen=True, kw_only=True):
@@ -112,6 +116,7 @@ class Committed(Strict, frozen=True, kw_only=True):
     previous: Slot | None = None
     desired_revision: int | None = None
     min_version: str
+    checksum: Sha256 | None = None
 
     @property
     def state(self) -> StoreState:
@@ -195,7 +200,7 @@ class BundleStore:
     def read_state(self) -> StoreState:
         """The committed state; an unreadable file is treated as no state (and logged)."""
         try:
-            return decode_json(self.state_path.read_bytes(), StoreState)
+            return _read_checked(self.state_path, StoreState)
         except FileNotFoundError:
             return StoreState()
         except (OSError, msgspec.DecodeError) as exc:
@@ -209,7 +214,7 @@ class BundleStore:
         ``committed.json`` when its bundles or revision changed."""
         if self.state_path.is_dir():  # only a damaged state dir holds one: move it aside
             self.move_aside(self.state_path, "a directory in place of the file")
-        write_atomic(self.state_path, msgspec.json.format(msgspec.json.encode(state), indent=2))
+        write_atomic(self.state_path, _checked(state))
         self._write_committed(state)
 
     def _write_committed(self, state: StoreState) -> None:
@@ -218,16 +223,14 @@ class BundleStore:
             return
         if self.committed_path.is_dir():
             self.move_aside(self.committed_path, "a directory in place of the file")
-        write_atomic(
-            self.committed_path, msgspec.json.format(msgspec.json.encode(committed), indent=2)
-        )
+        write_atomic(self.committed_path, _checked(committed))
         self._committed = committed
 
     def read_committed(self) -> Committed | None:
         """The last committed state as ``committed.json`` holds it (None: none, or damaged,
         which `recover` moves aside)."""
         try:
-            return decode_json(self.committed_path.read_bytes(), Committed)
+            return _read_checked(self.committed_path, Committed)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return None
 
@@ -280,7 +283,7 @@ class BundleStore:
         unreadable = None
         state: StoreState | None = None
         try:
-            state = decode_json(self.state_path.read_bytes(), StoreState)
+            state = _read_checked(self.state_path, StoreState)
         except FileNotFoundError:
             unreadable = None
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -288,7 +291,7 @@ class BundleStore:
             self.move_aside(self.state_path, f"unreadable: {unreadable}")
         committed = None
         try:
-            committed = decode_json(self.committed_path.read_bytes(), Committed)
+            committed = _read_checked(self.committed_path, Committed)
         except FileNotFoundError:
             pass
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -334,6 +337,27 @@ class BundleStore:
         for path in [*self.bundles.glob("*.efb"), *self.downloads.iterdir()]:
             if path.is_file() and path.name.partition(".")[0] not in needed:
                 path.unlink(missing_ok=True)
+
+
+_Checked = TypeVar("_Checked", StoreState, Committed)
+
+
+def _digest(value: StoreState | Committed) -> str:
+    return hashlib.sha256(msgspec.json.encode(replace(value, checksum=None))).hexdigest()
+
+
+def _checked(value: StoreState | Committed) -> bytes:
+    """`value` as the file holds it: indented JSON with the sha256 of its content, so a flipped
+    bit that still parses (a digit of a digest, a revision) is caught, not obeyed."""
+    signed = replace(value, checksum=_digest(value))
+    return msgspec.json.format(msgspec.json.encode(signed), indent=2)
+
+
+def _read_checked(path: Path, kind: type[_Checked]) -> _Checked:
+    value = decode_json(path.read_bytes(), kind)
+    if value.checksum is not None and value.checksum != _digest(value):
+        raise msgspec.ValidationError(f"{path.name}: its checksum does not match its content")
+    return value
 
 
 def _committed_of(state: StoreState) -> Committed | None:
