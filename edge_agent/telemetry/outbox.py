@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import secrets
 import sqlite3
 import threading
@@ -59,6 +60,7 @@ INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0), ('bytes', 0);
 CREATE TABLE IF NOT EXISTS spool (epoch TEXT NOT NULL);
 """
 _SIDE_FILES = ("-wal", "-shm", "-journal")
+_EPOCH = re.compile(rb"[A-Za-z0-9_-]{1,32}")
 
 
 class _DamagedError(Exception):
@@ -108,6 +110,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._lost_in_memory = 0  # dropped while the disk was full: cannot be written down
         self._damaged: list[Damage] = []
+        self._next_seq = 0  # as last committed (a spool rebuilt while running goes on from it)
         self.epoch = ""  # set by _open
         self._db = self._open()
 
@@ -137,17 +140,25 @@ class Outbox:
             problems = [str(r[0]) for r in db.execute("PRAGMA quick_check").fetchall()]
             if problems != ["ok"]:
                 raise _DamagedError(f"quick_check: {'; '.join(problems)[:200]}")
-            row = db.execute("SELECT epoch FROM spool").fetchone()
+            row = db.execute("SELECT CAST(epoch AS BLOB) FROM spool").fetchone()
             if row is None:
-                row = (secrets.token_hex(8),)
-                db.execute("INSERT INTO spool VALUES (?)", row)
-            self.epoch = str(row[0])
-            for key in ("next_seq", "dropped", "bytes"):  # a spool missing its counters
-                if db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone() is None:
-                    raise _DamagedError(f"its {key} counter is missing")
+                row = (secrets.token_hex(8).encode(),)
+                db.execute("INSERT INTO spool VALUES (?)", (row[0].decode(),))
+            if not _EPOCH.fullmatch(bytes(row[0])):
+                raise _DamagedError("its epoch is damaged")
+            self.epoch = bytes(row[0]).decode()
+            for key in ("next_seq", "dropped", "bytes"):  # counters there, and numbers
+                row = db.execute(
+                    "SELECT typeof(value), value FROM meta WHERE key = ?", (key,)
+                ).fetchone()
+                if row is None or row[0] != "integer" or row[1] < 0:
+                    raise _DamagedError(f"its {key} counter is damaged")
         except _DamagedError:
             db.close()
             raise
+        except UnicodeDecodeError as exc:  # text SQLite hands back that is not UTF-8
+            db.close()
+            raise _DamagedError(f"damaged text: {exc}") from exc
         except sqlite3.Error as exc:
             db.close()
             if not _is_damage(exc):
@@ -173,6 +184,8 @@ class Outbox:
             self._db.close()
         self._set_aside(_reason(exc))
         self._db = self._connect()
+        if self._next_seq:  # numbers the link may still await a PUBACK for are not reused
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (self._next_seq,))
 
     def take_damaged(self) -> list[Damage]:
         """The damaged spools set aside since the last call (to report them)."""
@@ -229,6 +242,7 @@ class Outbox:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (seq,))
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'bytes'", (size,))
             self._db.execute("COMMIT")
+            self._next_seq = seq
             return seqs
         except sqlite3.Error:
             self._rollback()
@@ -262,12 +276,35 @@ class Outbox:
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT seq, topic, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                    "SELECT seq, CAST(topic AS BLOB), payload FROM outbox ORDER BY seq LIMIT ?",
+                    (limit,),
                 ).fetchall()
+                entries, bad = [], []
+                for seq, topic, payload in rows:
+                    try:
+                        entries.append(Entry(int(seq), bytes(topic).decode(), bytes(payload)))
+                    except (UnicodeDecodeError, TypeError, ValueError):
+                        bad.append(seq)  # a damaged row: dropped and counted, not sent
+                if bad:
+                    self._drop(bad)
             except sqlite3.DatabaseError as exc:
+                self._rollback()
                 self._heal(exc)
-                rows = []
-        return [Entry(int(s), str(t), bytes(p)) for s, t, p in rows]
+                entries = []
+        return entries
+
+    def _drop(self, seqs: list[int]) -> None:
+        """Delete damaged rows, counted as dropped (the caller holds the lock)."""
+        log.error("the spool %s holds %d damaged messages: dropped", self.path, len(seqs))
+        self._db.execute("BEGIN IMMEDIATE")
+        for seq in seqs:
+            self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'dropped'", (len(seqs),))
+        self._db.execute(
+            "UPDATE meta SET value = (SELECT coalesce(sum(length(payload)), 0) FROM outbox) "
+            "WHERE key = 'bytes'"
+        )
+        self._db.execute("COMMIT")
 
     def ack(self, seq: int) -> None:
         """The broker acknowledged `seq`: forget it."""

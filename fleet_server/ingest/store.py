@@ -7,7 +7,8 @@ sequence number seen in the device's current outbox epoch (`Device.telemetry_epo
 (already stored) or a late arrival that fills a gap (stored, one loss fewer). A
 window of a new epoch (a re-imaged device, or a spool the agent had to rebuild:
 its sequence numbers start again) is stored, counted in `Device.telemetry_resets`
-and recorded as a ``telemetry.reset`` event; counting starts again from it. The
+and recorded as a ``telemetry.reset`` event (the windows the old outbox never
+delivered cannot be known: none is counted lost); counting starts again from it. The
 unique constraint on (device_id, epoch, seq) backs this up across server
 replicas. Events are deduplicated by (device, epoch, seq, type).
 
@@ -257,8 +258,8 @@ def _store_telemetry(
                 # an agent upgraded in place: its spool names its epoch from now on, same seq
                 tally.windows_lost += msg.seq - tally.last_seq - 1
             else:  # a new outbox: re-imaged, or its spool rebuilt; seq starts again
+                # what the old outbox still held is unknown: the reset is counted instead
                 tally.resets += 1
-                tally.windows_lost += msg.seq
                 resets.append(_reset_event(tally, msg))
             tally.last_seq, tally.epoch = msg.seq, epoch
         elif msg.seq > tally.last_seq:
