@@ -93,8 +93,9 @@ def test_a_reimaged_agent_keeps_reporting_and_old_duplicates_are_dropped(
         assert [s for e, s in stored if e == old_epoch][:3] == [0, 1, 2]
         info = client.get("/api/v1/devices/dev-001").json()
         assert info["telemetry_epoch"] == new_epoch
-        assert info["duplicates"] == 0
-        before = info["windows_received"]
+        # (delivery is at least once: a window the agent resent may count as a duplicate)
+        before, duplicates = info["windows_received"], info["duplicates"]
+        assert before == len(stored)
 
         # the old image's window 1, delivered again (a broker redelivery): still a duplicate
         with device(mosquitto_auth.port, "dev-001") as dev:
@@ -112,6 +113,6 @@ def test_a_reimaged_agent_keeps_reporting_and_old_duplicates_are_dropped(
             dev.publish(topics.telemetry("dev-001"), encode(late))
             settle(client, received + 1)
         info = client.get("/api/v1/devices/dev-001").json()
-        assert info["duplicates"] == 1
+        assert info["duplicates"] == duplicates + 1
         assert info["windows_received"] == before
         assert info["windows_lost"] == 0
