@@ -260,3 +260,40 @@ def test_never_below_the_committed_minimum_version(image: Image) -> None:
     finally:
         agent.stop()
     assert (state_dir / "bundles" / f"{image.initial_sha}.efb").is_file()  # verified: kept
+
+
+@pytest.mark.slow
+def test_spools_damaged_while_the_agent_runs_are_set_aside_and_it_keeps_serving(
+    image: Image,
+) -> None:
+    state_dir = image.copy()
+    agent = image.agent(state_dir)
+    try:
+        epochs = agent.outbox.epoch, agent.events.epoch
+        for name in ("telemetry.db", "events.db"):
+            for suffix in ("", "-wal", "-shm"):
+                file = state_dir / f"{name}{suffix}"  # under the open connections
+                with file.open("r+b") as fh:
+                    fh.write(random.Random(name + suffix).randbytes(max(file.stat().st_size, 4096)))
+        agent.close_window()  # the telemetry spool finds out
+        agent.emit("test.marker", "an event into the damaged events spool")
+        assert serving(agent) == "2.0.0"
+        wait_for(
+            lambda: (
+                {e.details["file"] for e in agent_events(agent) if e.type == "agent.file_damaged"}
+                == {"telemetry.db", "events.db"}
+            ),
+            what="both spools reported damaged",
+        )
+        assert (agent.outbox.epoch, agent.events.epoch) != epochs
+        assert len(agent.outbox) == 1  # the window closed after the damage
+    finally:
+        agent.stop()
+    for name in ("telemetry.db", "events.db"):
+        assert len(list(state_dir.glob(f"{name}.damaged-*"))) == 1, name
+
+
+def agent_events(agent: Agent) -> list[Event]:
+    from edge_agent.protocol.codec import decode_as
+
+    return [decode_as(Event, e.payload) for e in agent.events.pending(limit=10_000)]
