@@ -211,17 +211,26 @@ def test_every_durable_file_damaged_every_way_heals(image: Image, name: str) -> 
 
 
 @pytest.mark.slow
-def test_without_state_or_committed_it_serves_the_newest_verified_bundle(image: Image) -> None:
+@pytest.mark.parametrize("how", ["garbage", "deleted"])
+def test_without_state_or_committed_it_serves_the_newest_verified_bundle(
+    image: Image, how: str
+) -> None:
     state_dir = image.copy()
-    damage(state_dir / "state.json", "garbage")
+    if how == "deleted":
+        (state_dir / "state.json").unlink()
+    else:
+        damage(state_dir / "state.json", how)
     (state_dir / "committed.json").unlink()
     agent = image.agent(state_dir)
     try:
         assert serving(agent) == "2.0.0"  # not the initial 1.0.0
         rebuilt = events(state_dir, "agent.state_unreadable")[-1]
         assert rebuilt.details["source"] == "bundles"
+        if how == "deleted":
+            assert rebuilt.details["reason"] == "missing"
     finally:
         agent.stop()
+    assert sorted(p.name for p in (state_dir / "bundles").glob("*.efb")) == sorted(image.bundles)
 
 
 @pytest.mark.slow
