@@ -207,6 +207,8 @@ class Agent:
                 report_damage(self.emit, damage, root=self.config.paths.state_dir)
 
     def _window_loop(self) -> None:
+        for outbox in (self.events, self.outbox):  # every page read: off the serving path
+            outbox.verify()
         window = self.config.telemetry.window_s
         deadline = time.monotonic() + window
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
