@@ -307,6 +307,11 @@ class Agent:
         self._received(message)
 
     def _control_loop(self) -> None:
+        try:
+            self.updater.verify_previous()  # what a rollback needs, checked once serving
+        except Exception as exc:
+            log.exception("verifying the previous bundle")
+            self.emit("agent.error", f"internal error: {exc}", severity=Severity.ERROR)
         while not self._stop.is_set():
             # judge a probation promptly; otherwise wake twice a second
             wait = 0.05 if self.serving.probation is not None else 0.5

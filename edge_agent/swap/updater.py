@@ -198,7 +198,6 @@ class Updater:
                     details={"reason": "active_unusable"},
                 )
             self._serve(loaded, state)
-            state = self._check_previous(state)
             if recovery.state is not None:  # a rebuilt state keeps every bundle until it
                 self._prune(state)  # changes: the rebuild may have missed what it needed
             return
@@ -212,28 +211,32 @@ class Updater:
             severity=Severity.WARNING,
         )
 
-    def _check_previous(self, state: StoreState) -> StoreState:
+    def verify_previous(self) -> None:
         """Verify the previous bundle too (what a rollback would serve): a damaged one is
-        moved aside and forgotten, so a rollback is refused up front rather than failing."""
-        previous = state.previous
-        if previous is None or previous == state.active or state.probation is not None:
-            return state
-        path = self.store.path_of(previous)
-        try:
-            read_bundle(path, trust=self.trust)
-            return state
-        except BundleError as exc:
-            if path.exists():
-                self.store.move_aside(path, f"fails verification: {_first_line(exc)}")
-            self.emit(
-                "bundle.unusable",
-                f"the previous bundle {previous.model} {previous.version} cannot serve: {exc}",
-                severity=Severity.ERROR,
-                bundle=previous.ref,
-            )
-        state = replace(state, previous=None)
-        self.store.write_state(state)
-        return state
+        moved aside and forgotten, so a rollback is refused up front rather than failing.
+        The agent calls it on its control thread once serving, not before (it reads the
+        whole file)."""
+        with self._lock:
+            state = self.store.read_state()
+            previous = state.previous
+            if previous is None or previous == state.active or state.probation is not None:
+                return
+            path = self.store.path_of(previous)
+            try:
+                read_bundle(path, trust=self.trust)
+                return
+            except BundleError as exc:
+                if path.exists():
+                    self.store.move_aside(path, f"fails verification: {_first_line(exc)}")
+                self.emit(
+                    "bundle.unusable",
+                    f"the previous bundle {previous.model} {previous.version} cannot serve: {exc}",
+                    severity=Severity.ERROR,
+                    bundle=previous.ref,
+                )
+            finally:
+                self._report_damage()
+            self.store.write_state(replace(state, previous=None))
 
     def _rebuild(self, recovery: Recovery) -> StoreState:
         """The state to serve when ``state.json`` is missing or damaged: ``committed.json``'s
