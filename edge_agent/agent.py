@@ -48,7 +48,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.server import LocalServer
 from edge_agent.serving import Serving
 from edge_agent.swap.store import BundleStore
-from edge_agent.swap.updater import Updater
+from edge_agent.swap.updater import Updater, report_damage
 from edge_agent.telemetry.outbox import Outbox
 from edge_agent.telemetry.window import WindowAggregator
 from edge_agent.version import agent_version
@@ -129,6 +129,7 @@ class Agent:
     def start(self) -> None:
         """Serve the best verified bundle on disk, then connect to the fleet in the background."""
         self.emit("agent.started", f"edgefleet agent {agent_version()} starting")
+        self._report_damaged_spools()
         self.updater.boot(self.config.paths.initial_bundle)
         if self.server is not None:
             self.server.start()
@@ -184,15 +185,32 @@ class Agent:
             seq = self.outbox.append(
                 lambda seq: (
                     topics.telemetry(self.device_id),
-                    encode(snapshot.message(device_id=self.device_id, seq=seq, dropped=dropped)),
+                    # the epoch read under the outbox's lock: the spool that numbers `seq`
+                    encode(
+                        snapshot.message(
+                            device_id=self.device_id,
+                            seq=seq,
+                            dropped=dropped,
+                            epoch=self.outbox.epoch,
+                        )
+                    ),
                 )
             )
             if seq is None:  # disk full: this window is lost too; report both later
                 self.outbox.count_lost(dropped)
+        self._report_damaged_spools()
         if self.link is not None:
             self.link.wake()
 
+    def _report_damaged_spools(self) -> None:
+        """An ``agent.file_damaged`` event for each spool set aside (at start or since)."""
+        for outbox in (self.outbox, self.events):
+            for damage in outbox.take_damaged():
+                report_damage(self.emit, damage, root=self.config.paths.state_dir)
+
     def _window_loop(self) -> None:
+        for outbox in (self.events, self.outbox):  # every page read: off the serving path
+            outbox.verify()
         window = self.config.telemetry.window_s
         deadline = time.monotonic() + window
         while not self._stop.wait(max(0.0, deadline - time.monotonic())):
@@ -226,6 +244,7 @@ class Agent:
                     Event(
                         device_id=self.device_id,
                         seq=seq,
+                        epoch=self.events.epoch,
                         ts=ts,
                         type=type,
                         severity=severity,
@@ -290,6 +309,11 @@ class Agent:
         self._received(message)
 
     def _control_loop(self) -> None:
+        try:
+            self.updater.verify_previous()  # what a rollback needs, checked once serving
+        except Exception as exc:
+            log.exception("verifying the previous bundle")
+            self.emit("agent.error", f"internal error: {exc}", severity=Severity.ERROR)
         while not self._stop.is_set():
             # judge a probation promptly; otherwise wake twice a second
             wait = 0.05 if self.serving.probation is not None else 0.5
@@ -305,6 +329,7 @@ class Agent:
                 elif message is not None:
                     self._rejected(f"{message.kind}", "not a message the device acts on")
                 self.updater.tick()
+                self._report_damaged_spools()  # a spool found damaged while running
             except Exception as exc:  # the control loop must outlive any single failure
                 log.exception("control loop")
                 self.emit("agent.error", f"internal error: {exc}", severity=Severity.ERROR)

@@ -43,6 +43,8 @@ PROTOCOL_SCHEMA_VERSION: Final = 1
 DeviceId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 CommandId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Text = Annotated[str, Meta(max_length=4000)]
+# a spool's random id (`edge_agent.telemetry.outbox.Outbox.epoch`): seq restarts under a new one
+Epoch = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
 Scalar = str | int | float | bool | None
 
 
@@ -96,11 +98,14 @@ class Telemetry(_Msg, frozen=True, kw_only=True):
 
     `binned` counts the requests whose tensors are in `inputs`/`outputs`; fewer
     than `requests` when the agent sampled under load (compare distributions,
-    not totals). `dropped` counts windows dropped from a full outbox.
+    not totals). `dropped` counts windows dropped from a full outbox. `epoch` names the
+    outbox that numbered it: a re-imaged device (or a rebuilt spool) starts `seq` again
+    under a new epoch; None from agents before it existed.
     """
 
     kind: Literal["telemetry"] = "telemetry"
     seq: Count
+    epoch: Epoch | None = None
     window_start: datetime
     window_end: datetime
     bundle: BundleRef | None
@@ -144,10 +149,13 @@ class Severity(StrEnum):
 
 
 class Event(_Msg, frozen=True, kw_only=True):
-    """Something that happened once: a bundle activated, a self-test failed, a rollback."""
+    """Something that happened once: a bundle activated, a self-test failed, a rollback.
+
+    `seq` and `epoch` as in `Telemetry`, numbered by the events spool."""
 
     kind: Literal["event"] = "event"
     seq: Count
+    epoch: Epoch | None = None
     ts: datetime
     type: Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")]
     severity: Severity = Severity.INFO

@@ -336,6 +336,7 @@ class _Transfer:
                 log.info("%s: already complete in %s", self.shown, self.part.path.name)
                 return self._finish()
             self.part.discard()
+        resumed = self.part.size > 0  # bytes from disk, which may be damaged
         failures = 0
         while True:
             self._check_cancelled()
@@ -363,7 +364,14 @@ class _Transfer:
                 self._check_cancelled()
                 sleep(delay)
                 continue
-            return self._finish()
+            try:
+                return self._finish()
+            except DownloadError as exc:
+                if exc.reason != "hash_mismatch" or not resumed:
+                    raise
+                # the part taken up from disk was damaged (_finish deleted it): once from byte 0
+                log.warning("%s: the resumed partial file was damaged; starting over", self.shown)
+                resumed = False
 
     def _attempt(self, number: int) -> None:
         offset, headers = self.part.size, dict(self.headers)

@@ -51,12 +51,13 @@ from edge_agent.errors import (
 from edge_agent.keys import TrustedKey
 from edge_agent.model import BundleModel, load_model
 from edge_agent.protocol.messages import BundleRef, DesiredBundle, DesiredState, Severity
+from edge_agent.quarantine import Damage
 from edge_agent.serving import Loaded, Serving
 from edge_agent.swap.download import DownloadPolicy, download
 from edge_agent.swap.probation import Outcome, ProbationMonitor, ProbationRules
-from edge_agent.swap.store import BundleStore, Probation, Slot, StoreState
+from edge_agent.swap.store import BundleStore, Probation, Recovery, Slot, StoreState
 
-__all__ = ["EventSink", "Updater", "version_key"]
+__all__ = ["EventSink", "Updater", "report_damage", "version_key"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,29 @@ class EventSink(Protocol):
         bundle: BundleRef | None = None,
         details: Mapping[str, str | int | float | bool | None] | None = None,
     ) -> None: ...
+
+
+def report_damage(emit: EventSink, damage: Damage, *, root: Path) -> None:
+    """Report a damaged durable file as an ``agent.file_damaged`` event."""
+    try:
+        name = str(damage.path.relative_to(root))
+    except ValueError:
+        name = str(damage.path)
+    where = (
+        f"moved aside to {damage.moved_to.name}"
+        if damage.moved_to is not None
+        else "could not be moved aside"
+    )
+    emit(
+        "agent.file_damaged",
+        f"{name} was damaged ({damage.reason}); {where}",
+        severity=Severity.ERROR,
+        details={
+            "file": name,
+            "reason": damage.reason[:300],
+            "moved_to": damage.moved_to.name if damage.moved_to is not None else None,
+        },
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,53 +150,149 @@ class Updater:
     # --- start ------------------------------------------------------------------------
 
     def boot(self, initial_bundle: Path | None = None) -> None:
-        """Recover from whatever a crash left, then serve the best verified bundle we have."""
+        """Recover from whatever a crash left, then serve the best verified bundle we have.
+
+        A damaged ``state.json`` (or none, with bundles on disk) is rebuilt from
+        ``committed.json`` and the verified bundles in ``bundles/`` (`_rebuild`), never
+        by going back to the initial bundle while a newer verified one is there, and
+        never below the minimum version committed. Each damaged file is moved aside
+        and reported (``agent.file_damaged``).
+        """
         with self._lock:
-            recovery = self.store.recover()
-            if recovery.state_unreadable:
+            try:
+                self._boot(initial_bundle)
+            finally:
+                self._report_damage()
+
+    def _boot(self, initial_bundle: Path | None) -> None:
+        recovery = self.store.recover()
+        self._report_damage(recovery.damaged)
+        state = recovery.state if recovery.state is not None else self._rebuild(recovery)
+        if state.probation is not None:
+            state = self._boot_in_probation(state)
+        for slot, role in ((state.active, "active"), (state.previous, "previous")):
+            if slot is None:
+                continue
+            try:
+                loaded = self._load_installed(slot)
+            except (UpdateError, BundleError, ModelError) as exc:
+                if isinstance(exc, BundleError):  # damaged on disk: aside, not deleted
+                    self.store.move_aside(
+                        self.store.path_of(slot), f"fails verification: {_first_line(exc)}"
+                    )
                 self.emit(
-                    "agent.state_unreadable",
-                    f"state.json was unreadable ({recovery.state_unreadable}); starting afresh",
+                    "bundle.unusable",
+                    f"the {role} bundle {slot.model} {slot.version} cannot serve: {exc}",
                     severity=Severity.ERROR,
+                    bundle=slot.ref,
                 )
+                continue
+            if role == "previous":  # the active one is broken: fall back for good
+                state = replace(state, active=slot, previous=None, probation=None)
+                self.store.write_state(state)
+                self.emit(
+                    "update.rolled_back",
+                    f"fell back to {slot.model} {slot.version}: the active bundle is unusable",
+                    severity=Severity.ERROR,
+                    bundle=slot.ref,
+                    details={"reason": "active_unusable"},
+                )
+            self._serve(loaded, state)
+            if recovery.state is not None:  # a rebuilt state keeps every bundle until it
+                self._prune(state)  # changes: the rebuild may have missed what it needed
+            return
+        if initial_bundle is not None and initial_bundle.exists():
+            self._install_initial(initial_bundle, state)
+            return
+        self.serving.switch(None)
+        self.emit(
+            "agent.no_model",
+            "no verified bundle to serve yet; waiting for the fleet's desired state",
+            severity=Severity.WARNING,
+        )
+
+    def verify_previous(self) -> None:
+        """Verify the previous bundle too (what a rollback would serve): a damaged one is
+        moved aside and forgotten, so a rollback is refused up front rather than failing.
+        The agent calls it on its control thread once serving, not before (it reads the
+        whole file)."""
+        with self._lock:
             state = self.store.read_state()
-            if state.probation is not None:
-                state = self._boot_in_probation(state)
-            for slot, role in ((state.active, "active"), (state.previous, "previous")):
-                if slot is None:
-                    continue
-                try:
-                    loaded = self._load_installed(slot)
-                except (UpdateError, BundleError, ModelError) as exc:
-                    self.emit(
-                        "bundle.unusable",
-                        f"the {role} bundle {slot.model} {slot.version} cannot serve: {exc}",
-                        severity=Severity.ERROR,
-                        bundle=slot.ref,
-                    )
-                    continue
-                if role == "previous":  # the active one is broken: fall back for good
-                    state = replace(state, active=slot, previous=None, probation=None)
-                    self.store.write_state(state)
-                    self.emit(
-                        "update.rolled_back",
-                        f"fell back to {slot.model} {slot.version}: the active bundle is unusable",
-                        severity=Severity.ERROR,
-                        bundle=slot.ref,
-                        details={"reason": "active_unusable"},
-                    )
-                self._serve(loaded, state)
-                self._prune(state)
+            previous = state.previous
+            if previous is None or previous == state.active or state.probation is not None:
                 return
-            if initial_bundle is not None and initial_bundle.exists():
-                self._install_initial(initial_bundle, state)
+            path = self.store.path_of(previous)
+            try:
+                read_bundle(path, trust=self.trust)
                 return
-            self.serving.switch(None)
-            self.emit(
-                "agent.no_model",
-                "no verified bundle to serve yet; waiting for the fleet's desired state",
-                severity=Severity.WARNING,
+            except BundleError as exc:
+                if path.exists():
+                    self.store.move_aside(path, f"fails verification: {_first_line(exc)}")
+                self.emit(
+                    "bundle.unusable",
+                    f"the previous bundle {previous.model} {previous.version} cannot serve: {exc}",
+                    severity=Severity.ERROR,
+                    bundle=previous.ref,
+                )
+            finally:
+                self._report_damage()
+            self.store.write_state(replace(state, previous=None))
+
+    def _rebuild(self, recovery: Recovery) -> StoreState:
+        """The state to serve when ``state.json`` is missing or damaged: ``committed.json``'s
+        when its active bundle is on disk and verifies, else the verified bundles on disk
+        at or above its minimum version, newest first. Nothing is deleted here."""
+        committed = recovery.committed
+        floor = committed.min_version if committed else None
+        verified: dict[str, Slot] = {}
+        for path in self.store.installed():
+            try:
+                manifest = read_bundle(path, trust=self.trust).manifest
+            except BundleError as exc:
+                self.store.move_aside(path, f"fails verification: {_first_line(exc)}")
+                continue
+            if manifest.profile == self.profile:
+                verified[path.stem] = Slot.of(manifest, path.stem)
+        if committed is None and not verified and recovery.state_unreadable is None:
+            return StoreState()  # a new device: nothing was ever installed
+        if committed is not None and committed.active.sha256 in verified:
+            state, source = committed.state, "committed"
+        else:
+            eligible = sorted(
+                (s for s in verified.values() if _at_least(s.version, floor)),
+                key=lambda s: _order(s.version),
+                reverse=True,
             )
+            state = StoreState(
+                active=eligible[0] if eligible else None,
+                previous=eligible[1] if len(eligible) > 1 else None,
+                desired_revision=committed.desired_revision if committed else None,
+            )
+            source = "bundles"
+        why = recovery.state_unreadable or "missing"
+        serving = f"{state.active.model} {state.active.version}" if state.active else "nothing"
+        self.emit(
+            "agent.state_unreadable",
+            f"state.json was unreadable ({why}); rebuilt from "
+            + ("committed.json" if source == "committed" else "the verified bundles on disk")
+            + f": {serving}"
+            + (f", at or above the minimum version {floor}" if floor else ""),
+            severity=Severity.ERROR,
+            bundle=state.active.ref if state.active else None,
+            details={
+                "reason": why,
+                "source": source,
+                "min_version": floor,
+                "verified_bundles": len(verified),
+            },
+        )
+        if state.active is not None:
+            self.store.write_state(state)
+        return state
+
+    def _report_damage(self, damaged: list[Damage] | None = None) -> None:
+        for damage in self.store.take_damaged() if damaged is None else damaged:
+            report_damage(self.emit, damage, root=self.store.root)
 
     def _boot_in_probation(self, state: StoreState) -> StoreState:
         probation = state.probation
@@ -219,6 +339,13 @@ class Updater:
             candidate = self._verify_and_warm(
                 path, sha, allow_downgrade=True, enforce_latency=False
             )
+            floor = self.store.min_version
+            if not _at_least(candidate.slot.version, floor):
+                raise DowngradeError(
+                    f"version {candidate.slot.version} is older than {floor}, the lowest this "
+                    "device committed to serve (committed.json); waiting for the fleet's "
+                    "desired state"
+                )
         except (UpdateError, BundleError, ModelError) as exc:
             self.serving.switch(None)
             self.emit(
@@ -319,7 +446,8 @@ class Updater:
         try:
             bundle = read_bundle(path, trust=self.trust)
         except BundleError as exc:
-            path.unlink(missing_ok=True)  # never kept, never served
+            if path.parent == self.store.downloads:  # a download: never kept, never served
+                path.unlink(missing_ok=True)  # (the image's initial bundle is only reported)
             raise UpdateError(
                 f"verification failed: {exc}", step="verify", reason=_bundle_reason(exc)
             ) from exc
@@ -606,6 +734,21 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1024 * 1024), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def _order(version: str) -> tuple[Any, ...]:
+    try:
+        return (1, version_key(version))
+    except ValueError:  # not semantic: below every semantic version
+        return (0, version)
+
+
+def _at_least(version: str, floor: str | None) -> bool:
+    return floor is None or _order(version) >= _order(floor)
 
 
 def _bundle_reason(exc: BundleError) -> str:

@@ -214,8 +214,11 @@ class WindowSnapshot:
     skipped: int
     sampled_out: int
 
-    def message(self, *, device_id: str, seq: int, dropped: int = 0) -> Telemetry:
-        """The window as the `Telemetry` message with sequence number `seq`.
+    def message(
+        self, *, device_id: str, seq: int, dropped: int = 0, epoch: str | None = None
+    ) -> Telemetry:
+        """The window as the `Telemetry` message with sequence number `seq` (of the outbox
+        `epoch`).
 
         `dropped` is the number of earlier windows the outbox had to discard
         (`Outbox.take_dropped`).
@@ -223,6 +226,7 @@ class WindowSnapshot:
         return Telemetry(
             device_id=device_id,
             seq=seq,
+            epoch=epoch,
             window_start=datetime.fromtimestamp(self.start, UTC),
             window_end=datetime.fromtimestamp(self.end, UTC),
             bundle=self.bundle,

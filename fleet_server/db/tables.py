@@ -141,18 +141,23 @@ class Device(Base):
     windows_lost: Mapped[int] = mapped_column(BigInteger, default=0)
     windows_dropped_on_device: Mapped[int] = mapped_column(BigInteger, default=0)
     duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    # the outbox epoch `last_seq` counts in ("" before agents sent one), and how many times
+    # the device started a new one (re-imaged, or its spool rebuilt): seq restarts then
+    telemetry_epoch: Mapped[str | None] = mapped_column(String(32), default=None)
+    telemetry_resets: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class TelemetryWindow(Base):
     __tablename__ = "telemetry_windows"
     __table_args__ = (
-        UniqueConstraint("device_id", "seq"),
+        UniqueConstraint("device_id", "epoch", "seq"),
         Index("ix_telemetry_windows_device_end", "device_id", "window_end"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(BigInteger)
+    epoch: Mapped[str] = mapped_column(String(32), default="", server_default="")
     window_start: Mapped[datetime] = mapped_column(Timestamp)
     window_end: Mapped[datetime] = mapped_column(Timestamp, index=True)
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
@@ -175,6 +180,7 @@ class DeviceEvent(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     seq: Mapped[int | None] = mapped_column(BigInteger, default=None)  # device events only
+    epoch: Mapped[str | None] = mapped_column(String(32), default=None)  # with seq
     ts: Mapped[datetime] = mapped_column(Timestamp)
     source: Mapped[str] = mapped_column(String(16))  # device, fleet
     type: Mapped[str] = mapped_column(String(64))

@@ -115,6 +115,12 @@ class DeviceInfo(BaseModel):
     windows_lost: int
     duplicates: int
     dropped_on_device: int
+    telemetry_epoch: str | None = Field(
+        default=None, description="the outbox epoch last_seq counts in ('' before epochs)"
+    )
+    telemetry_resets: int = Field(
+        default=0, description="times the device started a new outbox epoch (re-imaged)"
+    )
     provisioned: bool = Field(
         default=False, description="the device reported its first-boot provisioning record"
     )
@@ -147,6 +153,8 @@ class DeviceInfo(BaseModel):
             windows_lost=d.windows_lost,
             duplicates=d.duplicates,
             dropped_on_device=d.windows_dropped_on_device,
+            telemetry_epoch=d.telemetry_epoch,
+            telemetry_resets=d.telemetry_resets,
             provisioned=provisioning is not None,
             provisioning=provisioning,
         )

@@ -65,6 +65,7 @@ WINDOW_COLUMNS = (
     "outputs",
     "shadow",
     "received_at",
+    "epoch",
 )
 # a device's telemetry counters: read (and locked) once and written once per batch
 TALLIES = (
@@ -76,8 +77,12 @@ TALLIES = (
     "windows_lost",
     "windows_dropped_on_device",
     "duplicates",
+    "telemetry_epoch",
+    "telemetry_resets",
 )
-_TALLY_TYPES = ("varchar", "timestamptz", "timestamptz") + ("bigint",) * 5  # PostgreSQL's
+_TALLY_TYPES = (  # PostgreSQL's
+    ("varchar", "timestamptz", "timestamptz") + ("bigint",) * 5 + ("varchar", "bigint")
+)
 EVENT_COLUMNS = (
     "device_id",
     "seq",
@@ -88,6 +93,7 @@ EVENT_COLUMNS = (
     "message",
     "bundle_sha256",
     "details",
+    "epoch",
 )
 ALERT_COLUMNS = ("ts", "kind", "severity", "device_id", "message", "details")
 # what a device's state message sets; the bundles as their stored JSON text (NULL, or JSON)
@@ -165,6 +171,7 @@ def window_row(msg: Telemetry, received_at: datetime) -> tuple[Any, ...]:
         json_text(msg.outputs),
         None if msg.shadow is None else json_text(msg.shadow),
         received_at,
+        msg.epoch or "",
     )
 
 

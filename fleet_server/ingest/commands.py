@@ -120,6 +120,7 @@ def _desired_event(fleet: Fleet, state: DesiredState) -> dict[str, Any]:
         "message": f"{bundle.model} {bundle.version}" if bundle else "no bundle",
         "bundle_sha256": bundle.sha256 if bundle else None,
         "details": {"revision": state.revision, "rollout_id": state.rollout_id},
+        "epoch": None,
     }
 
 

@@ -1,11 +1,16 @@
 """Writing decoded device messages to the database: one transaction per batch.
 
-Telemetry is deduplicated by (device, seq): `Device.last_seq` is the highest
-sequence number seen; a window above it opens a gap of ``seq - last_seq - 1``
-lost windows, a window below it is either a duplicate (already stored) or a
-late arrival that fills a gap (stored, one loss fewer). The unique constraint
-on (device_id, seq) backs this up across server replicas. Events are
-deduplicated by (device, seq, type).
+Telemetry is deduplicated by (device, epoch, seq): `Device.last_seq` is the highest
+sequence number seen in the device's current outbox epoch (`Device.telemetry_epoch`,
+``""`` for agents that send none); a window above it opens a gap of
+``seq - last_seq - 1`` lost windows, a window below it is either a duplicate
+(already stored) or a late arrival that fills a gap (stored, one loss fewer). A
+window of a new epoch (a re-imaged device, or a spool the agent had to rebuild:
+its sequence numbers start again) is stored, counted in `Device.telemetry_resets`
+and recorded as a ``telemetry.reset`` event (the windows the old outbox never
+delivered cannot be known: none is counted lost); counting starts again from it. The
+unique constraint on (device_id, epoch, seq) backs this up across server
+replicas. Events are deduplicated by (device, epoch, seq, type).
 
 Every batch starts by locking its devices (in id order) and reading their
 counters in one query, which also finds the devices the fleet does not know.
@@ -104,7 +109,7 @@ def _tallies(session: Session, ids: list[str]) -> dict[str, _Tally]:
     tallies = {}
     for row in lock_tallies(session, ids):
         tally = _Tally(*row)
-        tally.stored_up_to = tally.last_seq
+        tally.stored_up_to, tally.stored_epoch = tally.last_seq, tally.epoch
         tallies[tally.id] = tally
     return tallies
 
@@ -180,7 +185,7 @@ def _store_others(
         if isinstance(msg, DeviceState):
             _state(writes, reported[device_id], msg)
         elif isinstance(msg, Event):
-            key = (msg.device_id, msg.seq, msg.type)
+            key = (msg.device_id, msg.epoch or "", msg.seq, msg.type)
             if key not in stored:  # else delivered again: recorded once
                 stored.add(key)
                 _event(writes, msg)
@@ -191,18 +196,18 @@ def _store_others(
     insert_alerts(session, writes.alerts)
 
 
-def _stored_events(session: Session, events: list[Event]) -> set[tuple[str, int | None, str]]:
-    """The (device, seq, type) of `events` already recorded, in one query."""
+def _stored_events(session: Session, events: list[Event]) -> set[tuple[str, str, int | None, str]]:
+    """The (device, epoch, seq, type) of `events` already recorded, in one query."""
     if not events:
         return set()
     pairs = sorted({(e.device_id, e.seq) for e in events})
     key = tuple_(DeviceEvent.device_id, DeviceEvent.seq)
     found = session.execute(
-        select(DeviceEvent.device_id, DeviceEvent.seq, DeviceEvent.type).where(
+        select(DeviceEvent.device_id, DeviceEvent.epoch, DeviceEvent.seq, DeviceEvent.type).where(
             DeviceEvent.source == "device", key.in_(pairs)
         )
     )
-    return {(device_id, seq, kind) for device_id, seq, kind in found}
+    return {(device_id, epoch or "", seq, kind) for device_id, epoch, seq, kind in found}
 
 
 @dataclass(slots=True)
@@ -217,8 +222,11 @@ class _Tally:
     windows_lost: int
     windows_dropped_on_device: int
     duplicates: int
+    epoch: str | None  # the outbox epoch last_seq counts in (None: no window yet)
+    resets: int
     stored_up_to: int | None = None  # last_seq as the batch found it: stored windows are <= it
-    pending: set[int] = field(default_factory=set)  # this batch's windows
+    stored_epoch: str | None = None  # ... in this epoch
+    pending: set[tuple[str, int]] = field(default_factory=set)  # this batch's (epoch, seq)
 
 
 def _store_telemetry(
@@ -230,28 +238,67 @@ def _store_telemetry(
 ) -> None:
     stored = _already_stored(session, batch, tallies)
     rows: list[tuple[Any, ...]] = []
+    resets: list[tuple[Any, ...]] = []
     for item in batch:
         msg = item.message
         assert isinstance(msg, Telemetry)
         tally = touched[msg.device_id] = tallies[msg.device_id]
         _seen(tally, item.received_at)
-        if tally.last_seq is None:
-            tally.windows_lost += msg.seq  # sequence numbers start at 0 on a new device
-            tally.last_seq = msg.seq
-        elif msg.seq > tally.last_seq:
-            tally.windows_lost += msg.seq - tally.last_seq - 1
-            tally.last_seq = msg.seq
-        elif msg.seq in tally.pending or (msg.device_id, msg.seq) in stored:
+        epoch = msg.epoch or ""
+        key = (epoch, msg.seq)
+        if key in tally.pending or (msg.device_id, epoch, msg.seq) in stored:
             tally.duplicates += 1
             stats.count("duplicates")
             continue
+        if tally.last_seq is None:
+            tally.windows_lost += msg.seq  # sequence numbers start at 0 on a new device
+            tally.last_seq, tally.epoch = msg.seq, epoch
+        elif epoch != (tally.epoch or ""):
+            if not tally.epoch and msg.seq > tally.last_seq:
+                # an agent upgraded in place: its spool names its epoch from now on, same seq
+                tally.windows_lost += msg.seq - tally.last_seq - 1
+            else:  # a new outbox: re-imaged, or its spool rebuilt; seq starts again
+                # what the old outbox still held is unknown: the reset is counted instead
+                tally.resets += 1
+                resets.append(_reset_event(tally, msg))
+            tally.last_seq, tally.epoch = msg.seq, epoch
+        elif msg.seq > tally.last_seq:
+            tally.windows_lost += msg.seq - tally.last_seq - 1
+            tally.last_seq = msg.seq
         else:  # late, filling a gap counted before
             tally.windows_lost = max(0, tally.windows_lost - 1)
-        tally.pending.add(msg.seq)
+        tally.pending.add(key)
         tally.windows_received += 1
         tally.windows_dropped_on_device += msg.dropped
         rows.append(window_row(msg, item.received_at))
     insert_windows(session, rows)
+    insert_events(session, resets)
+
+
+def _reset_event(tally: _Tally, msg: Telemetry) -> tuple[Any, ...]:
+    """The timeline's record of a device starting a new outbox epoch."""
+    details = {
+        "previous_epoch": tally.epoch or None,
+        "previous_seq": tally.last_seq,
+        "epoch": msg.epoch,
+        "seq": msg.seq,
+    }
+    text = (
+        f"telemetry restarted at seq {msg.seq} under a new outbox epoch {msg.epoch} "
+        f"(the last window was seq {tally.last_seq}); a re-imaged device or a rebuilt spool"
+    )
+    return (
+        msg.device_id,
+        None,
+        utc(msg.window_end),
+        "device",
+        "telemetry.reset",
+        "warning",
+        text,
+        None,
+        json_text(details),
+        None,
+    )
 
 
 def _id(tally: _Tally) -> str:
@@ -268,27 +315,36 @@ def _values(t: _Tally) -> tuple[Any, ...]:
         t.windows_lost,
         t.windows_dropped_on_device,
         t.duplicates,
+        t.epoch,
+        t.resets,
     )
 
 
 def _already_stored(
     session: Session, batch: list[Incoming], tallies: dict[str, _Tally]
-) -> set[tuple[str, int]]:
-    """The (device, seq) of `batch` already in the database: only a seq at or below the
-    device's last_seq can be (a redelivery, or another replica's copy)."""
+) -> set[tuple[str, str, int]]:
+    """The (device, epoch, seq) of `batch` already in the database: only a seq at or below
+    the device's last_seq, or of another epoch, can be (a redelivery, or another replica's
+    copy)."""
     maybe = set()
     for item in batch:
         msg = item.message
-        up_to = tallies[msg.device_id].stored_up_to
-        if up_to is not None and isinstance(msg, Telemetry) and msg.seq <= up_to:
-            maybe.add((msg.device_id, msg.seq))
+        if not isinstance(msg, Telemetry):
+            continue
+        tally = tallies[msg.device_id]
+        epoch = msg.epoch or ""
+        up_to = tally.stored_up_to
+        if up_to is not None and (msg.seq <= up_to or epoch != (tally.stored_epoch or "")):
+            maybe.add((msg.device_id, epoch, msg.seq))
     if not maybe:
         return set()
-    key = tuple_(TelemetryWindow.device_id, TelemetryWindow.seq)
+    key = tuple_(TelemetryWindow.device_id, TelemetryWindow.epoch, TelemetryWindow.seq)
     found = session.execute(
-        select(TelemetryWindow.device_id, TelemetryWindow.seq).where(key.in_(sorted(maybe)))
+        select(TelemetryWindow.device_id, TelemetryWindow.epoch, TelemetryWindow.seq).where(
+            key.in_(sorted(maybe))
+        )
     )
-    return {(device_id, seq) for device_id, seq in found}
+    return {(device_id, epoch, seq) for device_id, epoch, seq in found}
 
 
 def _state(writes: _Writes, device: _Reported, msg: DeviceState) -> None:
@@ -328,6 +384,7 @@ def _state_event(device: _Reported, msg: DeviceState, kind: str, text: str) -> t
         text,
         msg.active_bundle.sha256 if msg.active_bundle else None,
         json_text({"health": msg.health.value, "agent_version": msg.agent_version}),
+        None,
     )
 
 
@@ -339,7 +396,18 @@ def _event(writes: _Writes, msg: Event) -> None:
     text, ts = json_text(details), utc(msg.ts)
     severity = msg.severity.value
     writes.events.append(
-        (msg.device_id, msg.seq, ts, "device", msg.type, severity, msg.message, sha, text)
+        (
+            msg.device_id,
+            msg.seq,
+            ts,
+            "device",
+            msg.type,
+            severity,
+            msg.message,
+            sha,
+            text,
+            msg.epoch,
+        )
     )
     if msg.severity is Severity.ERROR or msg.type in ALERTING_EVENTS:
         message = f"{msg.device_id}: {msg.type}: {msg.message}".strip(": ")
@@ -359,4 +427,5 @@ def _ack(msg: Ack) -> tuple[Any, ...]:
         msg.detail,
         None,
         details,
+        None,
     )

@@ -51,11 +51,19 @@ NOW = datetime(2026, 11, 23, 13, 0, tzinfo=UTC)
 REF = BundleRef(model="digits", version="1.0.0", profile="x86-64", sha256="a" * 64)
 
 
-def window(device_id: str, seq: int, *, dropped: int = 0, claimed: str | None = None) -> bytes:
+def window(
+    device_id: str,
+    seq: int,
+    *,
+    dropped: int = 0,
+    claimed: str | None = None,
+    epoch: str | None = None,
+) -> bytes:
     return encode(
         Telemetry(
             device_id=claimed or device_id,
             seq=seq,
+            epoch=epoch,
             window_start=NOW + timedelta(seconds=10 * seq),
             window_end=NOW + timedelta(seconds=10 * seq + 10),
             bundle=REF,
@@ -129,6 +137,59 @@ def fleet_on(mosq: Mosquitto, tmp_path: Path, db_url: str) -> Iterator[TestClien
         enrolled = enroll(client, token, "dev-001")
         assert enrolled["mqtt"]["url"] == f"mqtt://127.0.0.1:{mosq.port}"  # not the fleet's
         yield client
+
+
+def test_a_reimaged_device_keeps_its_telemetry(
+    mosquitto_auth: Mosquitto, tmp_path: Path, db_url: str
+) -> None:
+    """Windows of a new outbox epoch reuse seq 0.. and are stored; a redelivered window of
+    either epoch is still a duplicate; the restart is counted and on the timeline. Windows
+    of an agent from before epochs (none sent), then of the same spool naming its epoch
+    with seq going on, are one sequence: no reset, no loss."""
+    with (
+        fleet_on(mosquitto_auth, tmp_path, db_url) as client,
+        device(mosquitto_auth.port, "dev-001") as dev,
+    ):
+        topic = topics.telemetry("dev-001")
+        sent = [window("dev-001", seq) for seq in (0, 1)]  # an agent before epochs
+        sent += [window("dev-001", seq, epoch="aaaa000000000001") for seq in (2, 3, 4)]
+        sent += [window("dev-001", 3, epoch="aaaa000000000001")]  # redelivered: duplicate
+        for payload in sent:
+            dev.publish(topic, payload)
+        settle(client, len(sent))
+        info = client.get("/api/v1/devices/dev-001").json()
+        assert (info["windows_received"], info["windows_lost"], info["duplicates"]) == (5, 0, 1)
+        assert (info["telemetry_resets"], info["telemetry_epoch"]) == (0, "aaaa000000000001")
+        # re-imaged: a new spool, seq from 0 again
+        again = [window("dev-001", seq, epoch="bbbb000000000002") for seq in (0, 1, 2)]
+        again += [window("dev-001", 4, epoch="aaaa000000000001")]  # the old image's, again
+        again += [window("dev-001", 1, epoch="bbbb000000000002")]  # and the new one's
+        for payload in again:
+            dev.publish(topic, payload)
+        stats = settle(client, len(sent) + len(again))
+        assert stats["duplicates"] == 3
+        info = client.get("/api/v1/devices/dev-001").json()
+        assert (info["windows_received"], info["windows_lost"], info["duplicates"]) == (8, 0, 3)
+        assert (info["telemetry_resets"], info["telemetry_epoch"], info["last_seq"]) == (
+            1,
+            "bbbb000000000002",
+            2,
+        )
+        timeline = client.get("/api/v1/devices/dev-001/timeline").json()
+        resets = [e for e in timeline if e["type"] == "telemetry.reset"]
+        assert len(resets) == 1
+        assert resets[0]["details"]["previous_epoch"] == "aaaa000000000001"
+        assert resets[0]["details"]["epoch"] == "bbbb000000000002"
+        # events the same way: seq 0 of each spool is its own event, a redelivery is not
+        started = [
+            Event(device_id="dev-001", seq=0, epoch=e, ts=NOW, type="agent.started")
+            for e in ("cccc000000000003", "dddd000000000004", "cccc000000000003")
+        ]
+        for event in started:
+            dev.publish(topics.events("dev-001"), encode(event))
+        settle(client, len(sent) + len(again) + len(started))
+        timeline = client.get("/api/v1/devices/dev-001/timeline").json()
+        assert [e["type"] for e in timeline].count("agent.started") == 2
 
 
 def test_telemetry_is_deduplicated_and_gaps_counted(
