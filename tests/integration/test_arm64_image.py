@@ -10,7 +10,15 @@ to a Mosquitto on the host with its provisioned credentials, reports itself prov
 (machine ``aarch64``), takes a desired update from a real fleet server and refuses a bad
 one, which the fleet rolls back.
 
-Not run here: the agent runs as root in the chroot, not as the unit's ``edgefleet`` user
+What this machine cannot run: Debian bookworm's qemu-aarch64 (7.2) dies with SIGSEGV loading
+onnxruntime 1.32's aarch64 library, so the serving scenario skips, saying so; the first test
+(the overlay's agent checks its config, keys and first bundle, and the aarch64 wheels of
+numpy, msgspec, PyNaCl, cryptography and LiteRT import) runs. With onnxruntime 1.20.1 swapped
+into the device's layer by hand (not what ships), the whole scenario passed under the same
+qemu: first inference 9.5 s after start, provisioned as aarch64, 2.0.0 taken, 3.0.0 refused
+and rolled back.
+
+Not run either: the agent runs as root in the chroot, not as the unit's ``edgefleet`` user
 (no systemd to make the user and drop privileges); the TFLite runtime (LiteRT on aarch64)
 is not exercised, since a .tflite bundle needs the converter's TFLite tool environment.
 Start-to-first-inference under emulation is recorded (``record_property``, and printed):
