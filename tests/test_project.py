@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 import venv
@@ -145,5 +146,6 @@ def test_the_wheel_ships_the_profiles_and_works_outside_the_source_tree(tmp_path
         capture_output=True,
         text=True,
         check=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},  # the venv's, not ours
     ).stdout
     assert str(env_dir) in where

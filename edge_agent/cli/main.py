@@ -22,7 +22,7 @@ import click
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
 
-__all__ = ["OWN_COMMANDS", "cli", "main"]
+__all__ = ["EXTRAS", "OWN_COMMANDS", "cli", "main"]
 
 OWN_COMMANDS = {
     "agent": "edge_agent.cli.agent:agent",
@@ -30,6 +30,19 @@ OWN_COMMANDS = {
     "keys": "edge_agent.cli.keys:keys",
     "predict": "edge_agent.cli.predict:predict",
     "profiles": "edge_agent.cli.profiles:profiles",
+}
+
+# The extra that brings each command's third-party dependencies (pip install 'edgefleet[X]');
+# a command not named here needs only edgefleet's own dependencies. When one is missing the
+# command says which extra to install instead of failing on an import.
+EXTRAS = {
+    "agent": "agent",
+    "convert": "converter",
+    "demo": "all,sklearn",
+    "flash": "fleet",
+    "fleet": "fleet",
+    "predict": "agent",
+    "provision": "fleet",
 }
 
 _GROUP = "edgefleet.commands"
@@ -71,8 +84,9 @@ def cli(debug: bool) -> None:
     \b
     Typical flow:
       edgefleet keys generate --private signing.pem --public signing.pub
-      edgefleet convert model.onnx --profile raspberry-pi-4 --key signing.pem
-      edgefleet bundle verify model.efb --trust signing.pub
+      edgefleet convert model.onnx --profile x86-64 --name mymodel --version 1.0.0 \\
+          --sign-key signing.pem --out bundles/
+      edgefleet bundle verify bundles/mymodel-1.0.0-x86-64.efb --trust signing.pub
     """
 
 
@@ -83,6 +97,23 @@ def _describe(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return f"unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+def _missing(exc: ModuleNotFoundError, args: list[str]) -> str:
+    """What to install when a command's dependency is not there."""
+    name = exc.name or str(exc)
+    command = next((a for a in args if not a.startswith("-")), "")
+    extra = EXTRAS.get(command)
+    if extra is None:
+        return (
+            f"No module named {name!r}, which edgefleet needs here: install it, or every "
+            "part with pip install 'edgefleet[all]'"
+        )
+    which = f"extras {extra.replace(',', ' and ')}" if "," in extra else f"{extra!r} extra"
+    return (
+        f"`edgefleet {command}` needs the {which}, which is not installed here "
+        f"(no module named {name!r}): pip install 'edgefleet[{extra}]'"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130
+    except ModuleNotFoundError as exc:
+        if debug:
+            traceback.print_exc()
+        if (exc.name or "").partition(".")[0] in _OUR_PACKAGES:
+            click.echo(f"Error: {_describe(exc)}", err=True)
+        else:
+            click.echo(f"Error: {_missing(exc, args)}", err=True)
+        return 1
     except Exception as exc:
         if debug:
             traceback.print_exc()

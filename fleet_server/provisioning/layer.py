@@ -2,8 +2,8 @@
 
 A layer is the agent pip-installed from the platform's wheelhouse, its tar entries as one
 gzip member (what every device's archive appends, or ``layers/agent-<arch>.tar.gz`` holds),
-and its ext4 image. It is cached under ``WHEELHOUSE/layers/`` by the sha256 of the edgefleet
-wheel (built reproducibly from this tree), the arch and the Python version, so a batch after
+and its ext4 image. It is cached under ``WHEELHOUSE/layers/`` by the sha256 of what the edgefleet
+wheel installs (its RECORD), the arch and the Python version, so a batch after
 the first pays only for building the wheel and finding its layer. The KEEP most recently
 used layers per platform stay; older ones (400 MB each) are removed.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from secrets import token_hex
@@ -41,8 +42,23 @@ class AgentLayer:
     cached: bool
 
 
+def _contents(wheel: Path) -> bytes:
+    """What the wheel installs: its RECORD's lines (path, sha256, size) sorted, without its own.
+
+    The same whether the wheel was built from the tree or packed from an installed edgefleet
+    (`installed_wheel`), whose zips differ in order and compression only.
+    """
+    with zipfile.ZipFile(wheel) as whl:
+        record = next((n for n in whl.namelist() if n.endswith(".dist-info/RECORD")), None)
+        if record is None:
+            return wheel.read_bytes()
+        lines = whl.read(record).decode().splitlines()
+    kept = sorted(line for line in lines if line and not line.startswith(record))
+    return "\n".join(kept).encode()
+
+
 def _key(wheel: Path, arch: str, python_version: str) -> str:
-    digest = hashlib.sha256(wheel.read_bytes())
+    digest = hashlib.sha256(_contents(wheel))
     digest.update(f"\0{arch}\0{python_version}\0{LAYER_FORMAT}".encode())
     return digest.hexdigest()[:20]
 

@@ -57,11 +57,15 @@ def toml_value(value: object) -> str:
         if not value:
             return "{}"
         return (
-            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+            "{ " + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
         )
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return json.dumps(value)  # strings and numbers: JSON's escapes are TOML's
+    if isinstance(value, str):
+        # JSON's escapes are TOML's, but TOML has no surrogate pairs (JSON's way to escape
+        # past U+FFFF) and no raw DEL: the text goes as UTF-8, controls escaped
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    return json.dumps(value)  # numbers and booleans
 
 
 def agent_toml(identity: DeviceIdentity, *, trusted: list[str], batch_id: str) -> bytes:

@@ -46,6 +46,7 @@ from fleet_server.provisioning.identity import DeviceIdentity, enroll_online, ne
 from fleet_server.provisioning.layer import agent_layer
 from fleet_server.provisioning.overlay import INITIAL_BUNDLE, device_entries
 from fleet_server.provisioning.plan import DevicePlan
+from fleet_server.provisioning.readback import read_back
 from fleet_server.provisioning.wheelhouse import agent_wheel
 
 __all__ = ["AgentLayerMode", "BatchRequest", "BatchResult", "ReportDevice", "provision_batch"]
@@ -237,6 +238,7 @@ def provision_batch(request: BatchRequest) -> BatchResult:
     profiles = {d.profile for d in request.plan}
     bundles = _bundles(request, profiles)
     trusted = [(f"{i}-{p.stem}.pub", p.read_bytes()) for i, p in enumerate(request.trust)]
+    trusted_ids = [k.key_id for k in load_trusted_keys(request.trust)]
     station_key = None
     if not request.online:
         assert request.station_key is not None
@@ -280,11 +282,13 @@ def provision_batch(request: BatchRequest) -> BatchResult:
             entries = device_entries(
                 identity, batch_id=batch_id, station=station, created_at=created, trusted=trusted
             )
+            stage = work / "stage" / plan.device_id
+            stage_entries(stage, entries, [(bundles[plan.profile], INITIAL_BUNDLE)])
+            # the agent's own loaders read the files back before any archive or image has them
+            read_back(stage, identity, trusted_key_ids=trusted_ids)
             archive = out / f"{plan.device_id}.tar.gz"
             write_targz(archive, entries_member(entries, mtime=mtime), shared_members[plan.profile])
             written.append(archive)
-            stage = work / "stage" / plan.device_id
-            stage_entries(stage, entries, [(bundles[plan.profile], INITIAL_BUNDLE)])
             if request.agent_layer == "embed":
                 link_tree(layers[arch[plan.profile]].root, stage)
             image = out / f"{plan.device_id}.ext4"

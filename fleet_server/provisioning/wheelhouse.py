@@ -1,6 +1,7 @@
 """The agent for the target: a wheelhouse per platform, and the agent layer installed from it.
 
-The edgefleet wheel is built from this source tree; its ``agent`` dependencies are fetched
+The edgefleet wheel is built from this source tree (or, on a station installed from a
+wheel, packed from the installed distribution); its ``agent`` dependencies are fetched
 for the target's platform with ``pip download --platform ... --only-binary=:all:`` into
 ``WHEELHOUSE/<arch>-cp<version>/`` (tried from the wheelhouse alone first, so a cached one
 needs no network). The layer is then ``pip install --target /opt/edgefleet/lib`` from it,
@@ -10,14 +11,17 @@ builds an aarch64 layer on x86-64 and the device needs neither pip nor a network
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from fleet_server.provisioning.errors import WheelhouseError
 from fleet_server.provisioning.overlay import launcher_entry
 
-__all__ = ["PLATFORM_TAGS", "agent_wheel", "build_layer", "fetch_wheelhouse"]
+__all__ = ["PLATFORM_TAGS", "agent_wheel", "build_layer", "fetch_wheelhouse", "installed_wheel"]
 
 # the manylinux tags pip may pick wheels by, per hardware profile arch
 PLATFORM_TAGS: dict[str, tuple[str, ...]] = {
@@ -26,6 +30,7 @@ PLATFORM_TAGS: dict[str, tuple[str, ...]] = {
     "armv7l": ("manylinux2014_armv7l", "manylinux_2_17_armv7l", "manylinux_2_31_armv7l"),
 }
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+WHEEL_PACKAGES = ("edge_agent", "converter", "fleet_server", "hardware_profiles")  # pyproject's
 
 
 def _pip(args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -41,17 +46,60 @@ def _tail(result: subprocess.CompletedProcess[str]) -> str:
     return " | ".join(lines[-3:])
 
 
+def installed_wheel(out: Path) -> Path | None:
+    """The installed edgefleet distribution packed back into a wheel (None: not installed).
+
+    A station installed with pip (no source tree) ships the agent it runs itself: the files
+    its RECORD lists under the wheel's packages and its ``.dist-info``, with a new RECORD, in
+    a sorted zip with fixed times (the same bytes each time, so the layer cache finds it).
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("edgefleet")
+    except PackageNotFoundError:
+        return None
+    info = f"edgefleet-{dist.version}.dist-info"
+    skip = {"RECORD", "INSTALLER", "REQUESTED", "direct_url.json"}
+    files = sorted(
+        (f for f in dist.files or [] if f.parts[0] in (*WHEEL_PACKAGES, info)),
+        key=lambda f: f.as_posix(),
+    )
+    files = [f for f in files if "__pycache__" not in f.parts and f.name not in skip]
+    if not any(f.parts[0] == "edge_agent" for f in files):
+        return None  # an editable install: its files are in a tree, not site-packages
+    wheel = out / f"edgefleet-{dist.version}-py3-none-any.whl"
+    records: list[str] = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as whl:
+        for f in [*files, None]:
+            name = f.as_posix() if f is not None else f"{info}/RECORD"
+            if f is None:
+                data = ("\n".join([*records, f"{name},,"]) + "\n").encode()
+            else:
+                data = Path(str(f.locate())).read_bytes()
+                digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+                records.append(f"{name},sha256={digest.decode()},{len(data)}")
+            entry = zipfile.ZipInfo(name, date_time=(2020, 2, 2, 0, 0, 0))
+            entry.external_attr = 0o644 << 16
+            whl.writestr(entry, data, zipfile.ZIP_DEFLATED)
+    return wheel
+
+
 def agent_wheel(cache: Path, *, source: Path = SOURCE_ROOT) -> Path:
-    """Build the edgefleet wheel from `source` (this tree) into ``cache/edgefleet/``."""
-    if not (source / "pyproject.toml").is_file():
-        raise WheelhouseError(
-            f"no edgefleet source tree at {source} to build the agent wheel from; "
-            "pass a built wheel with --agent-wheel"
-        )
+    """The edgefleet wheel into ``cache/edgefleet/``: built from `source` (this tree), or
+    packed from the installed distribution when edgefleet was installed from a wheel."""
     out = cache / "edgefleet"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("edgefleet-*.whl"):
         old.unlink()
+    if not (source / "pyproject.toml").is_file():
+        wheel = installed_wheel(out)
+        if wheel is None:
+            raise WheelhouseError(
+                f"no edgefleet source tree at {source} to build the agent wheel from, and no "
+                "installed edgefleet to pack one from; pass a built wheel with --agent-wheel"
+            )
+        return wheel
     result = _pip(
         ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
     )
