@@ -77,9 +77,14 @@ class Agent:
         trust = load_trusted_keys(list(config.paths.trusted_keys))
         t = config.telemetry
         self.outbox = Outbox(
-            config.outbox_path, max_bytes=int(t.outbox_max_mb * 1024 * 1024), sync=t.sync
+            config.outbox_path,
+            max_bytes=int(t.outbox_max_mb * 1024 * 1024),
+            sync=t.sync,
+            boot_id_file=t.boot_id_file,
         )
-        self.events = Outbox(config.events_path, max_bytes=EVENTS_MAX_BYTES, sync=t.sync)
+        self.events = Outbox(
+            config.events_path, max_bytes=EVENTS_MAX_BYTES, sync=t.sync, boot_id_file=t.boot_id_file
+        )
         self.aggregator = WindowAggregator(max_binned_per_s=t.drift_max_per_s or None)
         self._window_lock = threading.Lock()
         self.serving = Serving(

@@ -114,6 +114,9 @@ class TelemetryConfig(_Section, frozen=True, kw_only=True):
     outbox_max_mb: Positive = 64.0
     sync: Literal["normal", "full"] = "normal"
     drift_max_per_s: NonNegative = 1000.0  # requests binned for drift a second; 0: every one
+    # the kernel's id of this boot: a spool left uncleanly in an earlier boot goes on under a
+    # new epoch (sync = "normal" may have lost its last commits, whose numbers come round again)
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
 
 
 class UpdateConfig(_Section, frozen=True, kw_only=True):
@@ -240,5 +243,8 @@ def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Agen
             paths["trusted_keys"] = [
                 str(base / k) if isinstance(k, str) else k for k in paths["trusted_keys"]
             ]
+    telemetry = raw.get("telemetry")
+    if isinstance(telemetry, dict) and isinstance(telemetry.get("boot_id_file"), str):
+        telemetry["boot_id_file"] = str(base / telemetry["boot_id_file"])
     config = parse_config(raw, source=str(path))
     return replace(config, source=path)

@@ -21,6 +21,14 @@ kept in the same database), so the fleet can detect gaps. Each spool has an
 damage, starts its sequence numbers again under a new epoch, and the fleet
 deduplicates on (device, epoch, seq) rather than dropping the new windows.
 
+Power cuts under ``sync="normal"`` lose the commits since SQLite's last
+checkpoint, so the numbers of windows the broker already received come round
+again for new windows. The spool therefore records the kernel's boot id and
+whether it was closed cleanly: opened in another boot after an unclean stop
+(the only case where commits can have been lost; a killed process loses none),
+it goes on under a new epoch, keeping its numbering, so the fleet stores the new
+windows instead of taking them for duplicates (`new_epoch_reason` says why).
+
 Damage: a spool SQLite cannot read (truncated, zeroed, garbage, empty, a
 directory in its place), found on opening (its header, schema, epoch and
 counters), by `verify` (``PRAGMA quick_check``) or by any statement while
@@ -59,7 +67,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES ('next_seq', 0), ('dropped', 0), ('bytes', 0);
 CREATE TABLE IF NOT EXISTS spool (epoch TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS boot (id TEXT NOT NULL, clean INTEGER NOT NULL);
 """
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")  # the kernel's id of this boot (Linux)
 _SIDE_FILES = ("-wal", "-shm", "-journal")
 _EPOCH = re.compile(rb"[A-Za-z0-9_-]{1,32}")
 
@@ -103,8 +113,11 @@ class Outbox:
         *,
         max_bytes: int = 64 * 1024 * 1024,
         sync: Literal["normal", "full"] = "normal",
+        boot_id_file: Path = BOOT_ID,
     ) -> None:
         self.path = path
+        self._boot_id_file = boot_id_file
+        self.new_epoch_reason: str | None = None  # set when the epoch changed on opening
         self.max_bytes = max_bytes
         self._sync = sync
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,6 +164,7 @@ class Outbox:
                 ).fetchone()
                 if row is None or row[0] != "integer" or row[1] < 0:
                     raise _DamagedError(f"its {key} counter is damaged")
+            self._mark_boot(db)
         except _DamagedError:
             db.close()
             raise
@@ -163,6 +177,45 @@ class Outbox:
                 raise
             raise _DamagedError(_reason(exc)) from exc
         return db
+
+    def _boot_id(self) -> str:
+        try:
+            return self._boot_id_file.read_text(encoding="ascii").strip()[:64]
+        except (OSError, UnicodeDecodeError):
+            return ""  # not Linux, or no /proc: every open counts as the same boot
+
+    def _mark_boot(self, db: sqlite3.Connection) -> None:
+        """Start a new epoch if the spool was left uncleanly in an earlier boot (commits
+        since the last checkpoint may be lost, and their numbers would come round again);
+        then record this boot, not yet closed cleanly."""
+        boot = self._boot_id()
+        row = db.execute("SELECT CAST(id AS BLOB), clean FROM boot").fetchone()
+        unclean_elsewhere = (
+            row is not None
+            and self._sync == "normal"
+            and not row[1]
+            and bool(boot)
+            and bytes(row[0]).decode(errors="replace") != boot
+        )
+        # this one commit is fsynced whatever `sync` says: were "this boot, not yet closed
+        # cleanly" lost with the commits after it, the next boot would take the earlier clean
+        # stop for its own and reuse the lost numbers under the same epoch
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("BEGIN IMMEDIATE")
+        if unclean_elsewhere:
+            self.epoch = secrets.token_hex(8)
+            self.new_epoch_reason = "unclean_stop_in_an_earlier_boot"
+            db.execute("UPDATE spool SET epoch = ?", (self.epoch,))
+            log.warning(
+                "the spool %s was not closed cleanly before this boot: commits since its "
+                "last checkpoint may be lost; going on under a new epoch %s",
+                self.path,
+                self.epoch,
+            )
+        db.execute("DELETE FROM boot")
+        db.execute("INSERT INTO boot VALUES (?, 0)", (boot,))
+        db.execute("COMMIT")
+        db.execute(f"PRAGMA synchronous={self._sync.upper()}")
 
     def _set_aside(self, reason: str) -> None:
         """Move the damaged spool (and its WAL) aside; the next `_connect` makes a new one."""
@@ -208,7 +261,10 @@ class Outbox:
         return damaged
 
     def close(self) -> None:
+        """Close the spool, recording a clean stop (see the power cuts in the module doc)."""
         with self._lock:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("UPDATE boot SET clean = 1")
             self._db.close()
 
     def _meta(self, key: str) -> int:

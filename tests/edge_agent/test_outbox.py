@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Literal
+
+import pytest
 
 from edge_agent.telemetry import Outbox
 
@@ -89,3 +92,46 @@ def test_a_full_disk_drops_and_counts_without_raising(tmp_path: Path) -> None:
     assert box.take_dropped() == 1
     assert [e.seq for e in box.pending()] == [0]  # what was spooled is intact
     box.close()
+
+
+def _reopen(path: Path, boot: Path, boot_id: str, *, sync: Literal["normal", "full"]) -> Outbox:
+    boot.write_text(boot_id + "\n")
+    return Outbox(path, sync=sync, boot_id_file=boot)
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+@pytest.mark.parametrize("closed_cleanly", [True, False])
+@pytest.mark.parametrize("same_boot", [True, False])
+def test_an_unclean_stop_in_an_earlier_boot_starts_a_new_epoch_under_sync_normal(
+    tmp_path: Path, sync: Literal["normal", "full"], closed_cleanly: bool, same_boot: bool
+) -> None:
+    """Only a spool left uncleanly before a reboot under sync=normal can have lost commits
+    (a killed process loses none; sync=full loses none): only then do its numbers come round
+    again, so only then does it go on under a new epoch, keeping its numbering."""
+    db, boot = tmp_path / "outbox.db", tmp_path / "boot_id"
+    box = _reopen(db, boot, "boot-a", sync=sync)
+    seqs = [box.append(lambda seq: ("t", f"w{seq}".encode())) for _ in range(3)]
+    epoch = box.epoch
+    if closed_cleanly:
+        box.close()
+    else:  # what a kill leaves: the connection never closed
+        box._db.close()
+    again = _reopen(db, boot, "boot-a" if same_boot else "boot-b", sync=sync)
+    new_epoch = sync == "normal" and not closed_cleanly and not same_boot
+    assert (again.epoch != epoch) is new_epoch
+    assert again.new_epoch_reason == ("unclean_stop_in_an_earlier_boot" if new_epoch else None)
+    assert again.append(lambda seq: ("t", b"next")) == (seqs[-1] or 0) + 1  # numbering goes on
+    assert [e.payload for e in again.pending()][:3] == [b"w0", b"w1", b"w2"]  # nothing dropped
+    again.close()
+    # closed cleanly now: the next boot keeps the epoch
+    third = _reopen(db, boot, "boot-c", sync=sync)
+    assert third.epoch == again.epoch
+    third.close()
+
+
+def test_without_a_boot_id_every_open_counts_as_the_same_boot(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    box = Outbox(db, boot_id_file=tmp_path / "missing")
+    epoch = box.epoch
+    box._db.close()
+    assert Outbox(db, boot_id_file=tmp_path / "missing").epoch == epoch

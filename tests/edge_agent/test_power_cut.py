@@ -113,3 +113,8 @@ def test_power_cuts_with_sync_normal_never_corrupt(
     # a forgotten window's sequence number is used again, never skipped
     assert gaps(report.windows) == [], "windows never arrived"
     assert gaps(report.events) == [], "events never arrived"
+    # ... but under a new epoch (a boot after an unclean stop): the fleet's dedup key
+    # (epoch, seq) never names two windows, so none is dropped as a duplicate
+    assert reused(report.keyed_windows) == [], "two windows under one (epoch, seq)"
+    assert reused(report.keyed_events) == [], "two events under one (epoch, seq)"
+    assert sum(c.lost for c in report.cuts) > 0, "no cut lost a window: nothing was tested"
