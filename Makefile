@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 
 # What the tests run against, installed with apt-get when missing (as root): Mosquitto (also
 # for --mqtt-url users), Debian's Chromium with its driver (the console's browser tests), and
-# libfuse 3 with fusermount3 (the power-cut tests' FUSE file system, tests/harness/lazyfs.py).
-SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver fuse3:/usr/bin/fusermount3
+# libfuse 3 with fusermount3 (the power-cut tests' FUSE file system, tests/harness/lazyfs.py),
+# debootstrap and qemu-user-static (the arm64 image tests, tests/integration/test_arm64_image.py).
+SYSTEM_PACKAGES := mosquitto:/usr/sbin/mosquitto chromium:/usr/bin/chromium chromium-driver:/usr/bin/chromedriver fuse3:/usr/bin/fusermount3 debootstrap:/usr/sbin/debootstrap qemu-user-static:/usr/bin/qemu-aarch64-static
 
 system-deps:
 	@missing=""; \
