@@ -396,6 +396,8 @@ class _Transfer:
     def run(self, sleep: Callable[[float], object]) -> Path:
         started = time.monotonic()
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        if self._done_before():
+            return self.dest
         self.part.load()
         if self.part.size > self.limit:
             self.part.discard()
@@ -432,6 +434,22 @@ class _Transfer:
                 sleep(delay)
                 continue
             return self._finish()
+
+    def _done_before(self) -> bool:
+        """A complete `dest` left by an earlier call (stopped before it was used) is kept
+        when the announced size and digest say it is the file; anything else there goes."""
+        if not self.dest.exists() or self.sha256 is None:
+            return False
+        digest, size = hashlib.sha256(), 0
+        with self.dest.open("rb") as fh:
+            while block := fh.read(1024 * 1024):
+                digest.update(block)
+                size += len(block)
+        if digest.hexdigest() == self.sha256 and self.size in (None, size):
+            log.info("%s: already downloaded to %s", self.shown, self.dest)
+            return True
+        self.dest.unlink()
+        return False
 
     def _attempt(self, number: int) -> None:
         offset, headers = self.part.size, dict(self.headers)

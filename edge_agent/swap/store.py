@@ -21,6 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -198,11 +199,19 @@ class BundleStore:
             slots += [state.probation.restore_active, state.probation.restore_previous]
         return [s for s in slots if s is not None]
 
-    def prune(self, state: StoreState, *, keep: frozenset[str] = frozenset()) -> None:
-        """Delete installed bundles and finished downloads that neither `state` nor `keep`
-        (sha256 digests, e.g. a shadow candidate's) needs."""
+    def prune(
+        self,
+        state: StoreState,
+        *,
+        keep: frozenset[str] = frozenset(),
+        downloads: Literal["prune", "keep"] = "prune",
+    ) -> None:
+        """Delete installed bundles and downloads that neither `state` nor `keep`
+        (sha256 digests, e.g. a shadow candidate's) needs. ``downloads="keep"`` leaves
+        ``downloads/`` alone: at start, a partial download is the pending update's, to resume."""
         needed = {s.sha256 for s in self.referenced(state)} | keep
         # downloads/ also holds .part files and their .part.meta validators: by digest prefix
-        for path in [*self.bundles.glob("*.efb"), *self.downloads.iterdir()]:
+        fetched = list(self.downloads.iterdir()) if downloads == "prune" else []
+        for path in [*self.bundles.glob("*.efb"), *fetched]:
             if path.is_file() and path.name.partition(".")[0] not in needed:
                 path.unlink(missing_ok=True)

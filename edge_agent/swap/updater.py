@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from msgspec.structs import replace
@@ -173,7 +173,7 @@ class Updater:
                         details={"reason": "active_unusable"},
                     )
                 self._serve(loaded, state)
-                self._prune(state)
+                self._prune(state, downloads="keep")  # a partial download resumes
                 return
             if initial_bundle is not None and initial_bundle.exists():
                 self._install_initial(initial_bundle, state)
@@ -582,9 +582,11 @@ class Updater:
         if new.probation is None:
             self._prune(new)
 
-    def _prune(self, state: StoreState) -> None:
+    def _prune(self, state: StoreState, *, downloads: Literal["prune", "keep"] = "prune") -> None:
         shadow = self.serving.shadow
-        self.store.prune(state, keep=frozenset({shadow.ref.sha256} if shadow else ()))
+        self.store.prune(
+            state, keep=frozenset({shadow.ref.sha256} if shadow else ()), downloads=downloads
+        )
 
     def _probation_rules(self) -> ProbationRules:
         r = self.rules
