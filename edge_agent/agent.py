@@ -152,6 +152,8 @@ class Agent:
         self._inbox.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        if not any(thread.is_alive() for thread in self._threads):
+            self.updater.stopped()  # a clean stop does not count against a probation
         if self.server is not None:
             self.server.stop()
         self.close_window()

@@ -64,7 +64,7 @@ class Slot(Strict, frozen=True, kw_only=True):
 class Probation(Strict, frozen=True, kw_only=True):
     """A bundle activated but not yet committed; `restore` is what a rollback goes back to.
 
-    `boots` counts the agent's restarts during this probation.
+    `boots` counts the agent's restarts during this probation, but for clean stops.
     """
 
     started_at: float

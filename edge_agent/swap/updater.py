@@ -185,6 +185,20 @@ class Updater:
                 severity=Severity.WARNING,
             )
 
+    def stopped(self) -> None:
+        """The agent stops cleanly (SIGTERM): this boot does not count against a probation.
+
+        `Probation.boots` counts the restarts the model may have caused; a clean stop is
+        the device's (an OS update, systemd), so only a crash or a kill is left counted.
+        """
+        with self._lock:
+            state = self.store.read_state()
+            probation = state.probation
+            if probation is not None and probation.boots > 0:
+                self.store.write_state(
+                    replace(state, probation=replace(probation, boots=probation.boots - 1))
+                )
+
     def _boot_in_probation(self, state: StoreState) -> StoreState:
         probation = state.probation
         assert probation is not None
