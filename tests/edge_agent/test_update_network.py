@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -195,3 +196,28 @@ def test_a_stop_during_a_download_is_not_a_refusal_and_the_restart_resumes_it(
     assert [rng for path, rng in server.requests if path.endswith(v2.name)][-1] == (
         f"bytes={kept}-"
     )
+
+
+@pytest.mark.slow
+def test_an_expired_link_is_not_a_refusal_and_a_renewed_link_for_the_same_revision_is_taken(
+    device: tuple[Device, PacedFileServer],
+) -> None:
+    dev, server = device
+    v2 = dev.bundle("2.0.0")
+    renewed = v2.with_name("renewed-" + v2.name)  # the same file at a freshly signed URL
+    renewed.write_bytes(v2.read_bytes())
+    server.forbidden.add(v2.name)
+    agent = start(dev, backoff_max_s=600)  # no retry of its own: only the renewal helps
+    try:
+        desired = dev.desired(dev.desired_bundle(v2, "2.0.0"))
+        agent.submit(desired)
+        expired = wait_for(lambda: events(dev, "update.link_expired"), what="the 403")[0]
+        assert expired.details["status"] == 403
+        assert BundleStore(dev.state_dir).read_state().desired_revision != desired.revision
+        link = msgspec.structs.replace(desired.bundle, url=f"{server.url}/{renewed.name}")
+        agent.submit(msgspec.structs.replace(desired, bundle=link))  # same revision
+        wait_for(lambda: committed(agent, "2.0.0"), timeout=60, what="v2 by the renewed link")
+    finally:
+        agent.stop()
+    assert not events(dev, "update.refused")
+    assert BundleStore(dev.state_dir).read_state().desired_revision == desired.revision

@@ -61,6 +61,9 @@ class _Ranged(BaseHTTPRequestHandler):
         name = self.path.split("?", 1)[0].lstrip("/")
         owner.record(self.path, self.headers.get("Range"))
         path = owner.root / name
+        if name in owner.forbidden:  # an expired signed link, as the fleet answers it
+            self.send_error(403, "the download URL expired")
+            return
         if "/" in name or not path.is_file():
             self.send_error(404)
             return
@@ -111,6 +114,7 @@ class PacedFileServer:
         self.root = root
         self.chunk, self.pause_s = chunk, pause_s
         self.slow: dict[str, tuple[int, float]] = {}
+        self.forbidden: set[str] = set()  # names answered 403, as an expired link is
         self.requests: list[tuple[str, str | None]] = []
         self.closed = threading.Event()
         self._lock = threading.Lock()
