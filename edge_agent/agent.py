@@ -102,6 +102,7 @@ class Agent:
             latency_budget_ms=budget,
             events=self.emit,
             threads=config.inference.threads,
+            preempted=self._orders_waiting,
         )
         self.link: FleetLink | None = None
         if config.mqtt.url:
@@ -125,7 +126,11 @@ class Agent:
                 max_connections=s.max_connections,
                 request_timeout_s=s.request_timeout_s,
             )
-        self._inbox: queue.Queue[Message | None] = queue.Queue(maxsize=256)
+        # each message with whether it ends a download in progress (see _preempts)
+        self._inbox: queue.Queue[tuple[Message, bool] | None] = queue.Queue(maxsize=256)
+        # orders queued that end a download in progress: a newer desired state, a rollback
+        self._orders = 0
+        self._orders_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -155,6 +160,8 @@ class Agent:
         self._inbox.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        if not any(thread.is_alive() for thread in self._threads):
+            self.updater.stopped()  # a clean stop does not count against a probation
         if self.server is not None:
             self.server.stop()
         self.close_window()
@@ -291,10 +298,28 @@ class Agent:
 
     # --- incoming -----------------------------------------------------------------------
 
+    def _preempts(self, message: Message | None) -> bool:
+        if isinstance(message, Command):
+            return message.name is CommandName.ROLLBACK
+        if isinstance(message, DesiredState):
+            pending = self.updater.pending
+            return pending is None or message.revision > pending.revision
+        return False
+
+    def _orders_waiting(self) -> bool:
+        return self._orders > 0
+
     def _received(self, message: Message) -> None:
+        preempts = self._preempts(message)
+        if preempts:
+            with self._orders_lock:
+                self._orders += 1
         try:
-            self._inbox.put_nowait(message)
+            self._inbox.put_nowait((message, preempts))
         except queue.Full:
+            if preempts:
+                with self._orders_lock:
+                    self._orders -= 1
             self.emit(
                 "protocol.overloaded",
                 f"dropped a {message.kind} message: the control queue is full",
@@ -323,9 +348,13 @@ class Agent:
             # judge a probation promptly; otherwise wake twice a second
             wait = 0.05 if self.serving.probation is not None else 0.5
             try:
-                message = self._inbox.get(timeout=wait)
+                item = self._inbox.get(timeout=wait)
             except queue.Empty:
-                message = None
+                item = None
+            if item is not None and item[1]:
+                with self._orders_lock:
+                    self._orders -= 1
+            message = item[0] if item is not None else None
             try:
                 if isinstance(message, DesiredState):
                     self.updater.apply(message)

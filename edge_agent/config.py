@@ -126,6 +126,9 @@ class UpdateConfig(_Section, frozen=True, kw_only=True):
     attempts: AtLeastOne = 6
     backoff_s: NonNegative = 1.0
     backoff_max_s: NonNegative = 60.0
+    # an attempt's deadline: download_base_s + its bytes at min_rate_kbps (kilobits a second)
+    min_rate_kbps: Positive = 32.0
+    download_base_s: NonNegative = 60.0
     download_token: str | None = None  # sent as 'Authorization: Bearer ...' on downloads
     warmup_runs: AtLeastOne = 20
     latency_budget_ms: Positive | None = None  # defaults to the profile's max_latency_ms

@@ -272,10 +272,17 @@ class UpdateError(AgentError):
 
 
 class DownloadError(UpdateError):
-    """The bundle could not be fetched: HTTP status, size over the cap, timeout, truncation."""
+    """The bundle could not be fetched: HTTP status, size over the cap, timeout, truncation.
 
-    def __init__(self, message: str, *, reason: str = "download_failed") -> None:
+    `status` is the HTTP status of an ``http_status`` refusal (403: an expired or
+    altered link), else None.
+    """
+
+    def __init__(
+        self, message: str, *, reason: str = "download_failed", status: int | None = None
+    ) -> None:
         super().__init__(message, step="download", reason=reason)
+        self.status = status
 
 
 class DowngradeError(UpdateError):

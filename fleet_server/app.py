@@ -25,6 +25,7 @@ from fleet_server.cluster.routes import router as cluster_router
 from fleet_server.console import install as install_console
 from fleet_server.context import Fleet, Publisher
 from fleet_server.db import Database
+from fleet_server.devices.links import start_link_renewal
 from fleet_server.devices.presence import start_presence_sweep
 from fleet_server.devices.routes import router as devices_router
 from fleet_server.drift import DriftMonitor
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             fleet.background.append(start_rollouts(fleet))  # the rollout engine's thread
             if (presence := start_presence_sweep(fleet)) is not None:
                 fleet.background.append(presence)
+            fleet.background.append(start_link_renewal(fleet))  # links outlive time offline
             yield
         finally:
             fleet.stopping.set()

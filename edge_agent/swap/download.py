@@ -27,6 +27,7 @@ Standard library only: this runs on the device. Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -36,6 +37,7 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -64,10 +66,13 @@ _jitter = random.Random()  # noqa: S311 (spreads retries out; guards nothing)
 class DownloadPolicy:
     """How hard `download` tries, and how much it accepts.
 
-    `read_timeout_s` bounds each read, not the transfer: a stalled server fails,
-    a slow link does not. Retries wait `backoff_s`, doubling per failure up to
-    `backoff_max_s`, each delay jittered down to half so a fleet does not retry
-    in step; a ``Retry-After`` in seconds replaces the delay (still capped).
+    `read_timeout_s` bounds each read and `deadline_s` each attempt as a whole:
+    ``base_s`` plus the bytes still to come at `min_rate_bps` (bytes a second), so
+    a stalled server fails at the read timeout and a server that trickles a byte
+    now and then fails at the deadline, while a slow but honest link does not.
+    Retries wait `backoff_s`, doubling per failure up to `backoff_max_s`, each
+    delay jittered down to half so a fleet does not retry in step; a
+    ``Retry-After`` in seconds replaces the delay (still capped).
     """
 
     max_bytes: int = 512 * 1024 * 1024
@@ -76,6 +81,8 @@ class DownloadPolicy:
     attempts: int = 6
     backoff_s: float = 1.0
     backoff_max_s: float = 60.0
+    min_rate_bps: float = 4000.0
+    base_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.attempts < 1:
@@ -84,6 +91,12 @@ class DownloadPolicy:
             raise ValueError("DownloadPolicy: timeouts must be positive")
         if self.backoff_s < 0 or self.backoff_max_s < 0:
             raise ValueError("DownloadPolicy: backoff delays must not be negative")
+        if self.min_rate_bps <= 0 or self.base_s < 0:
+            raise ValueError("DownloadPolicy: min_rate_bps must be positive, base_s not negative")
+
+    def deadline_s(self, remaining: int) -> float:
+        """How long an attempt that still has `remaining` bytes to fetch may take."""
+        return self.base_s + max(0, remaining) / self.min_rate_bps
 
 
 def download(
@@ -106,17 +119,23 @@ def download(
     match both. `headers` go with every request (not across a redirect to another
     host, for the credential ones). `ssl_context` defaults to the system CAs.
     `sleep` waits between attempts (``threading.Event.wait`` makes a stop cut the
-    wait short); `cancelled` is asked between chunks and before each retry;
+    wait short); `cancelled` is asked between chunks, before each retry and, from
+    a watchdog thread, ten times a second while a read or the response is awaited:
+    when it turns true the connection is shut down, so a cancel takes effect within
+    about 0.1 s however slow the server; the same watchdog ends an attempt that
+    runs past its deadline (`DownloadPolicy.deadline_s`).
     `progress(bytes_so_far, total_or_None)` is called after each chunk.
 
     Returns `dest`, complete, fsynced and renamed into place. Raises
     `DownloadError` whose `reason` is ``bad_url``, ``http_status`` (a status
     not worth retrying), ``tls`` (untrusted certificate), ``too_large``,
     ``size_mismatch``, ``hash_mismatch``, ``unreachable`` or ``timeout`` (every
-    attempt failed), ``cancelled`` or ``disk``. The part is deleted when its
-    content is wrong (too large, wrong size or digest) and kept otherwise, so the
-    next call resumes it. `policy.attempts` bounds the requests of one call;
-    starting a part over from zero does not count as a failed attempt.
+    attempt failed; an attempt past its deadline is a timeout), ``cancelled`` or
+    ``disk``; an ``http_status`` error carries the status in `DownloadError.status`.
+    The part is deleted when its content is wrong (too large, wrong size or
+    digest) and kept otherwise, so the next call resumes it. `policy.attempts`
+    bounds the requests of one call; starting a part over from zero does not
+    count as a failed attempt.
     """
     if size is not None and size < 0:
         raise ValueError(f"size must not be negative, not {size}")
@@ -163,6 +182,55 @@ class _TransientError(Exception):
 
 class _NotResumableError(Exception):
     """The part cannot be continued; the file must be fetched from byte zero."""
+
+
+class _Watchdog:
+    """Shuts an attempt's connection down when `cancelled` turns true or its deadline passes.
+
+    A read blocked on a slow server cannot be woken from its own thread (a socket
+    timeout would leave the response unusable), so this thread does it: a
+    ``shutdown`` makes the blocked read return at once. `fired` says why.
+    """
+
+    POLL_S = 0.1
+
+    def __init__(self, cancelled: Callable[[], bool] | None, deadline_s: float) -> None:
+        self.cancelled = cancelled
+        self.deadline_s = deadline_s
+        self.fired: str | None = None
+        self._ends = time.monotonic() + deadline_s
+        self._conn: http.client.HTTPConnection | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgefleet-download-watch")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def guard(self, conn: http.client.HTTPConnection) -> None:
+        self._conn = conn
+        if self.fired:
+            self._cut()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.POLL_S):
+            if self.cancelled is not None and self.cancelled():
+                self.fired = "cancelled"
+            elif time.monotonic() >= self._ends:
+                self.fired = "deadline"
+            else:
+                continue
+            self._cut()
+            return
+
+    def _cut(self) -> None:
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed already
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +396,8 @@ class _Transfer:
     def run(self, sleep: Callable[[float], object]) -> Path:
         started = time.monotonic()
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        if self._done_before():
+            return self.dest
         self.part.load()
         if self.part.size > self.limit:
             self.part.discard()
@@ -373,6 +443,22 @@ class _Transfer:
                 log.warning("%s: the resumed partial file was damaged; starting over", self.shown)
                 resumed = False
 
+    def _done_before(self) -> bool:
+        """A complete `dest` left by an earlier call (stopped before it was used) is kept
+        when the announced size and digest say it is the file; anything else there goes."""
+        if not self.dest.exists() or self.sha256 is None:
+            return False
+        digest, size = hashlib.sha256(), 0
+        with self.dest.open("rb") as fh:
+            while block := fh.read(1024 * 1024):
+                digest.update(block)
+                size += len(block)
+        if digest.hexdigest() == self.sha256 and self.size in (None, size):
+            log.info("%s: already downloaded to %s", self.shown, self.dest)
+            return True
+        self.dest.unlink()
+        return False
+
     def _attempt(self, number: int) -> None:
         offset, headers = self.part.size, dict(self.headers)
         log.info("%s: attempt %d/%d from byte %d", self.shown, number, self.policy.attempts, offset)
@@ -380,16 +466,32 @@ class _Transfer:
             headers["Range"] = f"bytes={offset}-"
             if self.part.validator and (value := self.part.validator.if_range()):
                 headers["If-Range"] = value
-        conn, response = self._request(headers)
+        remaining = (self.size if self.size is not None else self.limit) - offset
+        watch = _Watchdog(self.cancelled, self.policy.deadline_s(remaining))
         try:
-            total = self._accept(response, offset)
-            self._stream(response, total)
+            conn, response = self._request(headers, watch)
+            try:
+                total = self._accept(response, offset)
+                self._stream(response, total)
+            finally:
+                response.close()
+                conn.close()
+        except (_TransientError, _NotResumableError):
+            if watch.fired == "cancelled":
+                self._check_cancelled()
+            if watch.fired == "deadline":
+                raise _TransientError(
+                    f"too slow: not done within {watch.deadline_s:.0f} s "
+                    f"(at least {self.policy.min_rate_bps:g} bytes/s, plus "
+                    f"{self.policy.base_s:g} s), at byte {self.part.size}",
+                    timeout=True,
+                ) from None
+            raise
         finally:
-            response.close()
-            conn.close()
+            watch.stop()
 
     def _request(
-        self, headers: dict[str, str]
+        self, headers: dict[str, str], watch: _Watchdog
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send the GET, following a few redirects; network failures become `_TransientError`."""
         url = self.url
@@ -400,6 +502,7 @@ class _Transfer:
                 doing = f"connecting to {target.host}"
                 conn.connect()
                 conn.sock.settimeout(self.policy.read_timeout_s)
+                watch.guard(conn)
                 doing = "waiting for the response"
                 conn.request("GET", target.path, headers=headers)
                 response = conn.getresponse()
@@ -414,6 +517,9 @@ class _Transfer:
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 raise _network_failure(exc, doing) from None
+            except DownloadError:
+                conn.close()
+                raise
             location = response.getheader("Location")
             if response.status not in _REDIRECT_STATUSES or not location:
                 return conn, response
@@ -490,13 +596,20 @@ class _Transfer:
         status, what = response.status, f"HTTP {response.status} {response.reason}".rstrip()
         if status >= 500 or status in _RETRY_STATUSES:
             return _TransientError(what, retry_after=_retry_after(response))
-        if status in (401, 403):
+        if status == 403:
+            hint = (
+                "credentials rejected or the link expired: the fleet renews links with the "
+                "desired state; if it persists, check the device's fleet token"
+            )
+        elif status == 401:
             hint = "credentials rejected: check the device's fleet token or re-provision it"
         elif status in (404, 410):
             hint = "the fleet no longer has this bundle: wait for its next desired state"
         else:
             hint = "not retried: see the fleet server's log"
-        return DownloadError(f"cannot download {self.shown}: {what}; {hint}", reason="http_status")
+        return DownloadError(
+            f"cannot download {self.shown}: {what}; {hint}", reason="http_status", status=status
+        )
 
     def _stream(self, response: http.client.HTTPResponse, total: int | None) -> None:
         with self.part.path.open("ab") as fh:

@@ -30,7 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import msgspec
 from msgspec.structs import replace
@@ -85,7 +85,7 @@ class Slot(Strict, frozen=True, kw_only=True):
 class Probation(Strict, frozen=True, kw_only=True):
     """A bundle activated but not yet committed; `restore` is what a rollback goes back to.
 
-    `boots` counts the agent's restarts during this probation.
+    `boots` counts the agent's restarts during this probation, but for clean stops.
     """
 
     started_at: float
@@ -329,12 +329,20 @@ class BundleStore:
             slots += [state.probation.restore_active, state.probation.restore_previous]
         return [s for s in slots if s is not None]
 
-    def prune(self, state: StoreState, *, keep: frozenset[str] = frozenset()) -> None:
-        """Delete installed bundles and finished downloads that neither `state` nor `keep`
-        (sha256 digests, e.g. a shadow candidate's) needs."""
+    def prune(
+        self,
+        state: StoreState,
+        *,
+        keep: frozenset[str] = frozenset(),
+        downloads: Literal["prune", "keep"] = "prune",
+    ) -> None:
+        """Delete installed bundles and downloads that neither `state` nor `keep`
+        (sha256 digests, e.g. a shadow candidate's) needs. ``downloads="keep"`` leaves
+        ``downloads/`` alone: at start, a partial download is the pending update's, to resume."""
         needed = {s.sha256 for s in self.referenced(state)} | keep
         # downloads/ also holds .part files and their .part.meta validators: by digest prefix
-        for path in [*self.bundles.glob("*.efb"), *self.downloads.iterdir()]:
+        fetched = list(self.downloads.iterdir()) if downloads == "prune" else []
+        for path in [*self.bundles.glob("*.efb"), *fetched]:
             if path.is_file() and path.name.partition(".")[0] not in needed:
                 path.unlink(missing_ok=True)
 

@@ -18,7 +18,12 @@ reported as an event (``update.downloaded``, ``update.verified``,
    back by itself to the model it replaced.
 
 A desired-state revision is acted on once: a refused update is not retried in
-a loop; the fleet issues a new revision to try again.
+a loop; the fleet issues a new revision to try again. What is not the bundle's
+fault is not a refusal: the agent's own stop, a newer order, a network failure
+or an expired link leave the revision pending (``update.interrupted``,
+``update.retrying``, ``update.link_expired``), retried with backoff, taken up
+again after a restart from the retained desired state (the partial download
+resumed), or at once when the fleet sends the same revision with a renewed link.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from msgspec.structs import replace
@@ -42,6 +47,7 @@ from edge_agent.config import UpdateConfig
 from edge_agent.errors import (
     BundleError,
     DowngradeError,
+    DownloadError,
     ModelError,
     ProfileMismatchError,
     SelfTestError,
@@ -132,6 +138,7 @@ class Updater:
         threads: int | None = None,
         clock: Callable[[], float] = time.time,
         fetch: Callable[..., Path] = download,
+        preempted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self.serving = serving
@@ -145,7 +152,11 @@ class Updater:
         self.fetch = fetch
         self._restore: Loaded | None = None  # the model a probation failure goes back to
         self._lock = threading.Lock()
-        self.cancelled = threading.Event()
+        self.cancelled = threading.Event()  # the agent is stopping
+        self.preempted = preempted  # a newer order waits: end the attempt in progress
+        self.pending: DesiredState | None = None  # the revision being worked on, not settled
+        self._retry_at = 0.0
+        self._failures = 0
 
     # --- start ------------------------------------------------------------------------
 
@@ -199,7 +210,9 @@ class Updater:
                 )
             self._serve(loaded, state)
             if recovery.state is not None:  # a rebuilt state keeps every bundle until it
-                self._prune(state)  # changes: the rebuild may have missed what it needed
+                # changes (the rebuild may have missed what it needed); a partial download
+                # is the pending update's, to resume
+                self._prune(state, downloads="keep")
             return
         if initial_bundle is not None and initial_bundle.exists():
             self._install_initial(initial_bundle, state)
@@ -294,6 +307,20 @@ class Updater:
         for damage in self.store.take_damaged() if damaged is None else damaged:
             report_damage(self.emit, damage, root=self.store.root)
 
+    def stopped(self) -> None:
+        """The agent stops cleanly (SIGTERM): this boot does not count against a probation.
+
+        `Probation.boots` counts the restarts the model may have caused; a clean stop is
+        the device's (an OS update, systemd), so only a crash or a kill is left counted.
+        """
+        with self._lock:
+            state = self.store.read_state()
+            probation = state.probation
+            if probation is not None and probation.boots > 0:
+                self.store.write_state(
+                    replace(state, probation=replace(probation, boots=probation.boots - 1))
+                )
+
     def _boot_in_probation(self, state: StoreState) -> StoreState:
         probation = state.probation
         assert probation is not None
@@ -368,37 +395,136 @@ class Updater:
     # --- desired state ----------------------------------------------------------------
 
     def apply(self, desired: DesiredState) -> None:
-        """Converge on a desired state (once per revision)."""
+        """Converge on a desired state (once per revision).
+
+        A revision is settled when it is done or refused (then recorded as
+        ``desired_revision``). Until then it is pending: an attempt stopped by the
+        agent's own stop or by a newer order (`update.interrupted`), a transient
+        download failure (`update.retrying`) or an expired link
+        (`update.link_expired`) is not a refusal; `tick` tries again after a
+        backoff, and the same revision sent again (a renewed link) is tried at once.
+        """
         with self._lock:
             state = self.store.read_state()
             if state.desired_revision is not None and desired.revision <= state.desired_revision:
                 return
-            self._apply_shadow(desired.shadow, desired.shadow_sample)
-            target = desired.bundle
-            active = state.active
-            if target is None or (active is not None and target.ref.sha256 == active.sha256):
-                self.store.write_state(replace(state, desired_revision=desired.revision))
+            pending = self.pending
+            if pending is not None and desired.revision < pending.revision:
+                return  # older than the order being worked on
+            if pending is None or desired.revision != pending.revision:
+                self._failures = 0
+            self.pending = desired
+            self._attempt(desired, state)
+
+    def _attempt(self, desired: DesiredState, state: StoreState) -> None:
+        self._apply_shadow(desired.shadow, desired.shadow_sample)
+        target = desired.bundle
+        active = state.active
+        if target is None or (active is not None and target.ref.sha256 == active.sha256):
+            self.store.write_state(replace(state, desired_revision=desired.revision))
+            self.pending = None
+            return
+        if state.probation is not None:  # judge the current probation now
+            self.tick(force=True)
+            state = self.store.read_state()
+        try:
+            candidate = self._fetch_verify_warm(target, allow_downgrade=desired.rollback)
+            self._checkpoint("activate")
+            self._activate(
+                candidate, state, revision=desired.revision, probation=not desired.rollback
+            )
+        except (UpdateError, BundleError, ModelError) as exc:
+            self._not_done(desired, target, exc)
+            return
+        self.pending = None
+
+    def _not_done(self, desired: DesiredState, target: DesiredBundle, exc: Exception) -> None:
+        """Decide what a failed attempt is: an interruption, worth retrying, or a refusal."""
+        ref = target.ref
+        refusal = _refusal(exc)
+        step, reason = refusal["step"], refusal["reason"]
+        if isinstance(exc, _InterruptedError) or self._stopping():
+            why = "stopped" if self.cancelled.is_set() else "superseded"
+            self._retry_at = self.clock()  # the next order, or the restart, decides
+            self.emit(
+                "update.interrupted",
+                f"update to {ref.model} {ref.version} interrupted at {step} ({why}); "
+                f"it goes on after the {'restart' if why == 'stopped' else 'newer order'}; "
+                f"{_still_serving(self.serving)}",
+                bundle=ref,
+                details={"step": step, "reason": why, "revision": desired.revision},
+            )
+            return
+        if isinstance(exc, DownloadError) and (
+            exc.reason in _TRANSIENT or exc.status in _LINK_STATUSES
+        ):
+            self._failures += 1
+            r = self.rules
+            expired = exc.status in _LINK_STATUSES
+            delay = (
+                r.backoff_max_s
+                if expired
+                else min(r.backoff_s * 2.0 ** min(self._failures - 1, 32), r.backoff_max_s)
+            )
+            self._retry_at = self.clock() + delay
+            self.emit(
+                "update.link_expired" if expired else "update.retrying",
+                f"update to {ref.model} {ref.version}: {exc}; "
+                + (
+                    "waiting for the fleet to renew the link (or retrying "
+                    if expired
+                    else "retrying "
+                )
+                + f"in {delay:.0f} s"
+                + (")" if expired else "")
+                + f"; {_still_serving(self.serving)}",
+                severity=Severity.WARNING,
+                bundle=ref,
+                details={
+                    "step": step,
+                    "reason": reason,
+                    "status": exc.status,
+                    "attempt": self._failures,
+                    "retry_in_s": round(delay, 3),
+                    "revision": desired.revision,
+                },
+            )
+            return
+        self.pending = None
+        self.store.write_state(replace(self.store.read_state(), desired_revision=desired.revision))
+        self.emit(
+            "update.refused",
+            f"update to {ref.model} {ref.version} refused: {exc}; {_still_serving(self.serving)}",
+            severity=Severity.ERROR,
+            bundle=ref,
+            details=refusal,
+        )
+
+    def _retry_due(self) -> None:
+        pending = self.pending
+        if pending is None or self._stopping() or self.clock() < self._retry_at:
+            return
+        with self._lock:
+            if self.pending is not pending:
                 return
-            if state.probation is not None:  # judge the current probation now
-                self.tick(force=True)
-                state = self.store.read_state()
-            try:
-                candidate = self._fetch_verify_warm(target, allow_downgrade=desired.rollback)
-                self._activate(
-                    candidate, state, revision=desired.revision, probation=not desired.rollback
-                )
-            except (UpdateError, BundleError, ModelError) as exc:
-                self.store.write_state(
-                    replace(self.store.read_state(), desired_revision=desired.revision)
-                )
-                self.emit(
-                    "update.refused",
-                    f"update to {target.ref.model} {target.ref.version} refused: {exc}; "
-                    f"{_still_serving(self.serving)}",
-                    severity=Severity.ERROR,
-                    bundle=target.ref,
-                    details=_refusal(exc),
-                )
+            state = self.store.read_state()
+            if state.desired_revision is not None and pending.revision <= state.desired_revision:
+                self.pending = None
+                return
+            self._attempt(pending, state)
+
+    def _stopping(self) -> bool:
+        return self.cancelled.is_set() or self.preempted()
+
+    def _checkpoint(self, step: str) -> None:
+        if self._stopping():
+            raise _InterruptedError(step)
+
+    def _sleep(self, delay: float) -> None:
+        """A download's backoff, cut short by a stop or a newer order."""
+        ends = time.monotonic() + delay
+        while not self._stopping() and (left := ends - time.monotonic()) > 0:
+            self.cancelled.wait(min(left, 0.1))
 
     def _fetch_verify_warm(self, target: DesiredBundle, *, allow_downgrade: bool) -> _Candidate:
         ref = target.ref
@@ -423,12 +549,15 @@ class Updater:
                 attempts=r.attempts,
                 backoff_s=r.backoff_s,
                 backoff_max_s=r.backoff_max_s,
+                min_rate_bps=r.min_rate_kbps * 1000 / 8,
+                base_s=r.download_base_s,
             ),
             headers=headers,
-            cancelled=self.cancelled.is_set,
-            sleep=self.cancelled.wait,  # a stop cuts a retry's backoff short
+            cancelled=self._stopping,  # a stop or a newer order ends the download at once
+            sleep=self._sleep,  # ... and a retry's backoff
         )
         self.emit("update.downloaded", f"downloaded {ref.model} {ref.version}", bundle=ref)
+        self._checkpoint("verify")
         candidate = self._verify_and_warm(
             path, ref.sha256, allow_downgrade=allow_downgrade, ref=ref
         )
@@ -597,9 +726,11 @@ class Updater:
         if new.probation is None:
             self._prune(new)
 
-    def _prune(self, state: StoreState) -> None:
+    def _prune(self, state: StoreState, *, downloads: Literal["prune", "keep"] = "prune") -> None:
         shadow = self.serving.shadow
-        self.store.prune(state, keep=frozenset({shadow.ref.sha256} if shadow else ()))
+        self.store.prune(
+            state, keep=frozenset({shadow.ref.sha256} if shadow else ()), downloads=downloads
+        )
 
     def _probation_rules(self) -> ProbationRules:
         r = self.rules
@@ -614,7 +745,13 @@ class Updater:
     # --- probation --------------------------------------------------------------------
 
     def tick(self, *, force: bool = False) -> None:
-        """Judge the probation, if one is running: commit or roll back."""
+        """Judge the probation, if one is running: commit or roll back; then retry a pending
+        desired state whose backoff is over."""
+        self._judge(force=force)
+        if not force:
+            self._retry_due()
+
+    def _judge(self, *, force: bool) -> None:
         monitor = self.serving.probation
         if monitor is None:
             return
@@ -678,6 +815,19 @@ class Updater:
         """Go back to the previous bundle now (a fleet command); returns what happened."""
         with self._lock:
             state = self.store.read_state()
+            if (pending := self.pending) is not None:
+                # the order stands over the update in progress: it is settled, not retried
+                self.pending = None
+                state = replace(state, desired_revision=pending.revision)
+                self.store.write_state(state)
+                if pending.bundle is not None:
+                    self.emit(
+                        "update.interrupted",
+                        f"update to {pending.bundle.ref.model} {pending.bundle.ref.version} "
+                        "abandoned: a rollback was ordered",
+                        bundle=pending.bundle.ref,
+                        details={"reason": "rollback_ordered", "revision": pending.revision},
+                    )
             if state.probation is None and state.previous is None:
                 raise UpdateError(
                     "there is no previous bundle to roll back to",
@@ -720,6 +870,18 @@ class Updater:
             bundle=target.ref,
             details={"fraction": fraction},
         )
+
+
+# download failures another attempt may get past (the link's statuses: a renewed link may)
+_TRANSIENT = frozenset({"timeout", "unreachable", "cancelled"})
+_LINK_STATUSES = frozenset({403, 410})
+
+
+class _InterruptedError(UpdateError):
+    """The agent is stopping, or a newer order waits: the attempt ends between two steps."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__(f"interrupted before {step}", step=step, reason="interrupted")
 
 
 def _loaded(model: BundleModel, slot: Slot) -> Loaded:

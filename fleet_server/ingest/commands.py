@@ -36,7 +36,7 @@ from fleet_server.ingest.bulk import (
     update_desired,
 )
 
-__all__ = ["send_command", "send_desired", "send_desired_batch"]
+__all__ = ["publish_on_commit", "send_command", "send_desired", "send_desired_batch"]
 
 log = logging.getLogger(__name__)
 Scalar = str | int | float | bool | None
@@ -74,9 +74,10 @@ def _drop(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
-def _publish_on_commit(
+def publish_on_commit(
     fleet: Fleet, session: Session, topic: str, payload: bytes, *, retain: bool
 ) -> None:
+    """Publish `payload` on `topic` once `session` commits (never if it rolls back)."""
     if fleet.publisher is None:
         log.warning("no MQTT publisher: %s recorded but not sent", topic)
         return
@@ -103,7 +104,7 @@ def send_desired(
         device.desired = to_builtins(state)
         device.desired_revision = state.revision
         s.add(DeviceEvent(**_desired_event(fleet, state)))
-        _publish_on_commit(fleet, s, topics.desired(device.id), encode(state), retain=True)
+        publish_on_commit(fleet, s, topics.desired(device.id), encode(state), retain=True)
     return state
 
 
@@ -152,7 +153,7 @@ def send_desired_batch(
             entry = _desired_event(fleet, state)
             entry["details"] = json_text(entry["details"])
             events.append(tuple(entry[column] for column in EVENT_COLUMNS))
-            _publish_on_commit(fleet, s, topics.desired(state.device_id), payload, retain=True)
+            publish_on_commit(fleet, s, topics.desired(state.device_id), payload, retain=True)
         update_desired(s, rows)
         insert_events(s, events)
     return sent
@@ -190,5 +191,5 @@ def send_command(
                 details=details,
             )
         )
-        _publish_on_commit(fleet, s, topics.commands(device.id), encode(command), retain=False)
+        publish_on_commit(fleet, s, topics.commands(device.id), encode(command), retain=False)
     return command

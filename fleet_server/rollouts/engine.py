@@ -63,7 +63,17 @@ log = logging.getLogger(__name__)
 # are one (three statements, `send_desired_batch`), none waiting behind another's replies
 SEND_CHUNK = 1000
 TICK_S = 0.25
-_PROGRESS = ("update.downloading", "update.downloaded", "update.verified", "update.warmed_up")
+_PROGRESS = (
+    "update.downloading",
+    "update.downloaded",
+    "update.verified",
+    "update.warmed_up",
+    # not failures: the device stopped (or was preempted), retries a failed download, or waits
+    # for a renewed link; the revision stays pending on it and the deadline still applies
+    "update.interrupted",
+    "update.retrying",
+    "update.link_expired",
+)
 _TERMINAL = ("failed", "rolled_back", "incompatible")
 
 

@@ -515,6 +515,27 @@ def test_refused_update_fails_the_device(world: World) -> None:
     assert view["status"] == "completed"  # within the one failure allowed
 
 
+def test_an_interrupted_or_retried_update_is_progress_not_a_failure(world: World) -> None:
+    seed(world.fleet.db, world.clock, devices=1)
+    rid = world.create({"strategy": "all_at_once", "gates": {"max_activation_failures": 0}})
+    engine = world.engine()
+    engine.tick()
+    world.broker.next()
+    for event in ("update.downloading", "update.interrupted", "update.retrying"):
+        world.activate("dev-00", event=event)
+        engine.tick()
+        assert world.statuses(rid)["dev-00"] == "downloading", event
+    world.activate("dev-00", event="update.link_expired")
+    engine.tick()
+    view = world.view(rid)
+    assert view["status"] == "running"  # no failure counted, nothing paused
+    assert view["devices"][0]["status"] == "downloading"
+    world.activate("dev-00", event="update.activated")
+    engine.tick()
+    assert world.statuses(rid)["dev-00"] == "active"
+    assert world.view(rid)["status"] in ("running", "completed")
+
+
 class Follower:
     """A replica that does not lead: its engine idles (for tests of the API alone)."""
 
