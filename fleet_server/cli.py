@@ -79,6 +79,15 @@ def fleet() -> None:
     envvar="EDGEFLEET_FLEET_STATION_KEYS",
     help="Public key of a provisioning station whose batches POST /provisioning/batches takes.",
 )
+@click.option(
+    "--enroll-limit",
+    type=(click.IntRange(min=0), click.IntRange(min=0), click.FloatRange(min=1)),
+    default=(10, 100, 60.0),
+    show_default=True,
+    metavar="PER_ADDRESS OVERALL WINDOW_S",
+    help="Failed enrollment attempts allowed per source address and overall within "
+    "WINDOW_S seconds before POST /enroll answers 429 (0: no limit).",
+)
 def serve(
     data_dir: Path,
     db_url: str,
@@ -91,6 +100,7 @@ def serve(
     public_url: str,
     replica_id: str,
     stale_after: float,
+    enroll_limit: tuple[int, int, float],
 ) -> None:
     """Serve the fleet API (and the embedded broker unless --mqtt-url is given).
 
@@ -127,6 +137,9 @@ def serve(
         admin_token=admin,
         replica_id=replica_id,
         stale_after_s=stale_after,
+        enroll_failures_per_address=enroll_limit[0],
+        enroll_failures_overall=enroll_limit[1],
+        enroll_failure_window_s=enroll_limit[2],
     )
     # the server's own log (leadership, rollout orders, ingestion) next to uvicorn's
     handler = logging.StreamHandler()

@@ -111,6 +111,8 @@ class EnrollmentToken(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    # the serials allowed to enroll with it; None: any
+    serials: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
 
 
 class Device(Base):

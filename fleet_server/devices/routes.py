@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from edge_agent.protocol import topics
 from fleet_server.auth import Role
@@ -25,6 +25,7 @@ from fleet_server.devices.schemas import (
     MqttCredentials,
     TelemetryInfo,
 )
+from fleet_server.devices.throttle import EnrollmentThrottle
 from fleet_server.ingest import find_ingest
 from fleet_server.inputs import Offset, RowId, Seconds, Text
 
@@ -43,6 +44,7 @@ def create_enrollment_token(
         expires_in_s=body.expires_in_s,
         profile=body.profile,
         labels=body.labels,
+        serials=body.serials,
         now=fleet.clock(),
     )
     return EnrollmentTokenCreated(**EnrollmentTokenInfo.of(row).model_dump(), token=secret)
@@ -60,9 +62,22 @@ def revoke_enrollment_token(
     enrollment.revoke_enrollment_token(session, actor, token_id, now=fleet.clock())
 
 
-@router.post("/enroll", status_code=201)
+def get_throttle(request: Request) -> EnrollmentThrottle:
+    throttle: EnrollmentThrottle = request.app.state.enrollment_throttle
+    return throttle
+
+
+@router.post(
+    "/enroll",
+    status_code=201,
+    responses={429: {"description": "too many failed attempts of late; see Retry-After"}},
+)
 def enroll(
-    body: EnrollRequest, request: Request, session: SessionDep, fleet: FleetDep
+    body: EnrollRequest,
+    request: Request,
+    session: SessionDep,
+    fleet: FleetDep,
+    throttle: Annotated[EnrollmentThrottle, Depends(get_throttle)],
 ) -> EnrollResponse:
     enrolled = enrollment.enroll(
         session,
@@ -74,6 +89,8 @@ def enroll(
         public_key_fingerprint=body.public_key_fingerprint,
         now=fleet.clock(),
         remote_addr=request.client.host if request.client else None,
+        serial=body.serial,
+        throttle=throttle,
     )
     ingest = find_ingest(fleet)
     url = ingest.device_url if ingest else fleet.settings.mqtt_url

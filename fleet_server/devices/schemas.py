@@ -29,6 +29,7 @@ _NAME = r"^[A-Za-z0-9._@-]+$"
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a device id: an MQTT topic level and username
 _PROFILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # what a device says of its hardware: a flat map of short facts
+Serial = Annotated[str, Field(min_length=1, max_length=128, pattern=_ID)]
 Hardware = Annotated[dict[LabelKey, str | int | float | bool | None], MaxLen(64)]
 
 
@@ -42,6 +43,9 @@ class EnrollmentTokenCreate(_Strict):
     expires_in_s: int = Field(default=86400, ge=1, le=365 * 86400)
     profile: str | None = Field(default=None, min_length=1, max_length=64, pattern=_PROFILE)
     labels: Labels = Field(default_factory=dict)
+    serials: Annotated[list[Serial], MaxLen(100_000)] | None = Field(
+        default=None, description="only these serials may enroll with the token (null: any)"
+    )
 
 
 class EnrollmentTokenInfo(BaseModel):
@@ -53,6 +57,7 @@ class EnrollmentTokenInfo(BaseModel):
     revoked_at: datetime | None
     profile: str | None
     labels: dict[str, Any]
+    serials: list[str] | None = None
     created_by: str
     created_at: datetime
 
@@ -68,7 +73,7 @@ class EnrollmentTokenCreated(EnrollmentTokenInfo):
 class EnrollRequest(_Strict):
     token: Text = Field(min_length=1, max_length=256)
     device_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=_ID)
-    serial: str | None = Field(default=None, min_length=1, max_length=128, pattern=_ID)
+    serial: Serial | None = None
     profile: str | None = Field(default=None, min_length=1, max_length=64, pattern=_PROFILE)
     labels: Labels = Field(default_factory=dict)
     hardware: Hardware = Field(default_factory=dict)
