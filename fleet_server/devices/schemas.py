@@ -30,7 +30,7 @@ _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a device id: an MQTT topic level and us
 _PROFILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # what a device says of its hardware: a flat map of short facts
 Serial = Annotated[str, Field(min_length=1, max_length=128, pattern=_ID)]
-Hardware = Annotated[dict[LabelKey, str | int | float | bool | None], MaxLen(64)]
+Hardware = Annotated[dict[LabelKey, Text | int | float | bool | None], MaxLen(64)]
 
 
 class _Strict(BaseModel):

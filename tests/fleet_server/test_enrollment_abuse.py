@@ -101,6 +101,7 @@ def test_ids_and_labels_are_bounded_with_a_clear_422(tmp_path: Path) -> None:
             ({"device_id": "d" * 129}, "device_id"),
             ({"serial": "SN 1"}, "serial"),
             ({"hardware": {"cpu": {"nested": "no"}}}, "hardware.cpu.str"),
+            ({"hardware": {"cpu": "i" * 257}}, "hardware.cpu.str"),
         ]
         for body, field in cases:
             response = attempt(client, token, **{"device_id": "dev-1", **body})
