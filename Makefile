@@ -2,6 +2,7 @@
 #   make demo    the whole kit on this machine (edgefleet demo; Ctrl-C stops it)
 #   make test    lint, types and the whole test suite
 #   make bench   benchmarks into BENCHMARKS.md
+#   make fuzz-api  schemathesis over every fleet API operation, 500 examples each (CI: 5)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test bench lint typecheck system-deps tflite-tools test-models clean screenshots
+.PHONY: demo test bench fuzz-api lint typecheck system-deps tflite-tools test-models clean screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11; set PYTHON=python3.11")'
@@ -58,6 +59,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+fuzz-api: $(STAMP)
+	EDGEFLEET_FUZZ_EXAMPLES=$${EDGEFLEET_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/fleet_server/test_api_fuzz.py -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -28,9 +28,10 @@ from fleet_server.db import Database
 from fleet_server.devices.links import start_link_renewal
 from fleet_server.devices.presence import start_presence_sweep
 from fleet_server.devices.routes import router as devices_router
+from fleet_server.devices.throttle import EnrollmentThrottle
 from fleet_server.drift import DriftMonitor
 from fleet_server.drift.routes import router as drift_router
-from fleet_server.errors import FleetError
+from fleet_server.errors import FleetError, TooManyRequestsError
 from fleet_server.ingest import start_ingest
 from fleet_server.provisioning.routes import router as provisioning_router
 from fleet_server.rollouts import start as start_rollouts
@@ -48,6 +49,8 @@ def _error(exc: FleetError) -> JSONResponse:
     if exc.field:
         body["field"] = exc.field
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    if isinstance(exc, TooManyRequestsError):
+        headers = {"Retry-After": str(exc.retry_after_s)}
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
@@ -110,6 +113,11 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         lifespan=lifespan,
         openapi_url=f"{API}/openapi.json",
         docs_url=f"{API}/docs",
+    )
+    app.state.enrollment_throttle = EnrollmentThrottle(
+        per_address=settings.enroll_failures_per_address,
+        overall=settings.enroll_failures_overall,
+        window_s=settings.enroll_failure_window_s,
     )
 
     @app.exception_handler(FleetError)

@@ -79,6 +79,15 @@ def fleet() -> None:
     envvar="EDGEFLEET_FLEET_STATION_KEYS",
     help="Public key of a provisioning station whose batches POST /provisioning/batches takes.",
 )
+@click.option(
+    "--enroll-limit",
+    type=(click.IntRange(min=0), click.IntRange(min=0), click.FloatRange(min=1)),
+    default=(10, 100, 60.0),
+    show_default=True,
+    metavar="PER_ADDRESS OVERALL WINDOW_S",
+    help="Failed enrollment attempts allowed per source address and overall within "
+    "WINDOW_S seconds before POST /enroll answers 429 (0: no limit).",
+)
 def serve(
     data_dir: Path,
     db_url: str,
@@ -91,6 +100,7 @@ def serve(
     public_url: str,
     replica_id: str,
     stale_after: float,
+    enroll_limit: tuple[int, int, float],
 ) -> None:
     """Serve the fleet API (and the embedded broker unless --mqtt-url is given).
 
@@ -127,6 +137,9 @@ def serve(
         admin_token=admin,
         replica_id=replica_id,
         stale_after_s=stale_after,
+        enroll_failures_per_address=enroll_limit[0],
+        enroll_failures_overall=enroll_limit[1],
+        enroll_failure_window_s=enroll_limit[2],
     )
     # the server's own log (leadership, rollout orders, ingestion) next to uvicorn's
     handler = logging.StreamHandler()
@@ -149,24 +162,75 @@ def serve(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory to write mosquitto.conf, passwd and acl into.",
+    help="Directory to write mosquitto.conf, passwd, fleet-passwd and acl into.",
 )
-@click.option("--port", default=1883, show_default=True, help="The broker's listener port.")
-@click.option("--bind", default="0.0.0.0", show_default=True, help="The listener's address.")  # noqa: S104 devices connect over the network
+@click.option("--port", default=1883, show_default=True, help="The devices' listener port.")
+@click.option(
+    "--bind",
+    default="127.0.0.1",
+    show_default=True,
+    help="The devices' listener address (0.0.0.0: every interface, for devices elsewhere).",
+)
+@click.option(
+    "--fleet-port",
+    default=1884,
+    show_default=True,
+    help="The fleet servers' listener port (their --mqtt-url).",
+)
+@click.option(
+    "--fleet-bind", default="127.0.0.1", show_default=True, help="The fleet listener's address."
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The broker's TLS certificate (PEM): the devices' listener speaks mqtts://.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Its private key (PEM).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The CA that signed the certificate (devices trust it; client certificates too).",
+)
+@click.option(
+    "--require-client-cert",
+    is_flag=True,
+    help="Devices must also present a certificate signed by --tls-ca.",
+)
 @click.option(
     "--fleet-password",
     envvar="EDGEFLEET_FLEET_MQTT_PASSWORD",
     help="Password of the 'fleet' user the server connects as (default: generated, printed).",
 )
 def broker_config(
-    data_dir: Path, db_url: str, out: Path, port: int, bind: str, fleet_password: str | None
+    data_dir: Path,
+    db_url: str,
+    out: Path,
+    port: int,
+    bind: str,
+    fleet_port: int,
+    fleet_bind: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    require_client_cert: bool,
+    fleet_password: str | None,
 ) -> None:
     """Write a Mosquitto config: every enrolled device's credentials, ACLs confining each
-    device to its own topics, and queue limits set on purpose (see docs/protocol.md)."""
+    device to its own topics, and queue limits set on purpose (see docs/protocol.md).
+
+    Devices connect on --port, where a client's id is its username (no device can take
+    another's session); fleet servers on --fleet-port. Both bind loopback unless told
+    otherwise; --tls-cert, --tls-key and --tls-ca make the devices' listener TLS."""
     from sqlalchemy import select
 
     from fleet_server.broker.mosquitto import (
+        FleetListener,
         MosquittoConfig,
+        TlsFiles,
         hash_password,
         render_acl,
         render_hashed_password_file,
@@ -175,6 +239,11 @@ def broker_config(
     from fleet_server.db.tables import Device
     from fleet_server.settings import Settings
 
+    given = [f for f in (tls_cert, tls_key, tls_ca) if f is not None]
+    if given and len(given) != 3:
+        raise click.UsageError("a TLS listener needs all of --tls-cert, --tls-key and --tls-ca")
+    if require_client_cert and not given:
+        raise click.UsageError("--require-client-cert needs a TLS listener (--tls-cert ...)")
     data_dir.mkdir(parents=True, exist_ok=True)
     settings = Settings(data_dir=data_dir, db_url=db_url)
     db = Database(settings.database_url)
@@ -190,10 +259,10 @@ def broker_config(
         db.dispose()
     generated = fleet_password is None
     password = fleet_password or secrets.token_urlsafe(24)
-    hashes["fleet"] = hash_password(password)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (
         ("passwd", render_hashed_password_file(hashes)),
+        ("fleet-passwd", render_hashed_password_file({"fleet": hash_password(password)})),
         ("acl", render_acl(fleet_users=["fleet"])),
     ):
         path = out / name
@@ -205,10 +274,29 @@ def broker_config(
         password_file=(out / "passwd").resolve(),
         acl_file=(out / "acl").resolve(),
         persistence_dir=(out / "data").resolve(),
+        username_as_client_id=True,
+        tls=None
+        if tls_cert is None or tls_key is None or tls_ca is None
+        else TlsFiles(
+            tls_cert.resolve(),
+            tls_key.resolve(),
+            tls_ca.resolve(),
+            require_certificate=require_client_cert,
+        ),
+        fleet_listener=FleetListener(
+            port=fleet_port,
+            bind_address=fleet_bind,
+            password_file=(out / "fleet-passwd").resolve(),
+            acl_file=(out / "acl").resolve(),
+        ),
     )
     (out / "data").mkdir(exist_ok=True)
     (out / "mosquitto.conf").write_text(config.render())
-    click.echo(f"wrote {out}/mosquitto.conf, passwd ({len(hashes) - 1} devices + fleet) and acl")
+    click.echo(
+        f"wrote {out}/mosquitto.conf, passwd ({len(hashes)} devices), fleet-passwd (fleet) "
+        f"and acl; devices on {'mqtts' if given else 'mqtt'}://{bind}:{port}, "
+        f"fleet servers on mqtt://{fleet_bind}:{fleet_port}"
+    )
     if generated:
         click.echo(f"fleet user password (give it to `fleet serve --mqtt-url`): {password}")
 

@@ -8,6 +8,7 @@
     ├── ForbiddenError        a role that may not do this (403)
     ├── BundleRejectedError   an upload that is not a valid, trusted bundle (422)
     ├── TooLargeError         an upload over the size limit (413)
+    ├── TooManyRequestsError  too many failed attempts of late; wait `retry_after_s` (429)
     └── DemoError             a step of `edgefleet demo` failed (fleet_server.demo; CLI only)
 
 The API turns them into ``{"error": code, "detail": message}`` in one place
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidInputError",
     "NotFoundError",
     "TooLargeError",
+    "TooManyRequestsError",
 ]
 
 
@@ -65,3 +67,11 @@ class BundleRejectedError(FleetError):
 
 class TooLargeError(FleetError):
     code, status = "too_large", 413
+
+
+class TooManyRequestsError(FleetError):
+    code, status = "too_many_requests", 429
+
+    def __init__(self, message: str, *, retry_after_s: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s

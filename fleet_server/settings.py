@@ -25,6 +25,10 @@ class Settings:
     (default ``<host>:<data dir>``); a follower tries to take the leader lock
     every `leader_retry_s`. A device still marked online that has sent nothing for
     `stale_after_s` is shown offline (0 turns the sweep off).
+
+    Enrollment (docs/provisioning.md): an address with `enroll_failures_per_address` failed
+    attempts in the last `enroll_failure_window_s` seconds, or all addresses together with
+    `enroll_failures_overall`, is answered 429 until the oldest leaves the window (0: no limit).
     """
 
     data_dir: Path
@@ -47,6 +51,9 @@ class Settings:
     stale_after_s: float = 90.0
     drift_interval_s: float = 60.0
     drift_minutes: int = 60
+    enroll_failures_per_address: int = 10
+    enroll_failures_overall: int = 100
+    enroll_failure_window_s: float = 60.0
 
     @property
     def database_url(self) -> str:

@@ -12,6 +12,7 @@ from fleet_server.auth.tokens import Role, audit, create_api_token, now
 from fleet_server.db.tables import ApiToken, AuditEntry
 from fleet_server.deps import AdminDep, SessionDep
 from fleet_server.errors import NotFoundError
+from fleet_server.inputs import Text
 
 router = APIRouter(tags=["access"])
 
@@ -70,7 +71,7 @@ def list_tokens(actor: AdminDep, session: SessionDep) -> list[TokenInfo]:
 
 
 @router.delete("/tokens/{name}", status_code=204)
-def revoke_token(name: str, actor: AdminDep, session: SessionDep) -> None:
+def revoke_token(name: Text, actor: AdminDep, session: SessionDep) -> None:
     row = session.scalar(select(ApiToken).where(ApiToken.name == name))
     if row is None:
         raise NotFoundError(f"no API token named {name!r}")

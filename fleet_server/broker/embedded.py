@@ -3,11 +3,16 @@
 amqtt speaks MQTT 3.1.1 only: no shared subscriptions, so a fleet with several
 server replicas uses a real broker (Mosquitto, EMQX). The edgefleet contract
 needs nothing from MQTT 5 beyond shared subscriptions, so agents work with both.
+
+It has no passwords and no ACL: any client could publish any device's orders. So it
+listens on loopback only, and refuses any other address with `EmbeddedBrokerError`;
+devices elsewhere connect to a Mosquitto written by ``edgefleet fleet broker-config``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import threading
@@ -19,7 +24,7 @@ __all__ = ["EmbeddedBroker", "EmbeddedBrokerError"]
 
 
 class EmbeddedBrokerError(RuntimeError):
-    """The embedded broker could not start (port taken, amqtt missing)."""
+    """The embedded broker could not start (port taken, amqtt missing, not loopback)."""
 
 
 class EmbeddedBroker:
@@ -30,6 +35,12 @@ class EmbeddedBroker:
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 1883) -> None:
+        if not _loopback(host):
+            raise EmbeddedBrokerError(
+                f"the embedded broker has no passwords or ACL, so it listens on loopback only, "
+                f"not {host!r}: for devices on the network, run Mosquitto (`edgefleet fleet "
+                "broker-config`) and start the server with --mqtt-url"
+            )
         self.host = host
         self.port = port or _free_port(host)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -146,3 +157,12 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

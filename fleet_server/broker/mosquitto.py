@@ -1,5 +1,12 @@
 """Mosquitto configuration written on purpose: listener, auth, per-device ACLs, queue limits.
 
+A device's identity is its username: with `MosquittoConfig.username_as_client_id` the
+devices' listener replaces whatever client id a client sends with its username, so no
+device can connect as another's client id, knock it off and take its queued messages.
+The fleet's own clients (several client ids under one username, one set per replica) then
+connect on a listener of their own (`FleetListener`). `TlsFiles` makes the devices'
+listener TLS (``mqtts://``), with client certificates optional.
+
 Mosquitto's default ``max_queued_messages 1000`` silently drops QoS 1 messages
 to a slow subscriber (a fleet server catching up after a restart lost 55-70%
 in a measurement here), so every config this module writes sets the queue
@@ -21,7 +28,9 @@ from edge_agent.protocol import topics
 
 __all__ = [
     "PBKDF2_ITERATIONS",
+    "FleetListener",
     "MosquittoConfig",
+    "TlsFiles",
     "hash_password",
     "render_acl",
     "render_hashed_password_file",
@@ -73,13 +82,40 @@ def render_acl(*, fleet_users: list[str]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A TLS listener's files (PEM): the server's certificate and key, and the CA devices
+    trust it by; with `require_certificate`, clients must present a certificate signed by
+    `cafile` too (and their username is still what the ACL confines)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path
+    require_certificate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FleetListener:
+    """The fleet servers' own listener: only the users of `password_file` (the fleet's),
+    client ids as they send them (a replica has several), the same ACL."""
+
+    port: int
+    password_file: Path
+    acl_file: Path
+    bind_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class MosquittoConfig:
-    """One Mosquitto listener with deliberate limits. `render()` gives the file text."""
+    """The devices' Mosquitto listener (and the fleet's, if any) with deliberate limits.
+    `render()` gives the file text."""
 
     port: int
     bind_address: str = "127.0.0.1"
     password_file: Path | None = None
     acl_file: Path | None = None
+    username_as_client_id: bool = False
+    tls: TlsFiles | None = None
+    fleet_listener: FleetListener | None = None
     persistence_dir: Path | None = None
     log_file: Path | None = None
     # Per client, beyond those in flight. 1000 (the default) loses messages to a
@@ -92,20 +128,43 @@ class MosquittoConfig:
     max_packet_size: int = 1024 * 1024
 
     def render(self) -> str:
-        lines = [
-            "# Mosquitto configuration written by edgefleet",
-            f"listener {self.port} {self.bind_address}",
-            "protocol mqtt",
-        ]
-        if os.geteuid() == 0:
-            # as root Mosquitto would switch to user 'mosquitto', who cannot read our files
-            lines.append(f"user {getpass.getuser()}")
+        lines = ["# Mosquitto configuration written by edgefleet"]
+        if self.fleet_listener is not None:
+            # each listener its own users: devices' and the fleet's passwords apart
+            lines.append("per_listener_settings true")
+        lines += ["", "# the devices' listener", f"listener {self.port} {self.bind_address}"]
+        lines.append("protocol mqtt")
+        if self.tls is not None:
+            lines += [
+                f"certfile {self.tls.certfile}",
+                f"keyfile {self.tls.keyfile}",
+                f"cafile {self.tls.cafile}",
+                "tls_version tlsv1.2",
+                f"require_certificate {str(self.tls.require_certificate).lower()}",
+            ]
         if self.password_file is not None:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:
             lines.append("allow_anonymous true")
         if self.acl_file is not None:
             lines.append(f"acl_file {self.acl_file}")
+        if self.username_as_client_id:
+            # a client's id is its username: no device can take over another's session
+            lines.append("use_username_as_clientid true")
+        if (fleet := self.fleet_listener) is not None:
+            lines += [
+                "",
+                "# the fleet servers' listener",
+                f"listener {fleet.port} {fleet.bind_address}",
+                "protocol mqtt",
+                "allow_anonymous false",
+                f"password_file {fleet.password_file}",
+                f"acl_file {fleet.acl_file}",
+            ]
+        lines.append("")
+        if os.geteuid() == 0:
+            # as root Mosquitto would switch to user 'mosquitto', who cannot read our files
+            lines.append(f"user {getpass.getuser()}")
         if self.persistence_dir is not None:
             lines += [
                 "persistence true",

@@ -28,6 +28,7 @@ from fleet_server.bundles.urls import check_download_signature
 from fleet_server.context import Fleet
 from fleet_server.deps import ActorDep, FleetDep, OperatorDep, SessionDep, get_actor
 from fleet_server.errors import BundleRejectedError, InvalidInputError, NotFoundError, TooLargeError
+from fleet_server.inputs import Offset, Text
 
 router = APIRouter(tags=["bundles"])
 log = logging.getLogger(__name__)
@@ -115,12 +116,12 @@ def list_models(actor: ActorDep, session: SessionDep) -> list[ModelSummary]:
 
 
 @router.get("/models/{name}")
-def get_model(name: str, actor: ActorDep, session: SessionDep) -> ModelView:
+def get_model(name: Text, actor: ActorDep, session: SessionDep) -> ModelView:
     return service.get_model(session, name)
 
 
 @router.get("/models/{name}/versions/{version}")
-def get_version(name: str, version: str, actor: ActorDep, session: SessionDep) -> VersionView:
+def get_version(name: Text, version: Text, actor: ActorDep, session: SessionDep) -> VersionView:
     return service.get_version(session, name, version)
 
 
@@ -132,7 +133,7 @@ class StatusChange(BaseModel):
 
 @router.patch("/models/{name}/versions/{version}")
 def change_status(
-    name: str, version: str, body: StatusChange, actor: OperatorDep, session: SessionDep
+    name: Text, version: Text, body: StatusChange, actor: OperatorDep, session: SessionDep
 ) -> VersionView:
     """Move a version ``draft -> active -> archived``; an archived version is never targeted."""
     return service.set_version_status(session, name, version, body.status, actor=actor)
@@ -143,7 +144,7 @@ def download_access(
     fleet: FleetDep,
     sha256: Sha256,
     device: Annotated[str | None, Query(max_length=128)] = None,
-    expires: Annotated[int | None, Query(ge=0)] = None,
+    expires: Offset | None = None,
     sig: Annotated[str | None, Query(pattern=r"^[0-9a-fA-F]{64}$")] = None,
 ) -> str:
     """Who downloads: a device with a signed URL, else the holder of an API token (any role)."""

@@ -12,6 +12,7 @@ from fleet_server.cluster.members import leave
 from fleet_server.db.tables import ClusterMember
 from fleet_server.deps import ActorDep, AdminDep, FleetDep, SessionDep
 from fleet_server.errors import ConflictError, NotFoundError
+from fleet_server.inputs import Text
 
 router = APIRouter(tags=["cluster"])
 
@@ -27,7 +28,7 @@ def cluster(fleet: FleetDep, session: SessionDep, actor: ActorDep) -> dict[str, 
 
 
 @router.delete("/cluster/members/{replica}", status_code=204)
-def forget(replica: str, fleet: FleetDep, session: SessionDep, actor: AdminDep) -> None:
+def forget(replica: Text, fleet: FleetDep, session: SessionDep, actor: AdminDep) -> None:
     """Forget a replica that is gone for good (its `replica_gone` alert resolves)."""
     if replica == fleet.leader.replica:
         raise ConflictError(f"replica {replica!r} is the one answering: stop it instead")

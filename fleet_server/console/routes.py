@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from fleet_server.console import summaries
 from fleet_server.deps import ActorDep, SessionDep
+from fleet_server.inputs import Text
 
 __all__ = ["STATIC_DIR", "api_router", "install"]
 
@@ -42,7 +43,7 @@ def overview(
 
 @api_router.get("/devices/{device_id}/performance")
 def device_performance(
-    device_id: str,
+    device_id: Text,
     actor: ActorDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=2000)] = 300,

@@ -62,6 +62,8 @@ class Base(DeclarativeBase):
 
 
 Timestamp = DateTime(timezone=True)
+# 64-bit on PostgreSQL; SQLite's INTEGER is 64-bit already (and a row id as it is)
+Int64 = BigInteger().with_variant(Integer, "sqlite")
 
 
 class ApiToken(Base):
@@ -98,7 +100,7 @@ class EnrollmentToken(Base):
 
     __tablename__ = "enrollment_tokens"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     max_uses: Mapped[int] = mapped_column(Integer)
@@ -109,6 +111,8 @@ class EnrollmentToken(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(Timestamp)
+    # the serials allowed to enroll with it; None: any
+    serials: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
 
 
 class Device(Base):
@@ -131,8 +135,8 @@ class Device(Base):
     agent_version: Mapped[str | None] = mapped_column(String(64), default=None)
     active_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     previous_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    reported_revision: Mapped[int | None] = mapped_column(Integer, default=None)
-    desired_revision: Mapped[int] = mapped_column(Integer, default=0)
+    reported_revision: Mapped[int | None] = mapped_column(Int64, default=None)
+    desired_revision: Mapped[int] = mapped_column(Int64, default=0)
     desired: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     provisioned: Mapped[bool] = mapped_column(Boolean, default=False)
     # telemetry accounting: windows received, and gaps in their sequence numbers
@@ -161,9 +165,9 @@ class TelemetryWindow(Base):
     window_start: Mapped[datetime] = mapped_column(Timestamp)
     window_end: Mapped[datetime] = mapped_column(Timestamp, index=True)
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
-    requests: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[int] = mapped_column(Int64)
     errors: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    error_count: Mapped[int] = mapped_column(Integer, default=0)
+    error_count: Mapped[int] = mapped_column(Int64, default=0)
     latency: Mapped[list[Any]] = mapped_column()
     inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -233,7 +237,7 @@ class Rollout(Base):
 
     __tablename__ = "rollouts"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True)
     name: Mapped[str] = mapped_column(String(128))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
     status: Mapped[str] = mapped_column(String(16), index=True)
@@ -253,7 +257,7 @@ class RolloutDevice(Base):
     __table_args__ = (Index("ix_rollout_devices_device_status", "device_id", "status"),)
 
     rollout_id: Mapped[int] = mapped_column(
-        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+        Int64, ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
     )
     device_id: Mapped[str] = mapped_column(
         ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
@@ -263,7 +267,7 @@ class RolloutDevice(Base):
     status: Mapped[str] = mapped_column(String(16))
     bundle_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     previous_bundle: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    desired_revision: Mapped[int | None] = mapped_column(Integer, default=None)
+    desired_revision: Mapped[int | None] = mapped_column(Int64, default=None)
     detail: Mapped[str] = mapped_column(Text, default="")
     deadline: Mapped[datetime | None] = mapped_column(Timestamp, default=None)
     updated_at: Mapped[datetime] = mapped_column(Timestamp)
@@ -283,7 +287,7 @@ class RolloutAssignment(Base):
         ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
     )
     rollout_id: Mapped[int] = mapped_column(
-        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+        Int64, ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
     )
 
 
@@ -320,12 +324,12 @@ class Alert(Base):
 
     __tablename__ = "alerts"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(Int64, primary_key=True)
     ts: Mapped[datetime] = mapped_column(Timestamp, index=True)
     kind: Mapped[str] = mapped_column(String(32))
     severity: Mapped[str] = mapped_column(String(16))
     device_id: Mapped[str | None] = mapped_column(String(128), default=None, index=True)
-    rollout_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    rollout_id: Mapped[int | None] = mapped_column(Int64, default=None)
     message: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     resolved_at: Mapped[datetime | None] = mapped_column(Timestamp, default=None)

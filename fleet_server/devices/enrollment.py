@@ -22,6 +22,7 @@ from edge_agent.protocol import topics
 from fleet_server.auth import Actor, Role, audit, hash_token, new_secret
 from fleet_server.broker.mosquitto import hash_password
 from fleet_server.db.tables import Device, EnrollmentToken
+from fleet_server.devices.throttle import EnrollmentThrottle
 from fleet_server.errors import (
     AuthError,
     ConflictError,
@@ -50,8 +51,10 @@ def create_enrollment_token(
     now: datetime,
     profile: str | None = None,
     labels: dict[str, str] | None = None,
+    serials: list[str] | None = None,
 ) -> tuple[EnrollmentToken, str]:
-    """A new token row and its secret (returned once, never stored)."""
+    """A new token row and its secret (returned once, never stored); with `serials`, only
+    those serials may enroll with it."""
     secret = new_secret("efe")
     row = EnrollmentToken(
         name=name,
@@ -61,6 +64,7 @@ def create_enrollment_token(
         expires_at=now + timedelta(seconds=expires_in_s),
         profile=profile,
         labels=dict(labels or {}),
+        serials=None if serials is None else sorted(set(serials)),
         created_by=actor.name,
         created_at=now,
     )
@@ -129,7 +133,7 @@ def _aware(ts: datetime, like: datetime) -> datetime:
     return ts.replace(tzinfo=like.tzinfo) if ts.tzinfo is None else ts
 
 
-def _check_token(session: Session, token: str, now: datetime) -> EnrollmentToken:
+def _check_token(session: Session, token: str, serial: str, now: datetime) -> EnrollmentToken:
     digest = hash_token(token)
     row = session.scalar(
         select(EnrollmentToken).where(EnrollmentToken.token_sha256 == digest).with_for_update()
@@ -147,6 +151,12 @@ def _check_token(session: Session, token: str, now: datetime) -> EnrollmentToken
         raise ForbiddenError(
             f"enrollment token {row.name!r} is used up ({row.uses} of {row.max_uses} enrollments)"
         )
+    if row.serials is not None and serial not in row.serials:
+        raise ForbiddenError(
+            f"enrollment token {row.name!r} does not allow serial {serial!r}; ask an operator "
+            "to add it to the token's serials",
+            field="serial",
+        )
     return row
 
 
@@ -161,13 +171,27 @@ def enroll(
     public_key_fingerprint: str | None,
     now: datetime,
     remote_addr: str | None,
+    serial: str | None = None,
+    throttle: EnrollmentThrottle | None = None,
 ) -> Enrolled:
-    """Exchange `token` for credentials of a new device `device_id`."""
+    """Exchange `token` for credentials of a new device `device_id`.
+
+    `serial` (else `device_id`) is checked against the token's allow-list, if it has one.
+    With a `throttle`, an address (or everyone) that failed too often of late is refused
+    first (`TooManyRequestsError`), and a failed token check counts against it.
+    """
     try:
         topics.check_device_id(device_id)
     except TopicError as exc:
         raise InvalidInputError(str(exc), field="device_id") from None
-    row = _check_token(session, token, now)
+    if throttle is not None:
+        throttle.check(remote_addr)
+    try:
+        row = _check_token(session, token, serial or device_id, now)
+    except (AuthError, ForbiddenError):
+        if throttle is not None:
+            throttle.failed(remote_addr)
+        raise
     if row.profile and profile and profile != row.profile:
         raise ForbiddenError(
             f"enrollment token {row.name!r} is for profile {row.profile!r}, not {profile!r}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from edge_agent.protocol import topics
 from fleet_server.auth import Role
@@ -25,7 +25,9 @@ from fleet_server.devices.schemas import (
     MqttCredentials,
     TelemetryInfo,
 )
+from fleet_server.devices.throttle import EnrollmentThrottle
 from fleet_server.ingest import find_ingest
+from fleet_server.inputs import Offset, RowId, Seconds, Text
 
 router = APIRouter(tags=["devices"])
 
@@ -42,6 +44,7 @@ def create_enrollment_token(
         expires_in_s=body.expires_in_s,
         profile=body.profile,
         labels=body.labels,
+        serials=body.serials,
         now=fleet.clock(),
     )
     return EnrollmentTokenCreated(**EnrollmentTokenInfo.of(row).model_dump(), token=secret)
@@ -54,14 +57,27 @@ def list_enrollment_tokens(actor: OperatorDep, session: SessionDep) -> list[Enro
 
 @router.delete("/enrollment-tokens/{token_id}", status_code=204)
 def revoke_enrollment_token(
-    token_id: int, actor: OperatorDep, session: SessionDep, fleet: FleetDep
+    token_id: RowId, actor: OperatorDep, session: SessionDep, fleet: FleetDep
 ) -> None:
     enrollment.revoke_enrollment_token(session, actor, token_id, now=fleet.clock())
 
 
-@router.post("/enroll", status_code=201)
+def get_throttle(request: Request) -> EnrollmentThrottle:
+    throttle: EnrollmentThrottle = request.app.state.enrollment_throttle
+    return throttle
+
+
+@router.post(
+    "/enroll",
+    status_code=201,
+    responses={429: {"description": "too many failed attempts of late; see Retry-After"}},
+)
 def enroll(
-    body: EnrollRequest, request: Request, session: SessionDep, fleet: FleetDep
+    body: EnrollRequest,
+    request: Request,
+    session: SessionDep,
+    fleet: FleetDep,
+    throttle: Annotated[EnrollmentThrottle, Depends(get_throttle)],
 ) -> EnrollResponse:
     enrolled = enrollment.enroll(
         session,
@@ -73,6 +89,8 @@ def enroll(
         public_key_fingerprint=body.public_key_fingerprint,
         now=fleet.clock(),
         remote_addr=request.client.host if request.client else None,
+        serial=body.serial,
+        throttle=throttle,
     )
     ingest = find_ingest(fleet)
     url = ingest.device_url if ingest else fleet.settings.mqtt_url
@@ -89,21 +107,21 @@ def list_devices(
     actor: ActorDep,
     session: SessionDep,
     fleet: FleetDep,
-    label: Annotated[list[str], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
-    profile: str | None = None,
-    version: str | None = None,
+    label: Annotated[list[Text], Query(description="key=value; repeat to AND")] = [],  # noqa: B006
+    profile: Text | None = None,
+    version: Text | None = None,
     online: bool | None = None,
     seen_within_s: Annotated[
-        float | None, Query(gt=0, description="last seen less than this many seconds ago")
+        Seconds | None, Query(description="last seen less than this many seconds ago")
     ] = None,
     unseen_for_s: Annotated[
-        float | None, Query(gt=0, description="not seen for this many seconds, or never")
+        Seconds | None, Query(description="not seen for this many seconds, or never")
     ] = None,
     sort: service.DeviceSort = service.DeviceSort.ID,
-    label_key: Annotated[str | None, Query(max_length=128, description="for sort=label")] = None,
+    label_key: Annotated[Text | None, Query(max_length=128, description="for sort=label")] = None,
     desc: bool = False,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> DevicePage:
     actor.require(Role.VIEWER)
     now = fleet.clock()
@@ -124,7 +142,7 @@ def list_devices(
 
 
 @router.get("/devices/{device_id}")
-def get_device(device_id: str, actor: ActorDep, session: SessionDep) -> DeviceInfo:
+def get_device(device_id: Text, actor: ActorDep, session: SessionDep) -> DeviceInfo:
     device = service.get_device(session, device_id)
     return DeviceInfo.of(
         device, provisioning=provisioning_records(session, [device_id]).get(device_id)
@@ -133,7 +151,7 @@ def get_device(device_id: str, actor: ActorDep, session: SessionDep) -> DeviceIn
 
 @router.patch("/devices/{device_id}")
 def patch_labels(
-    device_id: str, body: LabelsPatch, actor: OperatorDep, session: SessionDep
+    device_id: Text, body: LabelsPatch, actor: OperatorDep, session: SessionDep
 ) -> DeviceInfo:
     device = service.set_labels(session, actor, device_id, labels=body.labels)
     return DeviceInfo.of(
@@ -143,11 +161,11 @@ def patch_labels(
 
 @router.get("/devices/{device_id}/timeline")
 def device_timeline(
-    device_id: str,
+    device_id: Text,
     actor: ActorDep,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[EventInfo]:
     rows = service.timeline(session, device_id, limit=limit, offset=offset)
     return [EventInfo.of(r) for r in rows]
@@ -155,7 +173,7 @@ def device_timeline(
 
 @router.get("/devices/{device_id}/telemetry")
 def device_telemetry(
-    device_id: str,
+    device_id: Text,
     actor: ActorDep,
     session: SessionDep,
     since: datetime | None = None,

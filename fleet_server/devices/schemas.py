@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
+from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleet_server.db.tables import Device, DeviceEvent, EnrollmentToken, TelemetryWindow
+from fleet_server.inputs import LabelKey, Labels, LabelValue, Text
 
 __all__ = [
     "DeviceInfo",
@@ -24,19 +26,26 @@ __all__ = [
 ]
 
 _NAME = r"^[A-Za-z0-9._@-]+$"
-Labels = dict[str, str]
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a device id: an MQTT topic level and username
+_PROFILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+# what a device says of its hardware: a flat map of short facts
+Serial = Annotated[str, Field(min_length=1, max_length=128, pattern=_ID)]
+Hardware = Annotated[dict[LabelKey, Text | int | float | bool | None], MaxLen(64)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EnrollmentTokenCreate(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=_NAME)
     max_uses: int = Field(default=1, ge=1, le=1_000_000)
     expires_in_s: int = Field(default=86400, ge=1, le=365 * 86400)
-    profile: str | None = Field(default=None, min_length=1, max_length=64)
+    profile: str | None = Field(default=None, min_length=1, max_length=64, pattern=_PROFILE)
     labels: Labels = Field(default_factory=dict)
+    serials: Annotated[list[Serial], MaxLen(100_000)] | None = Field(
+        default=None, description="only these serials may enroll with the token (null: any)"
+    )
 
 
 class EnrollmentTokenInfo(BaseModel):
@@ -48,6 +57,7 @@ class EnrollmentTokenInfo(BaseModel):
     revoked_at: datetime | None
     profile: str | None
     labels: dict[str, Any]
+    serials: list[str] | None = None
     created_by: str
     created_at: datetime
 
@@ -61,13 +71,13 @@ class EnrollmentTokenCreated(EnrollmentTokenInfo):
 
 
 class EnrollRequest(_Strict):
-    token: str = Field(min_length=1, max_length=256)
-    device_id: str | None = Field(default=None, min_length=1, max_length=128)
-    serial: str | None = Field(default=None, min_length=1, max_length=128)
-    profile: str | None = Field(default=None, min_length=1, max_length=64)
+    token: Text = Field(min_length=1, max_length=256)
+    device_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=_ID)
+    serial: Serial | None = None
+    profile: str | None = Field(default=None, min_length=1, max_length=64, pattern=_PROFILE)
     labels: Labels = Field(default_factory=dict)
-    hardware: dict[str, Any] = Field(default_factory=dict)
-    public_key_fingerprint: str | None = Field(default=None, max_length=80)
+    hardware: Hardware = Field(default_factory=dict)
+    public_key_fingerprint: Text | None = Field(default=None, max_length=80)
 
     @model_validator(mode="after")
     def _one_id(self) -> EnrollRequest:
@@ -168,7 +178,9 @@ class DevicePage(BaseModel):
 
 
 class LabelsPatch(_Strict):
-    labels: dict[str, str | None] = Field(description="keys to set; a null value removes the key")
+    labels: Annotated[dict[LabelKey, LabelValue | None], MaxLen(64)] = Field(
+        description="keys to set; a null value removes the key"
+    )
 
 
 class EventInfo(BaseModel):

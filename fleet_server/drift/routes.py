@@ -11,6 +11,7 @@ from fleet_server.deps import ActorDep, FleetDep, SessionDep
 from fleet_server.drift.alerts import alert_dict, list_alerts
 from fleet_server.drift.service import drift_history, drift_report, resolve_bundle
 from fleet_server.errors import InvalidInputError
+from fleet_server.inputs import Text
 
 router = APIRouter(tags=["drift"])
 
@@ -39,11 +40,11 @@ def get_drift(
     fleet: FleetDep,
     session: SessionDep,
     bundle: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
-    model: str | None = None,
-    version: str | None = None,
-    profile: str | None = None,
-    cohort: str | None = None,
-    device: Annotated[list[str] | None, Query()] = None,
+    model: Text | None = None,
+    version: Text | None = None,
+    profile: Text | None = None,
+    cohort: Text | None = None,
+    device: Annotated[list[Text] | None, Query()] = None,
     minutes: Minutes = 60,
 ) -> dict[str, Any]:
     """PSI and JS per key against the bundle's reference: fleet, cohorts, devices."""
@@ -66,14 +67,14 @@ def get_drift_history(
     actor: ActorDep,
     fleet: FleetDep,
     session: SessionDep,
-    key: str,
+    key: Text,
     bundle: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$")] = None,
-    model: str | None = None,
-    version: str | None = None,
-    profile: str | None = None,
-    device: str | None = None,
+    model: Text | None = None,
+    version: Text | None = None,
+    profile: Text | None = None,
+    device: Text | None = None,
     minutes: Minutes = 24 * 60,
-    bucket_minutes: Annotated[int, Query(ge=1)] = 60,
+    bucket_minutes: Minutes = 60,
 ) -> dict[str, Any]:
     """PSI and JS of one key per time bucket, for one device or the fleet."""
     sha = _bundle(session, bundle, model, version, profile)
@@ -101,9 +102,9 @@ def get_drift_history(
 def get_alerts(
     actor: ActorDep,
     session: SessionDep,
-    kind: str | None = None,
+    kind: Text | None = None,
     open_: Annotated[bool | None, Query(alias="open")] = None,
-    device: str | None = None,
+    device: Text | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
     """Alerts, newest first: ``kind=drift``, ``open=true`` for unresolved ones."""

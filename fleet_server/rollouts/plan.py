@@ -12,23 +12,26 @@ so the engine of a restarted server sees exactly what was asked for.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
+from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleet_server.inputs import MAX_SECONDS, Count, Text
 
 __all__ = ["Gates", "Plan", "RolloutRequest", "Selector", "Stage", "stage_targets"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Selector(_Strict):
     """Devices matching every given criterion: all `labels`, the `profile`, one of `device_ids`."""
 
-    labels: dict[str, str] = Field(default_factory=dict)
-    profile: str | None = None
-    device_ids: list[str] | None = None
+    labels: Annotated[dict[Text, Text], MaxLen(64)] = Field(default_factory=dict)
+    profile: Text | None = None
+    device_ids: Annotated[list[Text], MaxLen(100_000)] | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Selector:
@@ -40,10 +43,12 @@ class Selector(_Strict):
 class Stage(_Strict):
     """How many devices run the new version once this stage is out (cumulative)."""
 
-    count: int | None = Field(default=None, ge=1)
+    count: Count | None = Field(default=None, ge=1)
     percent: float | None = Field(default=None, gt=0, le=100)
-    soak_s: float = Field(default=0.0, ge=0, description="time the stage runs before it may pass")
-    min_reporting: int = Field(
+    soak_s: float = Field(
+        default=0.0, ge=0, le=MAX_SECONDS, description="time the stage runs before it may pass"
+    )
+    min_reporting: Count = Field(
         default=1, ge=0, description="devices that must send telemetry on the new version"
     )
 
@@ -57,7 +62,7 @@ class Stage(_Strict):
 class Gates(_Strict):
     """Thresholds; a gate left at None is not checked."""
 
-    max_activation_failures: int | None = Field(default=0, ge=0)
+    max_activation_failures: Count | None = Field(default=0, ge=0)
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     max_p95_ms: float | None = Field(default=None, gt=0)
     max_p95_ratio: float | None = Field(
@@ -69,12 +74,15 @@ class Gates(_Strict):
 
 class Plan(_Strict):
     strategy: Literal["all_at_once", "staged"] = "staged"
-    stages: list[Stage] = Field(default_factory=lambda: [Stage(percent=100)])
+    stages: Annotated[list[Stage], MaxLen(100)] = Field(
+        default_factory=lambda: [Stage(percent=100)]
+    )
     gates: Gates = Field(default_factory=Gates)
     on_breach: Literal["pause", "rollback"] = "pause"
     offline_deadline_s: float = Field(
         default=86400.0,
         gt=0,
+        le=MAX_SECONDS,
         description="a device that has not activated this long after it was sent the "
         "new version (typically because it is offline) counts as failed",
     )
@@ -92,9 +100,9 @@ class Plan(_Strict):
 
 
 class RolloutRequest(_Strict):
-    name: str = Field(min_length=1, max_length=128)
-    model: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    name: Text = Field(min_length=1, max_length=128)
+    model: Text = Field(min_length=1)
+    version: Text = Field(min_length=1)
     selector: Selector
     plan: Plan = Field(default_factory=Plan)
 

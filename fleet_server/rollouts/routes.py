@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleet_server.deps import ActorDep, FleetDep, OperatorDep, SessionDep
+from fleet_server.inputs import Prose, RowId, Text
 from fleet_server.rollouts import service
 from fleet_server.rollouts.plan import RolloutRequest
 from fleet_server.rollouts.ports import Ports
@@ -26,7 +27,7 @@ PortsDep = Annotated[Ports, Depends(get_ports)]
 class Action(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(default="", max_length=2000)
+    reason: Prose = Field(default="")
 
 
 @router.post("/rollouts/preview")
@@ -50,13 +51,13 @@ def create(
 def list_rollouts(
     session: SessionDep,
     actor: ActorDep,
-    status: Annotated[str | None, Query(max_length=16)] = None,
+    status: Annotated[Text | None, Query(max_length=16)] = None,
 ) -> list[dict[str, Any]]:
     return service.list_rollouts(session, status=status)
 
 
 @router.get("/rollouts/{rollout_id}")
-def detail(rollout_id: int, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
+def detail(rollout_id: RowId, session: SessionDep, actor: ActorDep) -> dict[str, Any]:
     return service.rollout_view(session, rollout_id)
 
 
@@ -70,7 +71,7 @@ _ACTIONS = {
 
 @router.post("/rollouts/{rollout_id}/{action}")
 def act(
-    rollout_id: int,
+    rollout_id: RowId,
     action: Literal["pause", "resume", "abort", "rollback"],
     session: SessionDep,
     fleet: FleetDep,

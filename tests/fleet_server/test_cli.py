@@ -39,14 +39,15 @@ def test_broker_config_lets_enrolled_devices_in_and_confines_them(tmp_path: Path
                 )
             )
     db.dispose()
-    port = free_port()
+    port, fleet_port = free_port(), free_port()
     out = tmp_path / "broker"
     done = edgefleet(
         "fleet", "broker-config", "--data-dir", str(data), "--out", str(out),
-        "--port", str(port), "--bind", "127.0.0.1", "--fleet-password", "fleet-pw",
+        "--port", str(port), "--fleet-port", str(fleet_port), "--fleet-password", "fleet-pw",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "2 devices + fleet" in done.stdout
+    assert "passwd (2 devices), fleet-passwd (fleet)" in done.stdout
+    assert f"listener {port} 127.0.0.1\n" in (out / "mosquitto.conf").read_text()  # loopback
     assert (out / "passwd").stat().st_mode & 0o777 == 0o600
     broker = subprocess.Popen(
         ["mosquitto", "-c", str(out / "mosquitto.conf")],
@@ -55,7 +56,7 @@ def test_broker_config_lets_enrolled_devices_in_and_confines_them(tmp_path: Path
     )
     try:
         wait_for_port(port, broker, out / "mosquitto.log")
-        fleet = Client(port, "fleet-1", username="fleet", password="fleet-pw")
+        fleet = Client(fleet_port, "fleet-1", username="fleet", password="fleet-pw")
         assert not fleet.connect().is_failure
         fleet.subscribe("edgefleet/v1/devices/+/telemetry")
         dev = Client(

@@ -9,7 +9,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from fleet_server.broker.embedded import EmbeddedBroker, _Snapshots
+from fleet_server.broker.embedded import EmbeddedBroker, EmbeddedBrokerError, _Snapshots
 
 DEVICES = 40
 
@@ -76,3 +76,9 @@ def test_devices_connecting_at_once_each_connect_once_and_get_their_retained_sta
                 client.loop_stop()
     broken = [r.getMessage() for r in caplog.records if r.exc_info or "take-over" in r.getMessage()]
     assert broken == []
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.10", "::", "fleet.example"])  # noqa: S104
+def test_the_embedded_broker_refuses_a_listener_beyond_loopback(host: str) -> None:
+    with pytest.raises(EmbeddedBrokerError, match=r"no passwords or ACL.*--mqtt-url"):
+        EmbeddedBroker(host=host, port=0)

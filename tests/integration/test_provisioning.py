@@ -219,15 +219,15 @@ def test_fifty_devices_offline_imported_and_three_started_from_their_overlays(
     assert "altered after it was signed" in refused.stderr
 
     # a real Mosquitto with the devices' hashed credentials, the fleet server behind it
-    broker = tmp_path / "broker"
+    broker, fleet_port = tmp_path / "broker", free_port()
     succeeded(edgefleet("fleet", "broker-config", "--data-dir", data, "--out", broker,
-                        "--port", str(broker_port), "--bind", "127.0.0.1",
+                        "--port", str(broker_port), "--fleet-port", str(fleet_port),
                         "--fleet-password", "fleet-secret"))  # fmt: skip
     port = free_port()
     settings = Settings(
         data_dir=data,
         public_url=f"http://127.0.0.1:{port}",
-        mqtt_url=f"mqtt://fleet:fleet-secret@127.0.0.1:{broker_port}",
+        mqtt_url=f"mqtt://fleet:fleet-secret@127.0.0.1:{fleet_port}",
         trusted_keys=(public,),
         admin_token=ADMIN,
     )
