@@ -106,7 +106,7 @@ REPORTED = (
     "previous_bundle",
     "reported_revision",
 )
-_REPORTED_TYPES = ("varchar", "boolean", "varchar", "varchar", "json", "json", "integer")
+_REPORTED_TYPES = ("varchar", "boolean", "varchar", "varchar", "json", "json", "bigint")
 
 # the statements, made once from the table and column names above (no outside input: S608)
 _W_TABLE, _D_TABLE = TelemetryWindow.__tablename__, Device.__tablename__
@@ -130,7 +130,7 @@ _PG_LOCK_REVISIONS = (
 )
 _PG_DESIRED = (
     f"UPDATE {_D_TABLE} AS d SET desired = v.desired, desired_revision = v.revision "  # noqa: S608
-    "FROM unnest(%s::varchar[], %s::json[], %s::integer[]) AS v(id, desired, revision) "
+    "FROM unnest(%s::varchar[], %s::json[], %s::bigint[]) AS v(id, desired, revision) "
     "WHERE d.id = v.id"
 )
 _SQLITE_DESIRED = f"UPDATE {_D_TABLE} SET desired = ?, desired_revision = ? WHERE id = ?"  # noqa: S608

@@ -135,6 +135,8 @@ def test_unknown_and_invalid_fields_are_named() -> None:
     assert err.value.field == "gpu_temp"
     with pytest.raises(MessageError, match="'seq'"):
         decode(topics.telemetry("dev-1"), json.dumps({**doc, "seq": -1}).encode())
+    with pytest.raises(MessageError, match="'seq'"):  # past what the fleet's BIGINT holds
+        decode(topics.telemetry("dev-1"), json.dumps({**doc, "seq": 2**63}).encode())
     with pytest.raises(MessageError, match=r"latency\.counts"):
         decode(
             topics.telemetry("dev-1"), json.dumps({**doc, "latency": {"counts": [1, 2]}}).encode()

@@ -25,7 +25,7 @@ def test_migrations_build_exactly_the_tables_the_code_uses(db_url: str) -> None:
 
 
 def test_upgrading_to_epochs_keeps_the_windows_and_their_dedup(db_url: str) -> None:
-    """A database at 0003 with windows in it: after 0004 they are epoch ``""`` and a
+    """A database at 0003 with windows in it: after 0006 they are epoch ``""`` and a
     redelivery of one is still refused by the unique key, while the same seq of an
     epoch is not."""
     from datetime import UTC, datetime

@@ -224,3 +224,18 @@ def encode_dict(ref: BundleRef) -> dict[str, str]:
         "profile": ref.profile,
         "sha256": ref.sha256,
     }
+
+
+def test_a_64_bit_reported_revision_is_stored_whole(db_url: str) -> None:
+    """Revisions are 64-bit end to end: the bulk path's arrays are BIGINT like the column."""
+    db = enrolled(db_url)
+    big = 2**62 + 7
+    try:
+        with db.session() as session:
+            store_batch(session, [online(1, REF, desired_revision=big)], IngestStats())
+        with db.session() as session:
+            device = session.get(Device, "dev-001")
+            assert device is not None
+            assert device.reported_revision == big
+    finally:
+        db.dispose()

@@ -5,8 +5,8 @@ sent none) joins the unique key, now (device_id, epoch, seq), so a re-imaged dev
 windows are stored rather than dropped as duplicates; ``device_events.epoch`` does the same
 for events; ``devices.telemetry_epoch`` and ``telemetry_resets`` count the restarts.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-08 02:10:00
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
