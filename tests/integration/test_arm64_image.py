@@ -193,17 +193,17 @@ def test_a_provisioned_raspberry_pi_image_boots_its_agent_under_arm64_emulation(
     public, bundles, batch, station = (
         provisioned.public, provisioned.bundles, provisioned.batch, provisioned.station,
     )  # fmt: skip
-    broker_port, port = provisioned.broker_port, free_port()
+    broker_port, port, fleet_port = provisioned.broker_port, free_port(), free_port()
     data, broker = tmp_path / "fleet", tmp_path / "broker"
     edgefleet("fleet", "import-batch", batch, "--data-dir", data,
               "--trust-station", station.with_suffix(".pub"))  # fmt: skip
     edgefleet("fleet", "broker-config", "--data-dir", data, "--out", broker,
               "--port", str(broker_port), "--bind", "127.0.0.1",
-              "--fleet-password", "fleet-secret")  # fmt: skip
-    settings = Settings(
+              "--fleet-port", str(fleet_port), "--fleet-password", "fleet-secret")  # fmt: skip
+    settings = Settings(  # the fleet servers have a listener of their own (broker identity)
         data_dir=data,
         public_url=f"http://127.0.0.1:{port}",
-        mqtt_url=f"mqtt://fleet:fleet-secret@127.0.0.1:{broker_port}",
+        mqtt_url=f"mqtt://fleet:fleet-secret@127.0.0.1:{fleet_port}",
         trusted_keys=(public,),
         admin_token=ADMIN,
     )
