@@ -328,10 +328,13 @@ class BundleStore:
         by its size and digest and verifies it instead of fetching it again; the next
         change of state prunes it if nothing asks for it."""
         back = self.download_path(path.stem)
-        if back.exists():
-            path.unlink(missing_ok=True)
-        else:
-            os.replace(path, back)
+        try:
+            if back.exists():
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(path, back)
+        except OSError as exc:  # a read-only image: left where it is, unused
+            log.warning("cannot take the unused bundle %s out of bundles/: %s", path.name, exc)
 
     def installed(self) -> list[Path]:
         """Every bundle file in ``bundles/``."""
