@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from fleet_server.db import Database
 from fleet_server.settings import Settings
 
-__all__ = ["BatchPublisher", "Fleet", "Leader", "Publisher", "Solo", "Stoppable"]
+__all__ = ["BatchPublisher", "DeviceQueue", "Fleet", "Leader", "Publisher", "Solo", "Stoppable"]
 
 
 class Publisher(Protocol):
@@ -64,6 +64,34 @@ class Solo:
         return True
 
 
+class DeviceQueue:
+    """Device ids one thread hands another, and `wake`, set when some arrive.
+
+    Holds `cap` ids at most: what is dropped beyond it (a follower whose leader is another
+    replica never takes any) is for the taker's periodic sweep to find.
+    """
+
+    def __init__(self, *, cap: int = 10_000) -> None:
+        self.wake = threading.Event()
+        self.cap = cap
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            for device_id in ids:
+                if len(self._ids) >= self.cap:
+                    break
+                self._ids.add(device_id)
+        self.wake.set()
+
+    def take(self) -> set[str]:
+        """Every id handed over since the last `take`."""
+        with self._lock:
+            ids, self._ids = self._ids, set()
+        return ids
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -74,7 +102,9 @@ class Fleet:
     server (the app's lifespan makes `leader` a `fleet_server.cluster.Leadership`).
 
     `device_reported` is set by ingestion once it has stored a device's state or event:
-    the rollout engine wakes on it rather than wait for its next tick.
+    the rollout engine wakes on it rather than wait for its next tick. `links_due` gets the
+    devices that just said they are online or reported ``update.link_expired``: the link
+    renewal (`fleet_server.devices.links`) re-signs their pending links at once.
     """
 
     settings: Settings
@@ -85,3 +115,4 @@ class Fleet:
     background: list[Stoppable] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
     device_reported: threading.Event = field(default_factory=threading.Event)
+    links_due: DeviceQueue = field(default_factory=DeviceQueue)

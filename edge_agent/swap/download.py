@@ -111,6 +111,7 @@ def download(
     sleep: Callable[[float], object] = time.sleep,
     cancelled: Callable[[], bool] | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    damaged: Callable[[Path, str], None] | None = None,
 ) -> Path:
     """Download `url` to `dest`, resuming a ``<dest>.part`` left by an earlier try.
 
@@ -125,6 +126,9 @@ def download(
     about 0.1 s however slow the server; the same watchdog ends an attempt that
     runs past its deadline (`DownloadPolicy.deadline_s`).
     `progress(bytes_so_far, total_or_None)` is called after each chunk.
+    `damaged(path, reason)` is called when what an earlier try left is found damaged
+    (an unreadable ``.part.meta``, a ``.part`` longer than the file or whose bytes do
+    not hash to `sha256`): that part is deleted and the file fetched again from byte 0.
 
     Returns `dest`, complete, fsynced and renamed into place. Raises
     `DownloadError` whose `reason` is ``bad_url``, ``http_status`` (a status
@@ -157,6 +161,7 @@ def download(
         ssl_context=ssl_context,
         cancelled=cancelled,
         progress=progress,
+        damaged=damaged,
     )
     try:
         return transfer.run(sleep)
@@ -304,8 +309,16 @@ class _Validator:
 class _Part:
     """``<dest>.part``, its running hash, and the validator kept in ``<dest>.part.meta``."""
 
-    def __init__(self, dest: Path, *, url: str, sha256: str | None) -> None:
+    def __init__(
+        self,
+        dest: Path,
+        *,
+        url: str,
+        sha256: str | None,
+        damaged: Callable[[Path, str], None] | None = None,
+    ) -> None:
         self.path = dest.with_name(dest.name + ".part")
+        self.damaged = damaged
         self.meta = dest.with_name(dest.name + ".part.meta")
         self._key = {"url": _redact(url), "sha256": sha256}
         self._hashing = sha256 is not None
@@ -319,12 +332,14 @@ class _Part:
             meta = json.loads(self.meta.read_text())
         except FileNotFoundError:
             meta = None  # a part from before its meta was written: the digest will tell
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             meta = {}  # unreadable: start over rather than guess
+            self.report(self.meta, f"unreadable: {exc.__class__.__name__}: {exc}")
         if meta is not None and not isinstance(meta, dict):
             meta = {}
+            self.report(self.meta, "unreadable: not a JSON object")
         if meta is not None and {k: meta.get(k) for k in self._key} != self._key:
-            self.discard()
+            self.discard()  # damaged, or the part of another file: started over
             return
         if meta is not None:
             self.validator = _Validator(meta.get("etag"), meta.get("last_modified"))
@@ -352,6 +367,12 @@ class _Part:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.meta)
+
+    def report(self, path: Path, reason: str) -> None:
+        """Tell the caller that `path`, left by an earlier try, is damaged (and goes)."""
+        log.warning("%s is damaged (%s); the download starts over from byte 0", path, reason)
+        if self.damaged is not None and path.exists():
+            self.damaged(path, reason)
 
     def append(self, fh: BinaryIO, block: bytes) -> None:
         fh.write(block)
@@ -383,6 +404,7 @@ class _Transfer:
         ssl_context: ssl.SSLContext | None,
         cancelled: Callable[[], bool] | None,
         progress: Callable[[int, int | None], None] | None,
+        damaged: Callable[[Path, str], None] | None = None,
     ) -> None:
         self.url, self.shown, self.dest = url, _redact(url), dest
         self.size, self.sha256, self.policy = size, sha256, policy
@@ -391,7 +413,7 @@ class _Transfer:
         self.ssl_context = ssl_context
         self.cancelled = cancelled
         self.progress = progress
-        self.part = _Part(dest, url=url, sha256=sha256)
+        self.part = _Part(dest, url=url, sha256=sha256, damaged=damaged)
 
     def run(self, sleep: Callable[[float], object]) -> Path:
         started = time.monotonic()
@@ -400,11 +422,13 @@ class _Transfer:
             return self.dest
         self.part.load()
         if self.part.size > self.limit:
+            self.part.report(self.part.path, f"{self.part.size} bytes, more than the file's")
             self.part.discard()
         if self.part.size and self.part.size == self.size and self.sha256:
             if self.part.hasher.hexdigest() == self.sha256:
                 log.info("%s: already complete in %s", self.shown, self.part.path.name)
                 return self._finish()
+            self.part.report(self.part.path, "complete in size, but not the announced sha256")
             self.part.discard()
         resumed = self.part.size > 0  # bytes from disk, which may be damaged
         failures = 0
@@ -441,6 +465,10 @@ class _Transfer:
                     raise
                 # the part taken up from disk was damaged (_finish deleted it): once from byte 0
                 log.warning("%s: the resumed partial file was damaged; starting over", self.shown)
+                if self.part.damaged is not None:
+                    self.part.damaged(
+                        self.part.path, "resumed, but the whole file is not the announced sha256"
+                    )
                 resumed = False
 
     def _done_before(self) -> bool:

@@ -267,7 +267,8 @@ class BundleStore:
         """After a crash: drop temporary files, move damaged ones aside, and drop bundles no
         state refers to, but only when the state could be read: with ``state.json`` missing
         or damaged every bundle is kept for the updater to choose from (`Recovery.state` is
-        None). Partial downloads (``.part``) are kept so the download resumes.
+        None). Partial downloads (``.part``) are kept so the download resumes; a bundle no
+        state refers to goes back to ``downloads/`` (`_uninstall`), not away.
         """
         removed_tmp: list[str] = []
         for directory in (self.root, self.bundles, self.downloads):
@@ -304,11 +305,12 @@ class BundleStore:
             keep = {s.sha256 for s in self.referenced(state)}
             for path in self.bundles.glob("*.efb"):
                 if path.stem not in keep:
-                    path.unlink(missing_ok=True)
+                    self._uninstall(path)
                     removed.append(path.name)
         if removed_tmp or removed:
             fsync_dir(self.bundles)
-            log.info("recovered: removed %s and unused %s", removed_tmp, removed)
+            fsync_dir(self.downloads)
+            log.info("recovered: removed %s; unused %s back to downloads/", removed_tmp, removed)
         return Recovery(
             removed_tmp,
             removed,
@@ -317,6 +319,22 @@ class BundleStore:
             committed=committed,
             damaged=self.take_damaged(),
         )
+
+    def _uninstall(self, path: Path) -> None:
+        """Take a bundle no state refers to out of ``bundles/``: most often one installed
+        just before a kill, before ``state.json`` switched to it. It goes back to
+        ``downloads/`` as a complete download (renamed, same file system), where the
+        pending update, once the fleet's retained desired state names it again, finds it
+        by its size and digest and verifies it instead of fetching it again; the next
+        change of state prunes it if nothing asks for it."""
+        back = self.download_path(path.stem)
+        try:
+            if back.exists():
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(path, back)
+        except OSError as exc:  # a read-only image: left where it is, unused
+            log.warning("cannot take the unused bundle %s out of bundles/: %s", path.name, exc)
 
     def installed(self) -> list[Path]:
         """Every bundle file in ``bundles/``."""

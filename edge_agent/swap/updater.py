@@ -92,13 +92,15 @@ class EventSink(Protocol):
     ) -> None: ...
 
 
-def report_damage(emit: EventSink, damage: Damage, *, root: Path) -> None:
-    """Report a damaged durable file as an ``agent.file_damaged`` event."""
+def report_damage(emit: EventSink, damage: Damage, *, root: Path, fate: str | None = None) -> None:
+    """Report a damaged durable file as an ``agent.file_damaged`` event; `fate` says what
+    became of it when it was not moved aside (a partial download is deleted and fetched
+    again: it holds nothing verified)."""
     try:
         name = str(damage.path.relative_to(root))
     except ValueError:
         name = str(damage.path)
-    where = (
+    where = fate or (
         f"moved aside to {damage.moved_to.name}"
         if damage.moved_to is not None
         else "could not be moved aside"
@@ -302,6 +304,15 @@ class Updater:
         if state.active is not None:
             self.store.write_state(state)
         return state
+
+    def _download_damaged(self, path: Path, reason: str) -> None:
+        """A partial download found damaged: deleted and fetched again from byte 0."""
+        report_damage(
+            self.emit,
+            Damage(path, None, reason),
+            root=self.store.root,
+            fate="deleted; the download starts again from byte 0",
+        )
 
     def _report_damage(self, damaged: list[Damage] | None = None) -> None:
         for damage in self.store.take_damaged() if damaged is None else damaged:
@@ -555,6 +566,7 @@ class Updater:
             headers=headers,
             cancelled=self._stopping,  # a stop or a newer order ends the download at once
             sleep=self._sleep,  # ... and a retry's backoff
+            damaged=self._download_damaged,
         )
         self.emit("update.downloaded", f"downloaded {ref.model} {ref.version}", bundle=ref)
         self._checkpoint("verify")

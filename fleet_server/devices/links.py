@@ -11,14 +11,27 @@ after any time offline therefore gets a link valid for at least half the TTL; on
 that meets an expired link anyway (a long download) reports ``update.link_expired``,
 keeps the revision pending and takes the renewed state when it arrives. Neither is a
 failure: the rollout's deadline is what fails a device that never converges.
+
+The leader does not leave those to its next sweep: ingestion hands it
+(`Fleet.links_due`) every device that says it is online or reports
+``update.link_expired``, and it re-signs their open desired states at once when the
+link is older than the sweep interval (`renewal_interval_s`: a quarter of the
+lifetime, at most 30 s). A device back from any time offline thus gets a link valid
+for (nearly) the whole lifetime as soon as it connects, and one told 403 gets a fresh
+one within milliseconds rather than at the next sweep; one that keeps meeting 403
+(a link the fleet cannot make valid) gets one renewal per interval, not a storm. A
+report ingested by a follower replica waits for the leader's sweep.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-from datetime import datetime, timedelta
+import time
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from msgspec.structs import replace
 from sqlalchemy import or_, select
@@ -31,7 +44,7 @@ from fleet_server.context import Fleet
 from fleet_server.db.tables import Device
 from fleet_server.ingest.commands import publish_on_commit
 
-__all__ = ["renew_links", "start_link_renewal"]
+__all__ = ["renew_links", "renewal_interval_s", "start_link_renewal"]
 
 log = logging.getLogger(__name__)
 _BATCH = 1000
@@ -55,23 +68,50 @@ def _aware(ts: datetime, like: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=like.tzinfo)
 
 
-def renew_links(fleet: Fleet, session: Session, *, now: datetime) -> list[str]:
+def _expires(desired: DesiredState, now: datetime, ttl: int) -> datetime:
+    """When the soonest link of `desired` dies: its signed ``expires`` (the URL's own, as
+    `fleet_server.bundles.urls` writes it), else its ``issued_at`` plus the lifetime."""
+    ends = []
+    for bundle in (desired.bundle, desired.shadow):
+        if bundle is None:
+            continue
+        try:
+            stamp = int(parse_qs(urlsplit(bundle.url).query)["expires"][0])
+            ends.append(datetime.fromtimestamp(stamp, UTC))
+        except (KeyError, IndexError, ValueError, OverflowError, OSError):
+            ends.append(_aware(desired.issued_at, now) + timedelta(seconds=ttl))
+    return min(ends, default=now)
+
+
+def renewal_interval_s(fleet: Fleet) -> float:
+    """How often the leader sweeps: a quarter of the link lifetime, 0.5 s to 30 s."""
+    return max(0.5, min(fleet.settings.download_url_ttl_s / 4, 30.0))
+
+
+def renew_links(
+    fleet: Fleet, session: Session, *, now: datetime, devices: Collection[str] | None = None
+) -> list[str]:
     """Re-issue, same revision, every open desired state whose link is past half its life;
-    returns the devices renewed (published when `session` commits)."""
-    half = timedelta(seconds=fleet.settings.download_url_ttl_s / 2)
-    rows = session.scalars(
-        select(Device)
-        .where(
-            Device.desired.is_not(None),
-            or_(
-                Device.reported_revision.is_(None),
-                Device.reported_revision < Device.desired_revision,
-            ),
-        )
-        .order_by(Device.id)
-        .limit(_BATCH)
-        .with_for_update()
+    returns the devices renewed (published when `session` commits).
+
+    With `devices` (back online, or told 403), only theirs, once the link is older than
+    the sweep interval."""
+    ttl = fleet.settings.download_url_ttl_s
+    half = timedelta(seconds=ttl / 2)
+    # (less a second: a link's expiry is signed in whole seconds)
+    fresh_for = timedelta(seconds=max(0.0, ttl - renewal_interval_s(fleet) - 1))
+    query = select(Device).where(
+        Device.desired.is_not(None),
+        or_(
+            Device.reported_revision.is_(None),
+            Device.reported_revision < Device.desired_revision,
+        ),
     )
+    if devices is not None:
+        if not devices:
+            return []
+        query = query.where(Device.id.in_(sorted(devices)[:_BATCH]))
+    rows = session.scalars(query.order_by(Device.id).limit(_BATCH).with_for_update())
     renewed = []
     for device in rows:
         raw: dict[str, Any] = dict(device.desired or {})
@@ -85,8 +125,11 @@ def renew_links(fleet: Fleet, session: Session, *, now: datetime) -> list[str]:
         active = (device.active_bundle or {}).get("sha256")
         if desired.bundle is not None and active == desired.bundle.ref.sha256:
             continue  # reached: nothing left to download
-        if now - _aware(desired.issued_at, now) < half:
-            continue
+        if devices is None:
+            if now - _aware(desired.issued_at, now) < half:
+                continue
+        elif _expires(desired, now, ttl) - now > fresh_for:
+            continue  # renewed within the interval: a device that keeps meeting 403 waits
         fresh = replace(
             desired,
             issued_at=now,
@@ -100,17 +143,31 @@ def renew_links(fleet: Fleet, session: Session, *, now: datetime) -> list[str]:
 
 
 def start_link_renewal(fleet: Fleet) -> LeaderLoop:
-    """The leader's sweep every quarter of the link lifetime (at most every 30 s)."""
-    interval = max(0.5, min(fleet.settings.download_url_ttl_s / 4, 30.0))
+    """The leader's sweep every `renewal_interval_s`, and the devices `Fleet.links_due`
+    names as soon as ingestion hands them over."""
+    interval = renewal_interval_s(fleet)
+    swept = time.monotonic()
 
     def work() -> None:
+        nonlocal swept
+        due = fleet.links_due.take()
+        # a round without news is the loop's timer: the sweep's turn
+        sweep = not due or time.monotonic() - swept >= interval
         with fleet.db.session() as session:
-            renewed = renew_links(fleet, session, now=fleet.clock())
-        if renewed:
-            log.info(
-                "renewed the download links of %d device(s): %s",
-                len(renewed),
-                ", ".join(renewed[:5]),
-            )
+            now = fleet.clock()
+            told = renew_links(fleet, session, now=now, devices=due) if due else []
+            old = renew_links(fleet, session, now=now) if sweep else []
+        if sweep:
+            swept = time.monotonic()
+        for renewed, why in ((told, " on their report"), (old, "")):
+            if renewed:
+                log.info(
+                    "renewed the download links of %d device(s)%s: %s",
+                    len(renewed),
+                    why,
+                    ", ".join(renewed[:5]),
+                )
 
-    return LeaderLoop(fleet, name="link-renewal", interval_s=interval, work=work).start()
+    return LeaderLoop(
+        fleet, name="link-renewal", interval_s=interval, work=work, wake=fleet.links_due.wake
+    ).start()

@@ -63,6 +63,13 @@ def _client_id(fleet: Fleet) -> str:
 _STOP = object()
 
 
+def _wants_fresh_link(message: object) -> bool:
+    """A device back online, or told 403 by a download link: its pending link may be old."""
+    if isinstance(message, Event):
+        return message.type == "update.link_expired"
+    return isinstance(message, DeviceState) and message.online
+
+
 class Ingest:
     """The bridge, the writer thread and their counters. Also the fleet's `Publisher`."""
 
@@ -249,6 +256,8 @@ class Ingest:
         self.stats.count("batches")
         if reports:
             self.fleet.device_reported.set()  # the rollout engine acts on it now
+            if due := {m.message.device_id for m in decoded if _wants_fresh_link(m.message)}:
+                self.fleet.links_due.add(due)  # their pending download links, renewed now
         for _ in unknown:
             self.stats.reject(Rejection.UNKNOWN_DEVICE)
         if unknown:

@@ -14,7 +14,8 @@ import pytest
 
 from fleet_server.settings import Settings
 from tests.console.conftest import DEVICES, Fleet, login, shot
-from tests.harness.fleet import ADMIN, fleet_server
+from tests.edge_agent.agent_env import wait_for
+from tests.harness.fleet import ADMIN, fleet_server, ok
 from tests.harness.mosquitto import free_port
 
 pytestmark = pytest.mark.slow
@@ -387,5 +388,120 @@ def test_ten_thousand_devices_page_in_the_browser(browser: Any, tmp_path: Path) 
             page.get_by_label("Last seen").select_option("in the last hour")
             page.get_by_role("button", name="Filter").click()
             expect()(summary).to_have_text("No device matches these filters.")
+        finally:
+            context.close()
+
+
+def test_a_device_timeline_shows_a_damaged_file_and_an_interrupted_update(
+    browser: Any, tmp_path: Path
+) -> None:
+    """What the agent reports after a fault, sent over MQTT as the agent sends it and stored
+    by ingestion, and the fleet's own record of a rebuilt telemetry spool: the timeline shows
+    each in words with its severity, the alerts feed has the damaged file and neither the
+    interruption nor the expired link (no failures)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.protocol import (
+        LATENCY_BOUNDS_MS,
+        BundleRef,
+        Event,
+        LatencyHistogram,
+        Severity,
+        Telemetry,
+        encode,
+        topics,
+    )
+    from edge_agent.quarantine import Damage
+    from edge_agent.swap.updater import report_damage
+
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp_path / "fleet",
+        public_url=f"http://127.0.0.1:{port}",
+        embedded_mqtt_port=free_port(),
+        admin_token=ADMIN,
+    )
+    device = "kiln-02"
+    state_dir = tmp_path / "state"
+    sent: list[Event] = []
+
+    def emit(type_: str, message: str, *, severity: Severity = Severity.INFO,
+             bundle: BundleRef | None = None, details: Any = None) -> None:  # fmt: skip
+        sent.append(Event(
+            device_id=device, seq=len(sent) + 1, ts=datetime.now(UTC), type=type_,
+            severity=severity, message=message, bundle=bundle, details=dict(details or {}),
+        ))  # fmt: skip
+
+    # what the agent's updater says (its own wording: edge_agent.swap.updater)
+    report_damage(emit, Damage(state_dir / "state.json", state_dir / "state.json.damaged-1",
+                               "not JSON: Expecting value"), root=state_dir)  # fmt: skip
+    ref = BundleRef(model="tiny", version="2.0.0", profile="x86-64", sha256="ab" * 32)
+    emit("update.interrupted",
+         "update to tiny 2.0.0 interrupted at download (stopped); it goes on after the "
+         "restart; still serving tiny 1.0.0",
+         bundle=ref, details={"step": "download", "reason": "stopped", "revision": 3})  # fmt: skip
+    emit("update.link_expired",
+         "update to tiny 2.0.0: the fleet answered 403; waiting for the fleet to renew the "
+         "link (or retrying in 60 s); still serving tiny 1.0.0",
+         severity=Severity.WARNING, bundle=ref,
+         details={"step": "download", "reason": "http_status", "status": 403})  # fmt: skip
+    now = datetime.now(UTC)
+    windows = [  # a spool rebuilt between them: seq starts again under a new epoch
+        Telemetry(
+            device_id=device, seq=seq, epoch=epoch, window_start=now - timedelta(seconds=1),
+            window_end=now, bundle=None, requests=0,
+            latency=LatencyHistogram(counts=[0] * (len(LATENCY_BOUNDS_MS) + 1)),
+        )
+        for seq, epoch in ((41, "a1b2c3d4"), (1, "e5f6a7b8"))
+    ]  # fmt: skip
+    with fleet_server(settings) as admin:
+        token = ok(admin.post("/enrollment-tokens", json={"name": "kiln", "max_uses": 1}))
+        ok(admin.post("/enroll", json={
+            "token": token["token"], "device_id": device, "profile": "x86-64",
+        }))  # fmt: skip
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device)
+        client.connect("127.0.0.1", settings.embedded_mqtt_port)
+        client.loop_start()
+        try:
+            for event in sent:
+                client.publish(topics.events(device), encode(event), qos=1).wait_for_publish(10)
+            for window in windows:
+                client.publish(topics.telemetry(device), encode(window), qos=1).wait_for_publish(10)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        wait_for(
+            lambda: len(ok(admin.get(f"/devices/{device}/timeline"))) >= len(sent) + 1,
+            what="the events stored",
+        )
+        context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, base_url=settings.public_url
+        )
+        page = context.new_page()
+        try:
+            login(page, ADMIN)
+            feed = page.locator("section[aria-labelledby=alerts-h]")
+            expect()(feed).to_contain_text("state.json was damaged")
+            expect()(feed).not_to_contain_text("interrupted")
+            expect()(feed).not_to_contain_text("renew the link")
+            page.goto(f"/#/devices/{device}")
+            timeline = page.locator("section[aria-labelledby=timeline-h]")
+            damaged = timeline.locator("tr", has_text="agent.file_damaged")
+            expect()(damaged).to_contain_text(
+                "state.json was damaged (not JSON: Expecting value); moved aside to "
+                "state.json.damaged-1"
+            )
+            expect()(damaged.locator(".badge")).to_have_text("error")
+            interrupted = timeline.locator("tr", has_text="update.interrupted")
+            expect()(interrupted).to_contain_text("it goes on after the restart")
+            expect()(interrupted.locator(".badge")).to_have_text("info")
+            expired = timeline.locator("tr", has_text="update.link_expired")
+            expect()(expired).to_contain_text("waiting for the fleet to renew the link")
+            expect()(expired.locator(".badge")).to_have_text("warning")
+            reset = timeline.locator("tr", has_text="telemetry.reset")
+            expect()(reset).to_contain_text("under a new outbox epoch e5f6a7b8")
+            expect()(reset.locator(".badge")).to_have_text("warning")
+            expect()(timeline.locator("tbody tr")).to_have_count(len(sent) + 1)
         finally:
             context.close()

@@ -206,6 +206,37 @@ def test_a_part_left_by_a_crash_is_resumed_with_range(
     assert leftovers(dest) == []
 
 
+def test_a_damaged_part_is_reported_and_fetched_again_from_byte_0(
+    fleet: Fleet, dest: Path, sleeps: list[float]
+) -> None:
+    """Zeroed by the flash: resumed, found wrong by the digest, reported, fetched again."""
+    dest.parent.mkdir()
+    part_of(dest).write_bytes(b"\0" * 123_456)
+    damaged: list[tuple[str, str]] = []
+    fetch(fleet, dest, sleeps, damaged=lambda path, why: damaged.append((path.name, why)))
+    assert dest.read_bytes() == CONTENT
+    assert damaged == [
+        (part_of(dest).name, "resumed, but the whole file is not the announced sha256")
+    ]
+    assert [r.get("range") for r in fleet.requests] == ["bytes=123456-", None]
+    assert leftovers(dest) == []
+
+
+@pytest.mark.parametrize("meta", [b"", b'{"url": "htt', b"\xff\xfe\0garbage", b"[1, 2]"])
+def test_a_damaged_part_meta_is_reported_and_the_file_fetched_from_byte_0(
+    fleet: Fleet, dest: Path, sleeps: list[float], meta: bytes
+) -> None:
+    dest.parent.mkdir()
+    part_of(dest).write_bytes(CONTENT[:123_456])
+    part_of(dest).with_name(part_of(dest).name + ".meta").write_bytes(meta)
+    damaged: list[str] = []
+    fetch(fleet, dest, sleeps, damaged=lambda path, why: damaged.append(path.name))
+    assert dest.read_bytes() == CONTENT
+    assert damaged == [part_of(dest).name + ".meta"]
+    assert [r.get("range") for r in fleet.requests] == [None]
+    assert leftovers(dest) == []
+
+
 def test_a_complete_part_left_before_the_rename_is_finished_without_the_network(
     fleet: Fleet, dest: Path, sleeps: list[float]
 ) -> None:

@@ -186,6 +186,15 @@ def test_every_durable_file_damaged_every_way_heals(image: Image, name: str) -> 
         reported = [e for e in events(state_dir, "agent.file_damaged") if e.details["file"] == rel]
         if name.startswith("downloads/") and kind != "dir":
             assert not aside, where  # discarded and fetched again instead
+            # a damaged meta is reported, then the file fetched from byte 0; this file
+            # server ignores Range, so the part's bytes are thrown away unread (a server that
+            # resumes finds the damage by the digest: tests/edge_agent/test_download.py)
+            expected = 1 if name == "downloads/.part.meta" else 0
+            assert len(reported) == expected, f"{where}: {reported}"
+            for event in reported:
+                assert event.severity == "error", where
+                assert event.details["moved_to"] is None, where
+                assert "starts again from byte 0" in event.message, where
         else:
             assert len(aside) == 1, f"{where}: {sorted(p.name for p in state_dir.rglob('*'))}"
             assert len(reported) == 1, where

@@ -299,3 +299,75 @@ def test_stops_and_kills_at_200_points_of_updates_and_rollbacks_always_converge(
     print(f"orders done {done}, crash rollbacks {crash_rollbacks}, resumed {resumed}, hit {hit}")
     for point in ("part", "downloaded", "installed", "switched", "probation"):
         assert hit.get(point, 0) > 0, f"no interruption landed at {point}: {hit}"
+
+
+@pytest.mark.slow
+def test_a_bundle_installed_just_before_a_kill_is_reused_not_fetched_again(
+    tmp_path: Path, keypair: tuple[Path, Path]
+) -> None:
+    """SIGKILL between the rename into ``bundles/`` and the switch of ``state.json``: the
+    restarted agent takes the bundle up again for the same desired state (back in
+    ``downloads/``, found complete by its digest) and serves it without a request for it.
+    A real agent process, updated to a new version each round until the kill has landed
+    in that window twice (it is a few milliseconds wide)."""
+    served = tmp_path / "served"
+    served.mkdir()
+    device = Device(
+        root=tmp_path / "device", private_key=keypair[0], public_key=keypair[1], served=served
+    )
+    device.root.mkdir()
+    config = device.write_config(
+        paths={"initial_bundle": str(device.bundle("1.0.0"))},
+        server={"tcp": False},
+        update={"probation_s": 0.2, "probation_inferences": 20, "backoff_s": 0.05},
+    )
+    orders = tmp_path / "orders"
+    orders.mkdir()
+    store = BundleStore(device.state_dir)
+    landed = 0
+    with PacedFileServer(served, chunk=1024, pause_s=0.002) as server:
+        device.base_url = server.url
+        child = Child(config, orders)
+        try:
+            child.until(lambda line: line["version"] == "1.0.0")
+            for revision in range(1, 41):
+                version = f"1.{revision}.0"
+                bundle = device.bundle(version)
+                sha = agent_bundles.sha256(bundle)
+                desired = DesiredState(
+                    device_id="dev-001",
+                    revision=revision,
+                    issued_at=utcnow(),
+                    bundle=agent_bundles.desired_bundle(bundle, server.url, version=version),
+                )
+                publish(orders / "desired.json", encode(desired))
+                while not reached(store, "switched", sha):
+                    if reached(store, "installed", sha):
+                        child.proc.send_signal(signal.SIGKILL)
+                        child.proc.wait()
+                        break
+                    time.sleep(0.0002)
+                if child.proc.poll() is not None:
+                    assert not reached(store, "switched", sha)
+                    child.close()
+                    asked = len(server.requests)
+                    child = Child(config, orders)
+                    child.until(lambda line, v=version: line["version"] == v)
+                    fetched = [
+                        p for p, _ in server.requests[asked:] if sha in p or bundle.name in p
+                    ]
+                    assert fetched == [], f"{version}: fetched again after the kill: {fetched}"
+                    landed += 1
+                child.until(
+                    lambda line, v=version, r=revision: (
+                        line["version"] == v and line["revision"] == r and not line["probation"]
+                    )
+                )
+                assert sorted(p.name for p in store.downloads.iterdir()) == [], version
+                if landed == 2:
+                    break
+        finally:
+            child.close()
+    assert landed == 2, "no kill landed between the install and the switch in 40 updates"
+    events = spooled_events(device.state_dir)
+    assert not [e for e in events if e.type == "update.refused"]
