@@ -43,6 +43,18 @@ system-deps:
 		echo "Error: missing system packages:$$missing; install them (Debian/Ubuntu: sudo apt-get install$$missing) and run make again" >&2; \
 		exit 1; \
 	fi
+	@# bookworm's qemu-user 7.2 dies loading onnxruntime 1.32's aarch64 library; 8 and newer run
+	@# it (the arm64 image test skips, saying so, where it cannot be had): bookworm-backports' one
+	@qemu_major=$$(qemu-aarch64 --version 2>/dev/null | sed -n 's/^qemu-aarch64 version \([0-9]*\).*/\1/p'); \
+	if [ -n "$$qemu_major" ] && [ "$$qemu_major" -lt 8 ] && [ "$$(id -u)" = 0 ] \
+		&& grep -q '^VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing qemu-user-static from bookworm-backports (qemu-aarch64 $$qemu_major is too old for onnxruntime)"; \
+		printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+			> /etc/apt/sources.list.d/edgefleet-backports.sources; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-user-static >/dev/null \
+			|| echo "warning: qemu-user-static from bookworm-backports could not be installed; the arm64 serving test will skip" >&2; \
+		if [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then echo -1 > /proc/sys/fs/binfmt_misc/qemu-aarch64 || true; fi; \
+	fi
 
 # onnx2tf's own environment (TensorFlow 2.19, numpy 1.26; about 2.6 GB), built once into
 # ~/.cache/edgefleet/tools (EDGEFLEET_TOOLS_DIR moves it) and reused: the TFLite tests need it.
