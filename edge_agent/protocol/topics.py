@@ -77,10 +77,10 @@ class ParsedTopic:
 
 def check_device_id(device_id: str) -> str:
     """Return `device_id` if it can be a topic level and an MQTT username, else raise."""
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
         raise TopicError(
-            f"device id {device_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no '/', '+', '#' or '$')"
+            f"device id {device_id[:140]!r} is not valid: use 1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (no '/', '+', '#' or '$')"
         )
     return device_id
 
