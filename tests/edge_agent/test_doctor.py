@@ -19,7 +19,7 @@ import pytest
 
 from edge_agent.agent import Agent
 from edge_agent.config import load_config
-from edge_agent.doctor import check_cpu
+from edge_agent.doctor import check_cpu, check_runtime
 from edge_agent.keys import write_keypair
 from edge_agent.profiles import builtin_profiles_dir, load_profile
 from tests.conftest import DEVICE_USERS
@@ -231,3 +231,22 @@ def test_cpu_features_are_read_as_the_kernel_spells_them(tmp_path: Path) -> None
     wrong_arch = check_cpu(pi, machine="x86_64", cpuinfo=cpuinfo)
     assert wrong_arch.status == "fail"
     assert "device.profile" in wrong_arch.detail
+
+
+def test_the_runtime_check_loads_what_the_profile_asks_for() -> None:
+    """This host's real runtimes: onnxruntime's CPU provider, LiteRT with XNNPACK built in,
+    and no Edge TPU library (what a Coral board's image must bring)."""
+    assert check_runtime(load_profile("x86-64")).status == "ok"
+    import onnxruntime
+
+    jetson = load_profile("jetson-orin-nano")
+    absent = set(jetson.runtime.execution_providers) - set(onnxruntime.get_available_providers())
+    found = check_runtime(jetson)  # a CPU build of onnxruntime: TensorRT and CUDA missing
+    assert found.status == ("warn" if absent else "ok")
+    assert all(name in found.detail for name in absent)
+    pi = check_runtime(load_profile("raspberry-pi-4"))
+    assert pi.status == "ok"
+    assert "xnnpack" in pi.detail
+    coral = check_runtime(load_profile("coral-edgetpu"))
+    assert coral.status == "fail"
+    assert "libedgetpu.so.1" in coral.detail
