@@ -40,6 +40,7 @@ __all__ = [
     "check_cpu",
     "check_disk",
     "check_runtime",
+    "cpu_features",
     "diagnose",
     "verify_bundles",
 ]

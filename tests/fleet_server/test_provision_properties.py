@@ -24,10 +24,11 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from edge_agent.config import load_config, parse_config
-from edge_agent.errors import ConfigError
+from edge_agent.errors import ConfigError, TopicError
 from edge_agent.keys import load_trusted_keys, write_keypair
 from edge_agent.protocol.topics import check_device_id
 from edge_agent.schema import check_labels
+from fleet_server.devices.schemas import Serial
 from fleet_server.inputs import Labels
 from fleet_server.provisioning import PlanError, read_csv
 from fleet_server.provisioning.ext4 import stage_entries
@@ -177,3 +178,22 @@ def test_a_label_past_the_limits_is_refused_naming_the_row_and_the_field(tmp_pat
     # a line separator inside a label is text, not the end of a row (csv splits the records)
     path.write_text('serial,profile,labels\nSN-1,x86-64,"a=1\u2028b=2"\n')
     assert [d.labels for d in read_csv(path)] == [{"a": "1\u2028b=2"}]
+
+
+SERIAL_API = TypeAdapter(Serial)
+
+
+@settings(max_examples=300, deadline=None)
+@given(serial=st.one_of(id_like, any_text, st.sampled_from(["a\n", "a" * 128, "a" * 129, "-a"])))
+def test_the_station_the_api_and_the_agent_hold_device_ids_to_one_rule(serial: str) -> None:
+    try:
+        check_device_id(serial)  # the station's, the agent's and enrollment's own check
+        agent = True
+    except TopicError:
+        agent = False
+    try:
+        SERIAL_API.validate_python(serial)  # the API's request field
+        api = True
+    except ValidationError:
+        api = False
+    assert api == agent, serial
