@@ -29,7 +29,16 @@ from msgspec.structs import fields, replace
 
 from edge_agent.errors import ConfigError
 from edge_agent.protocol.topics import check_device_id
-from edge_agent.schema import AtLeastOne, NonNegative, Positive, Strict, closest, convert, problem
+from edge_agent.schema import (
+    AtLeastOne,
+    NonNegative,
+    Positive,
+    Strict,
+    check_labels,
+    closest,
+    convert,
+    problem,
+)
 
 __all__ = [
     "AgentConfig",
@@ -63,6 +72,10 @@ class DeviceConfig(_Section, frozen=True, kw_only=True):
             check_device_id(self.id)
         except Exception as exc:
             raise ValueError(f"id: {exc}") from None
+        try:
+            check_labels(self.labels)
+        except ValueError as exc:
+            raise ValueError(f"labels: {exc}") from None
 
 
 class PathsConfig(_Section, frozen=True, kw_only=True):

@@ -30,7 +30,7 @@ from edge_agent.protocol.codec import decode, encode
 from edge_agent.protocol.messages import Ack, DeviceState, Message
 from edge_agent.telemetry.outbox import Outbox
 
-__all__ = ["FleetLink"]
+__all__ = ["FleetLink", "broker_address", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,26 @@ _HINTS = {
     "bad user name or password": " (check mqtt.username and mqtt.password / password_file)",
     "identifier rejected": " (the broker refuses this client id: check device.id)",
 }
+
+
+def broker_address(config: MqttConfig) -> tuple[str, int]:
+    """The broker's host and port from ``mqtt.url`` (1883, or 8883 for mqtts://)."""
+    url = urlsplit(config.url)
+    if not url.hostname:
+        raise ConfigError(f"mqtt.url {config.url!r} names no host")
+    return url.hostname, url.port or (8883 if url.scheme == "mqtts" else 1883)
+
+
+def tls_context(config: MqttConfig) -> ssl.SSLContext | None:
+    """The TLS context of an ``mqtts://`` url (CA file, client certificate); None for mqtt://."""
+    if urlsplit(config.url).scheme != "mqtts":
+        return None
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if config.client_cert is not None:
+        context.load_cert_chain(
+            str(config.client_cert), str(config.client_key) if config.client_key else None
+        )
+    return context
 
 
 class FleetLink:
@@ -65,11 +85,7 @@ class FleetLink:
         self._state = state
         self._on_message = on_message
         self._on_rejected = on_rejected
-        url = urlsplit(config.url)
-        if not url.hostname:
-            raise ConfigError(f"mqtt.url {config.url!r} names no host")
-        self._host = url.hostname
-        self._port = url.port or (8883 if url.scheme == "mqtts" else 1883)
+        self._host, self._port = broker_address(config)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=device_id,
@@ -77,14 +93,8 @@ class FleetLink:
             protocol=MQTTProtocolVersion.MQTTv311,
         )
         client.username_pw_set(config.username or device_id, config.read_password())
-        if url.scheme == "mqtts":
-            context = ssl.create_default_context(
-                cafile=str(config.ca_file) if config.ca_file else None
-            )
-            if config.client_cert is not None:
-                context.load_cert_chain(
-                    str(config.client_cert), str(config.client_key) if config.client_key else None
-                )
+        context = tls_context(config)
+        if context is not None:
             client.tls_set_context(context)
         client.will_set(topics.state(device_id), encode(state(False)), qos=1, retain=True)
         client.reconnect_delay_set(

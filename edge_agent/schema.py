@@ -35,6 +35,11 @@ from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 import msgspec
 
 __all__ = [
+    "LABEL_KEY_MAX",
+    "LABEL_KEY_PATTERN",
+    "LABEL_VALUE_MAX",
+    "MAX_LABELS",
+    "PRINTABLE_PATTERN",
     "AtLeastOne",
     "Count",
     "NonNegative",
@@ -42,6 +47,7 @@ __all__ = [
     "Problem",
     "Sha256",
     "Strict",
+    "check_labels",
     "closest",
     "convert",
     "decode_json",
@@ -57,6 +63,49 @@ AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+# A device's labels, one rule for the provisioning station, the enrollment API and the agent
+# (docs/provisioning.md): at most MAX_LABELS; keys of 1-63 letters, digits, '._/-' starting
+# with a letter or digit; values of at most 128 printable characters (no C0 control, no DEL).
+# The patterns are anchored for pydantic's Rust engine (where '$' is the end of the text) and
+# `check_labels` matches them whole, so a trailing newline is refused by both.
+MAX_LABELS = 64
+LABEL_KEY_MAX = 63
+LABEL_VALUE_MAX = 128
+LABEL_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_PRINTABLE = re.compile(PRINTABLE_PATTERN)
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    """Raise `ValueError` naming the first label that breaks the rule above."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"{len(labels)} labels, more than the {MAX_LABELS} a device may have")
+    for key, value in labels.items():
+        if not 1 <= len(key) <= LABEL_KEY_MAX or not _LABEL_KEY.fullmatch(key):
+            raise ValueError(
+                f"label key {key[:80]!r} must be 1-{LABEL_KEY_MAX} letters, digits, '.', '_', "
+                "'/' or '-', starting with a letter or digit"
+            )
+        if not isinstance(value, str):
+            raise ValueError(f"label {key!r} must be a string")
+        if len(value) > LABEL_VALUE_MAX:
+            raise ValueError(
+                f"label {key!r} is {len(value)} characters long, more than {LABEL_VALUE_MAX}"
+            )
+        if not _PRINTABLE.fullmatch(value) or not _utf8(value):
+            raise ValueError(
+                f"label {key!r} has a control character or invalid Unicode: {value[:80]!r}"
+            )
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -23,6 +23,14 @@ from typing import Annotated
 from annotated_types import Ge, Gt, Le, MaxLen
 from pydantic import StringConstraints
 
+from edge_agent.schema import (
+    LABEL_KEY_MAX,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_MAX,
+    MAX_LABELS,
+    PRINTABLE_PATTERN,
+)
+
 __all__ = [
     "MAX_INT64",
     "MAX_LABELS",
@@ -40,10 +48,9 @@ __all__ = [
 
 MAX_INT64 = 2**63 - 1
 MAX_SECONDS = 100 * 365 * 86400
-MAX_LABELS = 64
-
-# printable: no C0 control character (NUL included) and no DEL
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+# printable: no C0 control character (NUL included) and no DEL; the labels' rule is the
+# agent's (edge_agent.schema), so the station, this API and the agent refuse the same labels
+_PRINTABLE = PRINTABLE_PATTERN
 _PROSE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # tab, newline and carriage return allowed
 
 RowId = Annotated[int, Ge(1), Le(MAX_INT64)]
@@ -53,7 +60,7 @@ Seconds = Annotated[float, Gt(0), Le(MAX_SECONDS)]
 Text = Annotated[str, StringConstraints(max_length=256, pattern=_PRINTABLE)]
 Prose = Annotated[str, StringConstraints(max_length=2000, pattern=_PROSE)]
 LabelKey = Annotated[
-    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX, pattern=LABEL_KEY_PATTERN)
 ]
-LabelValue = Annotated[str, StringConstraints(max_length=128, pattern=_PRINTABLE)]
+LabelValue = Annotated[str, StringConstraints(max_length=LABEL_VALUE_MAX, pattern=_PRINTABLE)]
 Labels = Annotated[dict[LabelKey, LabelValue], MaxLen(MAX_LABELS)]

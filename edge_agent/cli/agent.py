@@ -54,12 +54,12 @@ def check(config_path: Path) -> None:
 
     Prints the effective settings as JSON; exits non-zero with the problem named.
     """
-    from edge_agent.bundle import read_bundle
     from edge_agent.config import load_config
+    from edge_agent.doctor import verify_bundles
+    from edge_agent.errors import EdgeAgentError
     from edge_agent.keys import load_trusted_keys
     from edge_agent.profiles import load_profile
     from edge_agent.schema import to_builtins
-    from edge_agent.swap.store import BundleStore
 
     config = load_config(config_path)
     profile = load_profile(config.device.profile)
@@ -69,20 +69,78 @@ def check(config_path: Path) -> None:
         if settings[section][key] is not None:
             settings[section][key] = "(set, not shown)"
     report: dict[str, object] = {"config": settings}
-    store_state = None
+    try:
+        found = verify_bundles(config, profile=profile, trust=trust)
+    except EdgeAgentError as exc:
+        raise click.ClickException(str(exc)) from exc
     if config.paths.state_dir.is_dir():
-        store = BundleStore(config.paths.state_dir)
-        store_state = store.read_state()
-        for role, slot in (("active", store_state.active), ("previous", store_state.previous)):
+        from edge_agent.swap.store import BundleStore
+
+        state = BundleStore(config.paths.state_dir).read_state()
+        for role, slot in (("active", state.active), ("previous", state.previous)):
             if slot is not None:
-                read_bundle(store.path_of(slot), trust=trust)
                 report[role] = to_builtins(slot)
-    if config.paths.initial_bundle is not None and config.paths.initial_bundle.exists():
-        bundle = read_bundle(config.paths.initial_bundle, trust=trust)
-        if bundle.manifest.profile != profile.name:
-            raise click.ClickException(
-                f"initial bundle {config.paths.initial_bundle} is for profile "
-                f"{bundle.manifest.profile!r}, but device.profile is {profile.name!r}"
-            )
-        report["initial_bundle"] = f"{bundle.manifest.model.name} {bundle.manifest.model.version}"
+    if "initial_bundle" in found:
+        report["initial_bundle"] = found["initial_bundle"]
     click.echo(json.dumps(report, indent=2, default=str))
+
+
+@agent.command()
+@_CONFIG
+@click.option(
+    "--fleet-url",
+    envvar="EDGEFLEET_FLEET_URL",
+    help="An HTTP(S) URL of the fleet server (its /health): the clock is compared with its "
+    "Date header. Without it the clock check is skipped.",
+)
+@click.option(
+    "--profiles-dir",
+    "profiles_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Extra directory of profile TOML files, searched before the built-ins (repeatable).",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the broker and the fleet server.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of the checks.")
+def doctor(
+    config_path: Path,
+    fleet_url: str | None,
+    profiles_dirs: tuple[Path, ...],
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    """Check this device: CPU and runtime against the profile, keys, bundles, clock, broker, disk.
+
+    One line per check (ok / warn / FAIL / skip) saying what to fix; exits 1 when
+    any check fails. The broker is tried with the device's own credentials.
+
+    \b
+    Example:
+      edgefleet agent doctor --config /etc/edgefleet/agent.toml --fleet-url https://fleet.example:8080/health
+    """
+    from edge_agent.config import load_config
+    from edge_agent.doctor import diagnose
+
+    config = load_config(config_path)
+    findings = diagnose(
+        config, fleet_url=fleet_url, profiles_dirs=list(profiles_dirs), timeout_s=timeout_s
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                [{"check": f.check, "status": f.status, "detail": f.detail} for f in findings],
+                indent=2,
+            )
+        )
+    else:
+        for finding in findings:
+            click.echo(finding.line())
+    if any(f.status == "fail" for f in findings):
+        raise click.exceptions.Exit(1)

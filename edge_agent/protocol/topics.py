@@ -25,6 +25,8 @@ from enum import StrEnum
 from edge_agent.errors import TopicError
 
 __all__ = [
+    "DEVICE_ID_MAX",
+    "DEVICE_ID_PATTERN",
     "PREFIX",
     "Channel",
     "ParsedTopic",
@@ -44,7 +46,12 @@ __all__ = [
 ]
 
 PREFIX = "edgefleet/v1/devices"
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# a device id: an MQTT topic level and username. One rule for the agent, the station and the
+# fleet's API (whose pydantic fields use these): anchored for pydantic's Rust engine, matched
+# whole here, so neither takes a trailing newline
+DEVICE_ID_MAX = 128
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_DEVICE_ID = re.compile(DEVICE_ID_PATTERN)
 
 
 class Channel(StrEnum):
@@ -77,10 +84,14 @@ class ParsedTopic:
 
 def check_device_id(device_id: str) -> str:
     """Return `device_id` if it can be a topic level and an MQTT username, else raise."""
-    if not isinstance(device_id, str) or not _DEVICE_ID.match(device_id):
+    if (
+        not isinstance(device_id, str)
+        or len(device_id) > DEVICE_ID_MAX
+        or not _DEVICE_ID.fullmatch(device_id)
+    ):
         raise TopicError(
-            f"device id {device_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no '/', '+', '#' or '$')"
+            f"device id {device_id[:140]!r} is not valid: use 1-128 letters, digits, '.', '_' "
+            "or '-', starting with a letter or digit (no '/', '+', '#' or '$')"
         )
     return device_id
 

@@ -22,7 +22,7 @@ import numpy as np
 from edge_agent.errors import ModelLoadError, RuntimeUnavailableError
 from edge_agent.runtime.base import BackendOptions
 
-__all__ = ["DELEGATE_LIBRARIES", "TFLiteBackend", "interpreter_module"]
+__all__ = ["DELEGATE_LIBRARIES", "TFLiteBackend", "interpreter_module", "probe_delegate"]
 
 # delegate name (as profiles and manifests spell it) -> the shared library that provides it
 DELEGATE_LIBRARIES = {
@@ -55,33 +55,51 @@ def interpreter_module() -> Any:
         ) from exc
 
 
+def probe_delegate(name: str) -> str | None:
+    """The shared library of delegate `name`, loadable on this host; None for a built-in one.
+
+    Raises `RuntimeUnavailableError` saying what to do when the delegate cannot be had here.
+    """
+    if name in _BUILT_IN:
+        return None
+    if name in _FIRMWARE:
+        raise RuntimeUnavailableError(
+            f"{name!r} is a TFLite Micro kernel library built into a microcontroller's "
+            "firmware, not a delegate LiteRT can load; run without it on a host"
+        )
+    library = DELEGATE_LIBRARIES.get(name)
+    if library is None:
+        raise RuntimeUnavailableError(
+            f"unknown TFLite delegate {name!r}; known: "
+            f"{', '.join(sorted((*DELEGATE_LIBRARIES, *_BUILT_IN)))}"
+        )
+    try:
+        # find the library first: LiteRT's Delegate object raises again in __del__ when
+        # its constructor failed on a missing library
+        ctypes.CDLL(library)
+    except OSError as exc:
+        raise _unloadable(name, library, exc) from exc
+    return library
+
+
+def _unloadable(name: str, library: str, exc: BaseException) -> RuntimeUnavailableError:
+    return RuntimeUnavailableError(
+        f"TFLite delegate {name!r} needs {library}, which cannot be loaded on this "
+        f"host ({exc}); install the vendor's runtime library, or run on the CPU "
+        "by not asking for the delegate"
+    )
+
+
 def _delegates(module: Any, names: tuple[str, ...]) -> tuple[list[Any], list[str]]:
     loaded, used = [], []
     for name in names:
-        if name in _BUILT_IN:
-            continue
-        if name in _FIRMWARE:
-            raise RuntimeUnavailableError(
-                f"{name!r} is a TFLite Micro kernel library built into a microcontroller's "
-                "firmware, not a delegate LiteRT can load; run without it on a host"
-            )
-        library = DELEGATE_LIBRARIES.get(name)
+        library = probe_delegate(name)
         if library is None:
-            raise RuntimeUnavailableError(
-                f"unknown TFLite delegate {name!r}; known: "
-                f"{', '.join(sorted((*DELEGATE_LIBRARIES, *_BUILT_IN)))}"
-            )
+            continue
         try:
-            # find the library first: LiteRT's Delegate object raises again in __del__ when
-            # its constructor failed on a missing library
-            ctypes.CDLL(library)
             loaded.append(module.load_delegate(library))
         except (OSError, ValueError, RuntimeError) as exc:
-            raise RuntimeUnavailableError(
-                f"TFLite delegate {name!r} needs {library}, which cannot be loaded on this "
-                f"host ({exc}); install the vendor's runtime library, or run on the CPU "
-                "by not asking for the delegate"
-            ) from exc
+            raise _unloadable(name, library, exc) from exc
         used.append(name)
     return loaded, used
 

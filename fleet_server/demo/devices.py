@@ -21,17 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from fleet_server.provisioning.overlay import toml_value
-
 __all__ = ["AgentProcess", "Traffic", "render_toml"]
 
 
 def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
-    """A TOML document of flat sections (all `agent.toml` needs)."""
-    return "\n".join(
-        f"[{name}]\n" + "".join(f"{key} = {toml_value(v)}\n" for key, v in values.items())
-        for name, values in sections.items()
-    )
+    """A TOML document of sections (all `agent.toml` needs), written by tomli-w."""
+    import tomli_w
+
+    return tomli_w.dumps({name: dict(values) for name, values in sections.items()})
 
 
 @dataclass

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge_agent.protocol.topics import DEVICE_ID_MAX, DEVICE_ID_PATTERN
 from fleet_server.db.tables import Device, DeviceEvent, EnrollmentToken, TelemetryWindow
 from fleet_server.inputs import LabelKey, Labels, LabelValue, Text
 
@@ -26,10 +27,10 @@ __all__ = [
 ]
 
 _NAME = r"^[A-Za-z0-9._@-]+$"
-_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a device id: an MQTT topic level and username
+_ID = DEVICE_ID_PATTERN  # a device id: an MQTT topic level and username (the agent's rule)
 _PROFILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # what a device says of its hardware: a flat map of short facts
-Serial = Annotated[str, Field(min_length=1, max_length=128, pattern=_ID)]
+Serial = Annotated[str, Field(min_length=1, max_length=DEVICE_ID_MAX, pattern=_ID)]
 Hardware = Annotated[dict[LabelKey, Text | int | float | bool | None], MaxLen(64)]
 
 
@@ -72,7 +73,7 @@ class EnrollmentTokenCreated(EnrollmentTokenInfo):
 
 class EnrollRequest(_Strict):
     token: Text = Field(min_length=1, max_length=256)
-    device_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=_ID)
+    device_id: str | None = Field(default=None, min_length=1, max_length=DEVICE_ID_MAX, pattern=_ID)
     serial: Serial | None = None
     profile: str | None = Field(default=None, min_length=1, max_length=64, pattern=_PROFILE)
     labels: Labels = Field(default_factory=dict)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import tomli_w
+
 from fleet_server.provisioning.identity import DeviceIdentity
 
 __all__ = [
@@ -32,7 +34,6 @@ __all__ = [
     "Entry",
     "device_entries",
     "launcher_entry",
-    "toml_value",
 ]
 
 AGENT_TOML = "etc/edgefleet/agent.toml"
@@ -51,47 +52,28 @@ class Entry:
     link: str | None = None
 
 
-def toml_value(value: object) -> str:
-    """One TOML value: a string, number, bool, list or (inline) table."""
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return (
-            "{ " + ", ".join(f"{toml_value(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-        )
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        # JSON's escapes are TOML's, but TOML has no surrogate pairs (JSON's way to escape
-        # past U+FFFF) and no raw DEL: the text goes as UTF-8, controls escaped
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    return json.dumps(value)  # numbers and booleans
-
-
 def agent_toml(identity: DeviceIdentity, *, trusted: list[str], batch_id: str) -> bytes:
+    """The device's ``agent.toml`` by a TOML writer (tomli-w); read back before it ships."""
     plan = identity.plan
-    lines = [
-        f"# /etc/edgefleet/agent.toml for {plan.device_id} (serial {plan.serial}),",
+    # the serial goes into a comment: only its printable ASCII, so no character ends the line
+    serial = "".join(c if " " <= c <= "~" else "?" for c in plan.serial)
+    header = [
+        f"# /etc/edgefleet/agent.toml for {plan.device_id} (serial {serial}),",
         f"# written by `edgefleet provision` in batch {batch_id}. Every key: docs/agent.md.",
         "# Paths are relative to this file, so the overlay also runs from a root prefix.",
-        "",
-        "[device]",
-        f"id = {toml_value(plan.device_id)}",
-        f"profile = {toml_value(plan.profile)}",
-        f"labels = {toml_value(plan.labels)}",
-        "",
-        "[paths]",
-        'state_dir = "../../var/lib/edgefleet"',
-        f"trusted_keys = {toml_value(trusted)}",
-        'initial_bundle = "../../var/lib/edgefleet/initial.efb"',
-        "",
-        "[mqtt]",
-        f"url = {toml_value(identity.mqtt_url)}",
-        "# the unit hands this file to the agent as a systemd credential",
-        'password_file = "/etc/edgefleet/mqtt.password"',
+        "# mqtt.password_file: the unit hands this file to the agent as a systemd credential.",
         "",
     ]
-    return "\n".join(lines).encode()
+    document = {
+        "device": {"id": plan.device_id, "profile": plan.profile, "labels": dict(plan.labels)},
+        "paths": {
+            "state_dir": "../../var/lib/edgefleet",
+            "trusted_keys": trusted,
+            "initial_bundle": "../../var/lib/edgefleet/initial.efb",
+        },
+        "mqtt": {"url": identity.mqtt_url, "password_file": "/etc/edgefleet/mqtt.password"},
+    }
+    return ("\n".join(header) + "\n" + tomli_w.dumps(document)).encode()
 
 
 SYSTEMD_UNIT = b"""\

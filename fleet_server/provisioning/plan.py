@@ -11,6 +11,7 @@ device); a serial that cannot be a device id is refused with its row.
 from __future__ import annotations
 
 import csv
+import io
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from edge_agent.errors import EdgeAgentError
 from edge_agent.profiles import HardwareProfile, load_profile
 from edge_agent.protocol.topics import check_device_id
+from edge_agent.schema import check_labels
 from fleet_server.provisioning.errors import PlanError
 
 __all__ = ["DevicePlan", "parse_labels", "plan_count", "read_csv"]
@@ -49,6 +51,10 @@ def parse_labels(text: str, *, where: str) -> dict[str, str]:
         if key in labels:
             raise PlanError(f"{where}: label {key!r} is given twice")
         labels[key] = value
+    try:
+        check_labels(labels)
+    except ValueError as exc:
+        raise PlanError(f"{where}: labels: {exc}") from None
     return labels
 
 
@@ -68,7 +74,8 @@ def read_csv(path: Path) -> list[DevicePlan]:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise PlanError(f"cannot read batch CSV {path}: {exc.strerror}") from None
-    rows = csv.reader(text.splitlines())
+    # a quoted cell may hold a newline (or U+2028): csv splits the records, not str.splitlines
+    rows = csv.reader(io.StringIO(text, newline=""))
     header = [h.strip() for h in next(rows, [])]
     if tuple(header) != COLUMNS:
         raise PlanError(
@@ -76,7 +83,9 @@ def read_csv(path: Path) -> list[DevicePlan]:
         )
     plan: list[DevicePlan] = []
     seen: dict[str, int] = {}
-    for number, row in enumerate(rows, start=2):
+    known: dict[str, bool] = {}
+    for row in rows:
+        number = rows.line_num  # the record's last line: where a reader's editor shows it
         if not any(cell.strip() for cell in row):
             continue
         where = f"{path}:{number}"
@@ -86,14 +95,18 @@ def read_csv(path: Path) -> list[DevicePlan]:
         try:
             device_id = check_device_id(serial)
         except EdgeAgentError as exc:
-            raise PlanError(f"{where}: serial {serial!r} cannot be a device id: {exc}") from None
+            raise PlanError(
+                f"{where}: serial {serial[:140]!r} cannot be a device id: {exc}"
+            ) from None
         if serial in seen:
             raise PlanError(f"{where}: serial {serial!r} is also on line {seen[serial]}")
         seen[serial] = number
+        if profile not in known:
+            _profiles({profile}, f"{where}: profile")
+            known[profile] = True
         plan.append(DevicePlan(device_id, serial, profile, parse_labels(labels, where=where)))
     if not plan:
         raise PlanError(f"{path} lists no devices")
-    _profiles({d.profile for d in plan}, str(path))
     return plan
 
 

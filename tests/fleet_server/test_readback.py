@@ -2,8 +2,8 @@
 
 A staged overlay is loaded as the agent on the device loads it (config, trusted keys, key
 pair, MQTT password, provisioning record); each way a file can come out wrong is refused
-naming the device and the field. Labels of any Unicode (past U+FFFF, DEL) read back as
-written: JSON's surrogate-pair escapes, which TOML refuses, are what the read-back caught.
+naming the device and the field. Labels of any printable Unicode (past U+FFFF) read back
+as written: JSON's surrogate-pair escapes, which TOML refuses, are what the read-back caught.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fleet_server.provisioning.readback import read_back
 from tests.edge_agent import agent_bundles
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-LABELS = {"site": "Lyon 😀 \u00e9", "note": 'a\x7fb "q" \\ \t', "ключ": "значение"}
+LABELS = {"site": "Lyon 😀 \u00e9", "note": 'a "q" \\ ;=', "ru/key": "значение"}
 WHEELHOUSE = Path(
     os.environ.get("EDGEFLEET_WHEELHOUSE", Path.home() / ".cache" / "edgefleet" / "wheelhouse")
 )
